@@ -1,0 +1,318 @@
+//! The command line: `serve`, `validate`, `render`. Every `serve` flag is also an environment
+//! variable `PROMPTGATE_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Map, Value, json};
+
+use crate::config::{Config, Upstream};
+use crate::prompts;
+use crate::proxy::request::{self, Endpoint};
+
+#[derive(Debug, Parser)]
+#[command(name = "promptgate", version, about = "A prompt-management sidecar for OpenAI-compatible APIs")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the proxy.
+    Serve(ServeArgs),
+    /// Check every prompt file; print every problem and exit 1 if there are any.
+    Validate(ValidateArgs),
+    /// Print the request that would go upstream for a prompt.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Args)]
+struct PromptsDir {
+    /// The prompts folder: one sub-folder per prompt.
+    #[arg(long = "prompts", env = "PROMPTGATE_PROMPTS", default_value = "prompts", value_name = "DIR")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "PROMPTGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    prompts: PromptsDir,
+    /// Upstream base URL (`/v1/X` goes to `URL/X`), or `echo` for the built-in local echo.
+    #[arg(long, env = "PROMPTGATE_UPSTREAM", default_value = "https://api.openai.com/v1")]
+    upstream: String,
+    /// API key sent upstream instead of the client's `Authorization` (falls back to `OPENAI_API_KEY`).
+    #[arg(long, env = "PROMPTGATE_UPSTREAM_API_KEY", hide_env_values = true)]
+    upstream_api_key: Option<String>,
+    /// Seconds to wait for a connection to the upstream.
+    #[arg(long, env = "PROMPTGATE_CONNECT_TIMEOUT", default_value = "10", value_name = "SECONDS", value_parser = seconds)]
+    connect_timeout: Duration,
+    /// Seconds an upstream exchange may take in all, streamed body included.
+    #[arg(long, env = "PROMPTGATE_UPSTREAM_TIMEOUT", default_value = "600", value_name = "SECONDS", value_parser = seconds)]
+    upstream_timeout: Duration,
+    /// Largest request body read, in bytes; larger ones get 413.
+    #[arg(long, env = "PROMPTGATE_MAX_BODY_BYTES", default_value = "10485760", value_name = "BYTES")]
+    max_body_bytes: usize,
+    /// Seconds in-flight requests may run on after SIGTERM/SIGINT.
+    #[arg(long, env = "PROMPTGATE_SHUTDOWN_GRACE", default_value = "30", value_name = "SECONDS", value_parser = seconds)]
+    shutdown_grace: Duration,
+    /// Log format.
+    #[arg(long, env = "PROMPTGATE_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    prompts: PromptsDir,
+}
+
+#[derive(Debug, Args)]
+struct RenderArgs {
+    /// The prompt's name.
+    name: String,
+    #[command(flatten)]
+    prompts: PromptsDir,
+    /// A version number or label (default: as a request without one would get).
+    #[arg(long)]
+    version: Option<String>,
+    /// A variable: `name=text`, or `name:=JSON` for numbers, booleans, lists and objects.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// The assignment key, as a request's `user`.
+    #[arg(long)]
+    user: Option<String>,
+    /// The user message to send after the system prompt.
+    #[arg(long)]
+    message: Option<String>,
+    /// The request's model, if the version does not set one.
+    #[arg(long, default_value = "gpt-4o-mini")]
+    model: String,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("`{text}` must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Validate(args) => validate(&args),
+        Command::Render(args) => render(&args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let upstream = match Upstream::parse(&args.upstream) {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            eprintln!("error: --upstream: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = Config {
+        listen: args.listen,
+        prompts_dir: args.prompts.dir,
+        upstream,
+        upstream_api_key: args
+            .upstream_api_key
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
+        connect_timeout: args.connect_timeout,
+        upstream_timeout: args.upstream_timeout,
+        max_body_bytes: args.max_body_bytes,
+        shutdown_grace: args.shutdown_grace,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    match prompts::load(&args.prompts.dir) {
+        Ok(set) => {
+            let versions: usize = set.prompts().map(|p| p.versions.len()).sum();
+            println!(
+                "ok: {} prompts, {} versions in `{}`",
+                set.len(),
+                versions,
+                args.prompts.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in &problems.0 {
+                println!("{problem}");
+            }
+            eprintln!(
+                "{} problem{} in `{}`",
+                problems.0.len(),
+                if problems.0.len() == 1 { "" } else { "s" },
+                args.prompts.dir.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `--var` values: `name=text` or `name:=JSON`.
+fn parse_vars(vars: &[String]) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    for var in vars {
+        let Some((name, value)) = var.split_once('=') else {
+            return Err(format!("--var `{var}`: expected NAME=VALUE or NAME:=JSON"));
+        };
+        let value = match name.strip_suffix(':') {
+            Some(name) => {
+                let json = serde_json::from_str(value)
+                    .map_err(|e| format!("--var `{name}`: `{value}` is not valid JSON: {e}"))?;
+                out.insert(name.to_owned(), json);
+                continue;
+            }
+            None => Value::String(value.to_owned()),
+        };
+        if name.is_empty() {
+            return Err(format!("--var `{var}`: the name is empty"));
+        }
+        out.insert(name.to_owned(), value);
+    }
+    Ok(out)
+}
+
+fn render(args: &RenderArgs) -> ExitCode {
+    let set = match prompts::load(&args.prompts.dir) {
+        Ok(set) => set,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let variables = match parse_vars(&args.vars) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut prompt = json!({"id": args.name, "variables": variables});
+    if let Some(version) = &args.version {
+        prompt["version"] = json!(version);
+    }
+    let mut messages = Vec::new();
+    if let Some(message) = &args.message {
+        messages.push(json!({"role": "user", "content": message}));
+    }
+    let mut body = json!({"model": args.model, "messages": messages, "prompt": prompt});
+    if let Some(user) = &args.user {
+        body["user"] = json!(user);
+    }
+    let mut headers = HeaderMap::new();
+    if let Some(user) = args.user.as_deref().and_then(|u| HeaderValue::from_str(u).ok()) {
+        headers.insert("x-user-id", user);
+    }
+    let prepared = request::prepare(
+        &set,
+        Endpoint::ChatCompletions,
+        &headers,
+        Bytes::from(body.to_string()),
+        chrono::Utc::now(),
+    );
+    match prepared {
+        Ok(prepared) => {
+            if let Some(served) = &prepared.served {
+                eprintln!(
+                    "# prompt `{}` version {} ({}), hash {}",
+                    served.name,
+                    served.version,
+                    served.selection.as_str(),
+                    served.hash
+                );
+            }
+            let value: Value = serde_json::from_slice(&prepared.body).unwrap_or(Value::Null);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vars_parse_as_text_or_json() {
+        let vars = parse_vars(&["a=x=y".into(), "n:=3".into(), "l:=[1]".into()]).unwrap();
+        assert_eq!(vars["a"], "x=y");
+        assert_eq!(vars["n"], 3);
+        assert_eq!(vars["l"], json!([1]));
+        assert!(parse_vars(&["novalue".into()]).is_err());
+        assert!(parse_vars(&["n:={".into()]).is_err());
+    }
+
+    #[test]
+    fn seconds_must_be_positive() {
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(seconds("0").is_err());
+        assert!(seconds("abc").is_err());
+    }
+}

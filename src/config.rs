@@ -1,0 +1,86 @@
+//! Flags and environment → [`Config`], the checked settings of a running server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// The built-in echo upstream (`--upstream echo`).
+    Echo,
+    /// A real OpenAI-compatible API; `/v1/X` maps to `URL/X`.
+    Url(reqwest::Url),
+}
+
+impl Upstream {
+    /// Parses `--upstream`: `echo` or an http(s) URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "echo" {
+            return Ok(Upstream::Echo);
+        }
+        let url = reqwest::Url::parse(text)
+            .map_err(|e| format!("`{text}` is not a URL ({e}); use `echo` or e.g. `https://api.openai.com/v1`"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("`{text}` must be an http or https URL"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("`{text}` must not have a query or fragment"));
+        }
+        Ok(Upstream::Url(url))
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Echo => f.write_str("echo"),
+            Upstream::Url(url) => f.write_str(url.as_str()),
+        }
+    }
+}
+
+/// Settings of a running server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub prompts_dir: PathBuf,
+    pub upstream: Upstream,
+    /// Replaces the client's `Authorization` when set.
+    pub upstream_api_key: Option<String>,
+    pub connect_timeout: Duration,
+    /// Bound on a whole upstream exchange, streamed body included.
+    pub upstream_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Defaults as the CLI has them, for a prompts folder and an upstream.
+    pub fn new(prompts_dir: impl Into<PathBuf>, upstream: Upstream) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            prompts_dir: prompts_dir.into(),
+            upstream,
+            upstream_api_key: None,
+            connect_timeout: Duration::from_secs(10),
+            upstream_timeout: Duration::from_secs(600),
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_parses_echo_and_urls() {
+        assert_eq!(Upstream::parse("echo"), Ok(Upstream::Echo));
+        assert!(matches!(Upstream::parse("http://127.0.0.1:9/v1"), Ok(Upstream::Url(_))));
+        assert!(Upstream::parse("ftp://x").unwrap_err().contains("http"));
+        assert!(Upstream::parse("not a url").unwrap_err().contains("not a URL"));
+    }
+}

@@ -1,0 +1,175 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every module has its own small error enum that carries context; each converts into
+//! [`ApiError`], and [`ApiError::into_response`] picks the status, `type` and `code` and writes
+//! OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::prompts::RenderError;
+use crate::select::SelectError;
+
+/// An error that ends a request before anything reached the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is wrong: bad JSON, a bad `prompt` field, missing variables.
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
+    #[error("{message}")]
+    PromptNotFound { message: String },
+    #[error("{message}")]
+    VersionNotFound { message: String },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no route for `{method} {path}`")]
+    NotFound { method: String, path: String },
+    #[error("upstream `{url}` is unreachable: {reason}")]
+    UpstreamUnreachable { url: String, reason: String },
+    #[error("upstream `{url}` did not answer within {seconds} s")]
+    UpstreamTimeout { url: String, seconds: f64 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 about one field of the request.
+    pub fn bad_request(message: impl Into<String>, param: impl Into<Option<String>>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            param: param.into(),
+            code: "invalid_request",
+        }
+    }
+
+    /// Status, OpenAI `type` and `code` for this error.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", code)
+            }
+            ApiError::PromptNotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "prompt_not_found",
+            ),
+            ApiError::VersionNotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "version_not_found",
+            ),
+            ApiError::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            ApiError::NotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown_url",
+            ),
+            ApiError::UpstreamUnreachable { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable")
+            }
+            ApiError::UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+            ),
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The OpenAI-shaped JSON body of this error.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, kind, code) = self.parts();
+        let param = match self {
+            ApiError::BadRequest { param, .. } => param.clone(),
+            ApiError::PromptNotFound { .. } => Some("prompt.id".to_owned()),
+            ApiError::VersionNotFound { .. } => Some("prompt.version".to_owned()),
+            _ => None,
+        };
+        json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+impl From<SelectError> for ApiError {
+    fn from(err: SelectError) -> Self {
+        match err {
+            SelectError::UnknownPrompt { .. } => ApiError::PromptNotFound {
+                message: err.to_string(),
+            },
+            SelectError::UnknownVersion { .. } | SelectError::UnknownLabel { .. } => {
+                ApiError::VersionNotFound {
+                    message: err.to_string(),
+                }
+            }
+        }
+    }
+}
+
+impl From<RenderError> for ApiError {
+    fn from(err: RenderError) -> Self {
+        let code = match &err {
+            RenderError::MissingVariables { .. } => "missing_variables",
+            RenderError::Template { .. } => "template_error",
+        };
+        ApiError::BadRequest {
+            message: err.to_string(),
+            param: Some("prompt.variables".to_owned()),
+            code,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_have_openai_shape() {
+        let err = ApiError::bad_request("`messages` must be an array", Some("messages".into()));
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let body = err.body();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "messages");
+        assert_eq!(body["error"]["message"], "`messages` must be an array");
+        assert_eq!(body["error"]["code"], "invalid_request");
+    }
+
+    #[test]
+    fn upstream_errors_map_to_gateway_statuses() {
+        let unreachable = ApiError::UpstreamUnreachable {
+            url: "http://127.0.0.1:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(unreachable.status(), StatusCode::BAD_GATEWAY);
+        let timeout = ApiError::UpstreamTimeout {
+            url: "http://127.0.0.1:1".into(),
+            seconds: 1.0,
+        };
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timeout.body()["error"]["code"], "upstream_timeout");
+    }
+}

@@ -1,0 +1,136 @@
+//! The prompt files: loaded from a folder, validated as a whole and compiled into a
+//! [`PromptSet`] that requests read from a snapshot.
+//!
+//! Two stages: the `Raw*` types are what the files say (`manifest`, `version`, `examples`);
+//! [`load`] checks them against each other and compiles every template once, so the request
+//! path only looks things up and renders.
+
+pub mod examples;
+mod load;
+pub mod manifest;
+mod problem;
+pub mod template;
+pub mod version;
+mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use minijinja::Environment;
+use serde::Serialize;
+
+pub use examples::Example;
+pub use load::{load, valid_prompt_name};
+pub use manifest::{ExamplesConfig, ExamplesFormat, Experiment, Split, Strategy, Variant};
+pub use problem::{Problem, Problems};
+pub use template::{Builtins, RenderError};
+
+/// Every prompt of a folder, validated and compiled. Immutable: a reload builds a new one.
+pub struct PromptSet {
+    prompts: BTreeMap<String, Arc<Prompt>>,
+    env: Environment<'static>,
+}
+
+/// One prompt: its manifest and versions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prompt {
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    /// The version served by default.
+    pub active: u32,
+    pub labels: BTreeMap<String, u32>,
+    pub experiment: Option<Experiment>,
+    pub examples_config: Option<ExamplesConfig>,
+    #[serde(skip)]
+    pub examples: Vec<Example>,
+    #[serde(skip)]
+    pub versions: BTreeMap<u32, Version>,
+}
+
+/// One version of a prompt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Version {
+    pub version: u32,
+    pub hash: String,
+    pub model: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Required variables: as declared in front matter, else inferred from the template.
+    pub variables: Vec<String>,
+    pub created_by: Option<String>,
+    pub created_at: Option<String>,
+    pub notes: Option<String>,
+    #[serde(skip)]
+    pub template: String,
+    #[serde(skip)]
+    pub(crate) declared: Option<Vec<String>>,
+    #[serde(skip)]
+    pub(crate) uses: BTreeSet<String>,
+    #[serde(skip)]
+    pub(crate) key: String,
+}
+
+impl Version {
+    /// True when the template places `{{ examples }}` itself.
+    pub fn places_examples(&self) -> bool {
+        self.uses.contains("examples")
+    }
+}
+
+impl PromptSet {
+    /// An empty set, for tests and for a server with no prompts yet.
+    pub fn empty() -> Self {
+        PromptSet {
+            prompts: BTreeMap::new(),
+            env: template::environment(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Prompt>> {
+        self.prompts.get(name)
+    }
+
+    pub fn prompts(&self) -> impl Iterator<Item = &Arc<Prompt>> {
+        self.prompts.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.prompts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+
+    /// Renders `version` of `prompt` with the request's variables and the built-ins.
+    pub fn render(
+        &self,
+        prompt: &Prompt,
+        version: &Version,
+        variables: &serde_json::Map<String, serde_json::Value>,
+        builtins: Builtins<'_>,
+    ) -> Result<String, RenderError> {
+        template::render(
+            &self.env,
+            &template::RenderInput {
+                prompt: &prompt.name,
+                version: version.version,
+                key: &version.key,
+                declared: version.declared.as_deref(),
+                uses: &version.uses,
+                variables,
+                builtins,
+            },
+        )
+    }
+}
+
+impl std::fmt::Debug for PromptSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptSet")
+            .field("prompts", &self.prompts.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}

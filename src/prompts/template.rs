@@ -1,0 +1,306 @@
+//! Templates: compiled once per load into one MiniJinja environment, rendered per request.
+//!
+//! Step 4 of the request path (after selection and few-shot picking): render the chosen
+//! version's body with the request's variables and the built-ins.
+
+use std::collections::BTreeSet;
+
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
+use serde_json::Map;
+
+/// Names every template sees without the request passing them.
+pub const BUILTINS: [&str; 6] = [
+    "today",
+    "now",
+    "prompt_name",
+    "prompt_version",
+    "user_message",
+    "examples",
+];
+
+/// Builds the environment every template of a prompt set is compiled into.
+pub fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // Undefined variables are errors, so a typo never silently renders as "".
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Prompts are plain text: nothing is HTML-escaped, whatever the file is called.
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env
+}
+
+/// What compiling a template learnt about it.
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    /// Top-level variables the template reads and does not set itself.
+    pub uses: BTreeSet<String>,
+}
+
+/// Compiles `body` under `key`. On a syntax error returns the line within the body and the
+/// problem.
+pub fn compile(
+    env: &mut Environment<'static>,
+    key: &str,
+    body: &str,
+) -> Result<Compiled, (Option<usize>, String)> {
+    env.add_template_owned(key.to_owned(), body.to_owned())
+        .map_err(|e| {
+            let detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_owned);
+            (e.line(), format!("template {}: {detail}", e.kind()))
+        })?;
+    let template = env
+        .get_template(key)
+        .map_err(|e| (None, format!("template could not be loaded: {e}")))?;
+    Ok(Compiled {
+        uses: template.undeclared_variables(false).into_iter().collect(),
+    })
+}
+
+/// A request could not be rendered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RenderError {
+    #[error(
+        "missing variables for prompt `{prompt}` version {version}: {}; pass them in `prompt.variables`",
+        list(.missing)
+    )]
+    MissingVariables {
+        prompt: String,
+        version: u32,
+        missing: Vec<String>,
+    },
+    #[error("prompt `{prompt}` version {version} failed to render: {detail}")]
+    Template {
+        prompt: String,
+        version: u32,
+        detail: String,
+    },
+}
+
+fn list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Everything a render needs besides the environment.
+pub struct RenderInput<'a> {
+    pub prompt: &'a str,
+    pub version: u32,
+    pub key: &'a str,
+    /// Variables the version declares as required (`variables:` in front matter), if any.
+    pub declared: Option<&'a [String]>,
+    /// Variables the template reads.
+    pub uses: &'a BTreeSet<String>,
+    pub variables: &'a Map<String, serde_json::Value>,
+    pub builtins: Builtins<'a>,
+}
+
+/// The built-in values of one request.
+pub struct Builtins<'a> {
+    pub today: &'a str,
+    pub now: &'a str,
+    pub user_message: &'a str,
+    pub examples: &'a str,
+}
+
+/// Renders one version. Every missing variable is named at once; values are inserted as data
+/// and never evaluated as templates.
+pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<String, RenderError> {
+    let provided = |name: &str| input.variables.contains_key(name) || BUILTINS.contains(&name);
+    let missing_of = |names: &mut dyn Iterator<Item = &String>| -> Vec<String> {
+        let set: BTreeSet<&String> = names.filter(|n| !provided(n)).collect();
+        set.into_iter().cloned().collect()
+    };
+    let required_missing = match input.declared {
+        Some(declared) => missing_of(&mut declared.iter()),
+        None => missing_of(&mut input.uses.iter()),
+    };
+    if !required_missing.is_empty() {
+        return Err(RenderError::MissingVariables {
+            prompt: input.prompt.to_owned(),
+            version: input.version,
+            missing: required_missing,
+        });
+    }
+
+    let mut ctx = std::collections::BTreeMap::<String, Value>::new();
+    ctx.insert("today".to_owned(), Value::from(input.builtins.today));
+    ctx.insert("now".to_owned(), Value::from(input.builtins.now));
+    ctx.insert("prompt_name".to_owned(), Value::from(input.prompt));
+    ctx.insert("prompt_version".to_owned(), Value::from(input.version));
+    ctx.insert("user_message".to_owned(), Value::from(input.builtins.user_message));
+    ctx.insert("examples".to_owned(), Value::from(input.builtins.examples));
+    // The request's own variables win over built-ins of the same name.
+    for (name, value) in input.variables {
+        ctx.insert(name.clone(), Value::from(minijinja::value::Serde(value)));
+    }
+
+    let template_error = |detail: String| RenderError::Template {
+        prompt: input.prompt.to_owned(),
+        version: input.version,
+        detail,
+    };
+    let template = env
+        .get_template(input.key)
+        .map_err(|e| template_error(e.to_string()))?;
+    template.render(Value::from(ctx)).map_err(|e| {
+        if e.kind() == ErrorKind::UndefinedError {
+            // A variable the version did not declare but the template reads unguarded.
+            let missing = missing_of(&mut input.uses.iter());
+            if !missing.is_empty() {
+                return RenderError::MissingVariables {
+                    prompt: input.prompt.to_owned(),
+                    version: input.version,
+                    missing,
+                };
+            }
+        }
+        let mut detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_owned);
+        if let Some(line) = e.line() {
+            detail.push_str(&format!(" (template line {line})"));
+        }
+        template_error(detail)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn builtins() -> Builtins<'static> {
+        Builtins {
+            today: "2026-11-25",
+            now: "2026-11-25T10:00:00Z",
+            user_message: "help",
+            examples: "",
+        }
+    }
+
+    fn render_str(
+        body: &str,
+        declared: Option<&[String]>,
+        vars: serde_json::Value,
+    ) -> Result<String, RenderError> {
+        let mut env = environment();
+        let compiled = compile(&mut env, "p/v1", body).unwrap();
+        let serde_json::Value::Object(vars) = vars else {
+            panic!("vars must be an object")
+        };
+        render(
+            &env,
+            &RenderInput {
+                prompt: "p",
+                version: 1,
+                key: "p/v1",
+                declared,
+                uses: &compiled.uses,
+                variables: &vars,
+                builtins: builtins(),
+            },
+        )
+    }
+
+    #[test]
+    fn seed_style_placeholders_render_like_the_seed() {
+        let out = render_str(
+            "Agent for {{company_name}}; {{ customer_name }} is {{tier}}.",
+            None,
+            json!({"company_name": "Acme Corp", "customer_name": "Alice", "tier": "enterprise"}),
+        )
+        .unwrap();
+        assert_eq!(out, "Agent for Acme Corp; Alice is enterprise.");
+    }
+
+    #[test]
+    fn values_are_data_not_templates() {
+        let out = render_str(
+            "Hi {{ name }} ({{ tier }})",
+            None,
+            json!({"name": "{{ tier }}", "tier": "pro"}),
+        )
+        .unwrap();
+        assert_eq!(out, "Hi {{ tier }} (pro)");
+    }
+
+    #[test]
+    fn no_html_escaping() {
+        let out = render_str("{{ x }}", None, json!({"x": "<b>&\"'"})).unwrap();
+        assert_eq!(out, "<b>&\"'");
+    }
+
+    #[test]
+    fn missing_variables_are_all_named() {
+        let err = render_str("{{ a }} {{ b }} {{ c }}", None, json!({"b": 1})).unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::MissingVariables {
+                prompt: "p".into(),
+                version: 1,
+                missing: vec!["a".into(), "c".into()]
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "missing variables for prompt `p` version 1: `a`, `c`; pass them in `prompt.variables`"
+        );
+    }
+
+    #[test]
+    fn declared_variables_are_required_even_if_unused() {
+        let declared = vec!["a".to_owned(), "unused".to_owned()];
+        let err = render_str("{{ a }}", Some(&declared), json!({"a": 1})).unwrap_err();
+        assert!(matches!(err, RenderError::MissingVariables { missing, .. } if missing == vec!["unused".to_owned()]));
+    }
+
+    #[test]
+    fn undeclared_but_used_variable_is_named() {
+        let declared = vec!["a".to_owned()];
+        let err = render_str("{{ a }} {{ b }}", Some(&declared), json!({"a": 1})).unwrap_err();
+        assert!(matches!(err, RenderError::MissingVariables { missing, .. } if missing == vec!["b".to_owned()]));
+    }
+
+    #[test]
+    fn guarded_optional_variable_may_be_absent() {
+        let declared = vec!["a".to_owned()];
+        let out = render_str(
+            "{{ a }}{% if b is defined %} {{ b }}{% endif %}",
+            Some(&declared),
+            json!({"a": 1}),
+        )
+        .unwrap();
+        assert_eq!(out, "1");
+    }
+
+    #[test]
+    fn builtins_and_conditionals_work() {
+        let out = render_str(
+            "{{ prompt_name }} v{{ prompt_version }} {{ today }}{% if tier == \"enterprise\" %} VIP{% endif %} [{{ user_message }}]",
+            None,
+            json!({"tier": "enterprise"}),
+        )
+        .unwrap();
+        assert_eq!(out, "p v1 2026-11-25 VIP [help]");
+    }
+
+    #[test]
+    fn json_values_render_naturally() {
+        let out = render_str(
+            "{% for t in topics %}{{ t }};{% endfor %} {{ n }} {{ ok }}",
+            None,
+            json!({"topics": ["a", "b"], "n": 3, "ok": true}),
+        )
+        .unwrap();
+        // Booleans print as Jinja2 and the seed's `str()` print them.
+        assert_eq!(out, "a;b; 3 True");
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_line() {
+        let mut env = environment();
+        let (line, message) = compile(&mut env, "p/v1", "line one\nline two\n{{ x + }}").unwrap_err();
+        assert_eq!(line, Some(3));
+        assert!(message.starts_with("template syntax error"), "{message}");
+    }
+}

@@ -1,0 +1,117 @@
+//! Step 6 of the request path: relay the upstream response to the client as it arrives, chunk
+//! by chunk, and record the request once it is over (finished, failed or abandoned).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use serde_json::json;
+
+use super::RequestCtx;
+use super::forward::{BodyError, UpstreamResponse};
+
+/// Turns the upstream response into the client's response, with promptgate's headers.
+pub fn relay(upstream: UpstreamResponse, ctx: RequestCtx) -> Response {
+    let sse = upstream
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let status = upstream.status;
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    *response.headers_mut() = upstream.headers;
+    ctx.stamp(response.headers_mut());
+    if sse {
+        // Tell buffering reverse proxies in front of us not to hold the stream back.
+        response
+            .headers_mut()
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    let body = Relayed {
+        inner: upstream.body,
+        sse,
+        finished: false,
+        first_byte: None,
+        ctx: Some(ctx),
+        status: status.as_u16(),
+    };
+    *response.body_mut() = Body::from_stream(body);
+    response
+}
+
+/// The relayed body. Records the request when the stream ends, fails or is dropped (the
+/// client went away), exactly once.
+struct Relayed {
+    inner: BoxStream<'static, Result<Bytes, BodyError>>,
+    sse: bool,
+    finished: bool,
+    first_byte: Option<Instant>,
+    ctx: Option<RequestCtx>,
+    status: u16,
+}
+
+impl Relayed {
+    fn finish(&mut self, outcome: &str) {
+        if let Some(ctx) = self.ctx.take() {
+            ctx.finish(self.status, outcome, self.first_byte);
+        }
+    }
+}
+
+impl Stream for Relayed {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                if self.first_byte.is_none() && !chunk.is_empty() {
+                    self.first_byte = Some(Instant::now());
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                self.finished = true;
+                self.finish(if err.timeout {
+                    "upstream_timeout"
+                } else {
+                    "upstream_error"
+                });
+                if self.sse {
+                    // The status is already sent: end the stream with one error event.
+                    let code = if err.timeout {
+                        "upstream_timeout"
+                    } else {
+                        "upstream_stream_error"
+                    };
+                    let event = json!({"error": {"message": err.message, "type": "upstream_error",
+                                                 "param": null, "code": code}});
+                    Poll::Ready(Some(Ok(Bytes::from(format!("data: {event}\n\n")))))
+                } else {
+                    Poll::Ready(Some(Err(err)))
+                }
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                self.finish("ok");
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        self.finish("client_closed");
+    }
+}

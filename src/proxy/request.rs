@@ -1,0 +1,337 @@
+//! Steps 1–4 of the request path: parse the prompt reference, choose the version, render it
+//! and inject it into the request body that goes upstream.
+//!
+//! Pure: no I/O, no HTTP plumbing. The proxy handlers, `promptgate render` and the admin
+//! render preview all build the upstream request through [`prepare`].
+
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::prompts::{Builtins, PromptSet};
+use crate::select::{self, Selection, VersionRef};
+
+/// The endpoints that inject a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`: the prompt becomes the first (system) message.
+    ChatCompletions,
+    /// `POST /v1/responses`: the prompt becomes `instructions`.
+    Responses,
+}
+
+/// Which prompt version served a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    pub name: String,
+    pub version: u32,
+    pub hash: String,
+    pub selection: Selection,
+}
+
+/// The body to send upstream, and the prompt that shaped it (none: forwarded unchanged).
+#[derive(Debug)]
+pub struct Prepared {
+    pub body: Bytes,
+    pub served: Option<Served>,
+}
+
+/// What a request asks of promptgate, merged from the `prompt` body field and the
+/// `X-Prompt-*` headers (the body wins per field).
+#[derive(Debug, Default, PartialEq)]
+pub struct PromptRef {
+    pub name: String,
+    pub version: Option<VersionRef>,
+    pub variables: Map<String, Value>,
+}
+
+/// The `X-Prompt-*` headers, for clients that cannot add body fields.
+#[derive(Debug, Default)]
+pub struct HeaderPrompt {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub variables: Option<Map<String, Value>>,
+}
+
+impl HeaderPrompt {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let text = |name: &str| -> Result<Option<String>, ApiError> {
+            match headers.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .to_str()
+                    .map(|s| Some(s.trim().to_owned()))
+                    .map_err(|_| {
+                        ApiError::bad_request(
+                            format!("header `{name}` is not valid text"),
+                            Some(name.to_owned()),
+                        )
+                    }),
+            }
+        };
+        let variables = match text("x-prompt-variables")? {
+            None => None,
+            Some(raw) => match serde_json::from_str::<Value>(&raw) {
+                Ok(Value::Object(map)) => Some(map),
+                Ok(_) => {
+                    return Err(ApiError::bad_request(
+                        "header `X-Prompt-Variables` must be a JSON object",
+                        Some("X-Prompt-Variables".to_owned()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        format!("header `X-Prompt-Variables` is not valid JSON: {e}"),
+                        Some("X-Prompt-Variables".to_owned()),
+                    ));
+                }
+            },
+        };
+        Ok(HeaderPrompt {
+            name: text("x-prompt-name")?.filter(|s| !s.is_empty()),
+            version: text("x-prompt-version")?.filter(|s| !s.is_empty()),
+            variables,
+        })
+    }
+
+    fn names_prompt(&self) -> bool {
+        self.name.is_some()
+    }
+}
+
+/// Reads the `prompt` body field (already removed from the body) and merges the headers.
+/// `Ok(None)`: the request names no prompt.
+pub fn prompt_ref(field: Option<Value>, header: HeaderPrompt) -> Result<Option<PromptRef>, ApiError> {
+    let bad = |message: String, param: &str| ApiError::bad_request(message, Some(param.to_owned()));
+    let mut body_name = None;
+    let mut body_version = None;
+    let mut body_variables = None;
+    match field {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (key, value) in map {
+                match key.as_str() {
+                    "id" | "name" => match value {
+                        Value::String(s) if !s.is_empty() => body_name = Some(s),
+                        _ => return Err(bad(format!("`prompt.{key}` must be a non-empty string"), "prompt.id")),
+                    },
+                    "version" => match value {
+                        Value::Null => {}
+                        Value::Number(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                            Some(n) if n > 0 => body_version = Some(VersionRef::Number(n)),
+                            _ => return Err(bad(format!("`prompt.version` must be a positive integer or a label, not {n}"), "prompt.version")),
+                        },
+                        Value::String(s) if !s.trim().is_empty() => body_version = Some(VersionRef::parse(s.trim())),
+                        _ => return Err(bad("`prompt.version` must be a positive integer or a label".to_owned(), "prompt.version")),
+                    },
+                    "variables" => match value {
+                        Value::Null => {}
+                        Value::Object(vars) => body_variables = Some(vars),
+                        _ => return Err(bad("`prompt.variables` must be an object of name → value".to_owned(), "prompt.variables")),
+                    },
+                    // Per-request few-shot overrides are read by the few-shot step.
+                    "examples" => {}
+                    other => {
+                        return Err(bad(
+                            format!("unknown field `prompt.{other}`; known fields: `id`, `version`, `variables`, `examples`"),
+                            &format!("prompt.{other}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            return Err(bad(
+                "`prompt` must be an object like {\"id\": \"name\", \"variables\": {...}}".to_owned(),
+                "prompt",
+            ));
+        }
+    }
+    let header_names = header.names_prompt();
+    let Some(name) = body_name.or(header.name) else {
+        if body_version.is_some() || body_variables.is_some() || header_names {
+            return Err(bad("`prompt.id` is required".to_owned(), "prompt.id"));
+        }
+        return Ok(None);
+    };
+    let version = match body_version {
+        Some(v) => Some(v),
+        None => header.version.as_deref().map(VersionRef::parse),
+    };
+    if let Some(VersionRef::Number(0)) = version {
+        return Err(bad("`prompt.version` must be a positive integer or a label".to_owned(), "prompt.version"));
+    }
+    let mut variables = header.variables.unwrap_or_default();
+    variables.extend(body_variables.unwrap_or_default());
+    Ok(Some(PromptRef {
+        name,
+        version,
+        variables,
+    }))
+}
+
+/// The assignment key: header `X-User-Id`, then body `user`, then body `safety_identifier`.
+fn assignment_key<'a>(headers: &'a HeaderMap, body: &'a Map<String, Value>) -> Option<&'a str> {
+    headers
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| body.get("user").and_then(Value::as_str))
+        .or_else(|| body.get("safety_identifier").and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+}
+
+/// Text of a message `content`: a string, or the text parts of an array joined by newlines.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The last user message's text ("" if none).
+pub fn user_message(endpoint: Endpoint, body: &Map<String, Value>) -> String {
+    let items = match endpoint {
+        Endpoint::ChatCompletions => body.get("messages"),
+        Endpoint::Responses => match body.get("input") {
+            Some(Value::String(s)) => return s.clone(),
+            other => other,
+        },
+    };
+    items
+        .and_then(Value::as_array)
+        .and_then(|items| {
+            items
+                .iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        })
+        .and_then(|m| m.get("content"))
+        .map(content_text)
+        .unwrap_or_default()
+}
+
+/// Builds the upstream body for a request. A body that names no prompt is returned unchanged,
+/// byte for byte.
+pub fn prepare(
+    set: &PromptSet,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Bytes,
+    now: DateTime<Utc>,
+) -> Result<Prepared, ApiError> {
+    let header = HeaderPrompt::from_headers(headers)?;
+    // Fast path: a body that cannot hold a `prompt` field, and no header naming one, is not
+    // ours to touch, so it is not even parsed.
+    if !header.names_prompt() && memchr::memmem::find(&body, b"prompt").is_none() {
+        return Ok(Prepared { body, served: None });
+    }
+    let mut map = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) if !header.names_prompt() => return Ok(Prepared { body, served: None }),
+        Err(_) if !header.names_prompt() => return Ok(Prepared { body, served: None }),
+        Ok(_) => {
+            return Err(ApiError::bad_request("request body must be a JSON object", None));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                format!("request body is not valid JSON: {e}"),
+                None,
+            ));
+        }
+    };
+    let field = map.remove("prompt");
+    let Some(reference) = prompt_ref(field, header)? else {
+        return Ok(Prepared { body, served: None });
+    };
+
+    let prompt = select::find(set, &reference.name)?;
+    let key = assignment_key(headers, &map);
+    let (version, selection) = select::choose(prompt, reference.version.as_ref(), key)?;
+
+    let user_message = user_message(endpoint, &map);
+    let today = now.format("%Y-%m-%d").to_string();
+    let now_text = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let system = set.render(
+        prompt,
+        version,
+        &reference.variables,
+        Builtins {
+            today: &today,
+            now: &now_text,
+            user_message: &user_message,
+            examples: "",
+        },
+    )?;
+
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            let messages = match map.get_mut("messages") {
+                Some(Value::Array(messages)) => messages,
+                None => {
+                    map.insert("messages".to_owned(), Value::Array(Vec::new()));
+                    let Some(Value::Array(messages)) = map.get_mut("messages") else {
+                        unreachable!("just inserted an array")
+                    };
+                    messages
+                }
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "`messages` must be an array of messages",
+                        Some("messages".to_owned()),
+                    ));
+                }
+            };
+            messages.insert(0, serde_json::json!({"role": "system", "content": system}));
+        }
+        Endpoint::Responses => {
+            // The client's own instructions, if any, follow the managed prompt.
+            let instructions = match map.get("instructions") {
+                Some(Value::String(own)) if !own.is_empty() => format!("{system}\n\n{own}"),
+                _ => system,
+            };
+            map.insert("instructions".to_owned(), Value::String(instructions));
+        }
+    }
+
+    if let Some(model) = &version.model {
+        map.insert("model".to_owned(), Value::String(model.clone()));
+    }
+    if let Some(t) = version.temperature {
+        map.insert("temperature".to_owned(), Value::from(t));
+    }
+    if let Some(max) = version.max_tokens {
+        let field = match endpoint {
+            Endpoint::Responses => "max_output_tokens",
+            // Newer models only take `max_completion_tokens`; respect the client's choice.
+            Endpoint::ChatCompletions if map.contains_key("max_completion_tokens") => {
+                "max_completion_tokens"
+            }
+            Endpoint::ChatCompletions => "max_tokens",
+        };
+        map.insert(field.to_owned(), Value::from(max));
+    }
+    for (key, value) in &version.params {
+        map.insert(key.clone(), value.clone());
+    }
+
+    let body = serde_json::to_vec(&map).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Prepared {
+        body: Bytes::from(body),
+        served: Some(Served {
+            name: prompt.name.clone(),
+            version: version.version,
+            hash: version.hash.clone(),
+            selection,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+//! Running the server: load the prompts, bind, serve, and stop gracefully.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::{AppState, app, prompts};
+
+/// A server running in the background.
+pub struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+    state: AppState,
+}
+
+impl Server {
+    /// Loads the prompts (refusing to start if any problem is found), binds `config.listen`
+    /// (port 0 picks a free port) and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let set = prompts::load(&config.prompts_dir).map_err(|problems| {
+            anyhow::anyhow!(
+                "the prompts in `{}` are not valid ({} problem{}):\n{problems}",
+                config.prompts_dir.display(),
+                problems.0.len(),
+                if problems.0.len() == 1 { "" } else { "s" }
+            )
+        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            %addr,
+            prompts = set.len(),
+            upstream = %config.upstream,
+            "listening"
+        );
+        let state = AppState::new(config, set)?;
+        let (stop, mut stopped) = watch::channel(false);
+        let router = app(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Server {
+            addr,
+            stop,
+            task,
+            state,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, lets in-flight requests and streams finish for up to `grace`.
+    pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(grace, self.task).await {
+            Ok(joined) => {
+                joined.context("server task failed")??;
+                tracing::info!("stopped");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    grace_s = grace.as_secs_f64(),
+                    "requests still in flight after the shutdown grace period; stopping anyway"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let grace = config.shutdown_grace;
+    let server = Server::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!(grace_s = grace.as_secs_f64(), "shutting down");
+    server.shutdown(grace).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
