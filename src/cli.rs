@@ -16,7 +16,11 @@ use crate::prompts;
 use crate::proxy::request::{self, Endpoint};
 
 #[derive(Debug, Parser)]
-#[command(name = "promptgate", version, about = "A prompt-management sidecar for OpenAI-compatible APIs")]
+#[command(
+    name = "promptgate",
+    version,
+    about = "A prompt-management sidecar for OpenAI-compatible APIs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct PromptsDir {
     /// The prompts folder: one sub-folder per prompt.
-    #[arg(long = "prompts", env = "PROMPTGATE_PROMPTS", default_value = "prompts", value_name = "DIR")]
+    #[arg(
+        long = "prompts",
+        env = "PROMPTGATE_PROMPTS",
+        default_value = "prompts",
+        value_name = "DIR"
+    )]
     dir: PathBuf,
 }
 
@@ -47,7 +56,11 @@ struct ServeArgs {
     #[command(flatten)]
     prompts: PromptsDir,
     /// Upstream base URL (`/v1/X` goes to `URL/X`), or `echo` for the built-in local echo.
-    #[arg(long, env = "PROMPTGATE_UPSTREAM", default_value = "https://api.openai.com/v1")]
+    #[arg(
+        long,
+        env = "PROMPTGATE_UPSTREAM",
+        default_value = "https://api.openai.com/v1"
+    )]
     upstream: String,
     /// API key sent upstream instead of the client's `Authorization` (falls back to `OPENAI_API_KEY`).
     #[arg(long, env = "PROMPTGATE_UPSTREAM_API_KEY", hide_env_values = true)]
@@ -59,7 +72,12 @@ struct ServeArgs {
     #[arg(long, env = "PROMPTGATE_UPSTREAM_TIMEOUT", default_value = "600", value_name = "SECONDS", value_parser = seconds)]
     upstream_timeout: Duration,
     /// Largest request body read, in bytes; larger ones get 413.
-    #[arg(long, env = "PROMPTGATE_MAX_BODY_BYTES", default_value = "10485760", value_name = "BYTES")]
+    #[arg(
+        long,
+        env = "PROMPTGATE_MAX_BODY_BYTES",
+        default_value = "10485760",
+        value_name = "BYTES"
+    )]
     max_body_bytes: usize,
     /// Seconds in-flight requests may run on after SIGTERM/SIGINT.
     #[arg(long, env = "PROMPTGATE_SHUTDOWN_GRACE", default_value = "30", value_name = "SECONDS", value_parser = seconds)]
@@ -254,7 +272,11 @@ fn render(args: &RenderArgs) -> ExitCode {
         body["user"] = json!(user);
     }
     let mut headers = HeaderMap::new();
-    if let Some(user) = args.user.as_deref().and_then(|u| HeaderValue::from_str(u).ok()) {
+    if let Some(user) = args
+        .user
+        .as_deref()
+        .and_then(|u| HeaderValue::from_str(u).ok())
+    {
         headers.insert("x-user-id", user);
     }
     let prepared = request::prepare(

@@ -19,8 +19,9 @@ impl Upstream {
         if text == "echo" {
             return Ok(Upstream::Echo);
         }
-        let url = reqwest::Url::parse(text)
-            .map_err(|e| format!("`{text}` is not a URL ({e}); use `echo` or e.g. `https://api.openai.com/v1`"))?;
+        let url = reqwest::Url::parse(text).map_err(|e| {
+            format!("`{text}` is not a URL ({e}); use `echo` or e.g. `https://api.openai.com/v1`")
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("`{text}` must be an http or https URL"));
         }
@@ -79,8 +80,15 @@ mod tests {
     #[test]
     fn upstream_parses_echo_and_urls() {
         assert_eq!(Upstream::parse("echo"), Ok(Upstream::Echo));
-        assert!(matches!(Upstream::parse("http://127.0.0.1:9/v1"), Ok(Upstream::Url(_))));
+        assert!(matches!(
+            Upstream::parse("http://127.0.0.1:9/v1"),
+            Ok(Upstream::Url(_))
+        ));
         assert!(Upstream::parse("ftp://x").unwrap_err().contains("http"));
-        assert!(Upstream::parse("not a url").unwrap_err().contains("not a URL"));
+        assert!(
+            Upstream::parse("not a url")
+                .unwrap_err()
+                .contains("not a URL")
+        );
     }
 }

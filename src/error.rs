@@ -74,9 +74,11 @@ impl ApiError {
                 "invalid_request_error",
                 "unknown_url",
             ),
-            ApiError::UpstreamUnreachable { .. } => {
-                (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable")
-            }
+            ApiError::UpstreamUnreachable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unreachable",
+            ),
             ApiError::UpstreamTimeout { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_error",

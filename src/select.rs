@@ -246,6 +246,9 @@ mod tests {
     #[test]
     fn version_refs_parse() {
         assert_eq!(VersionRef::parse("3"), VersionRef::Number(3));
-        assert_eq!(VersionRef::parse("staging"), VersionRef::Label("staging".into()));
+        assert_eq!(
+            VersionRef::parse("staging"),
+            VersionRef::Label("staging".into())
+        );
     }
 }

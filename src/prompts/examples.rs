@@ -83,6 +83,9 @@ mod tests {
             problems.iter().map(|p| p.0).collect::<Vec<_>>(),
             vec![1, 2, 3]
         );
-        assert!(problems[0].1.contains("missing field `output`"), "{problems:?}");
+        assert!(
+            problems[0].1.contains("missing field `output`"),
+            "{problems:?}"
+        );
     }
 }

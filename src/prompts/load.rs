@@ -256,8 +256,16 @@ mod tests {
     fn loads_a_folder_of_prompts() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "support/v1.prompt", "Hello {{ name }}");
-        write(dir.path(), "support/v2.prompt", "---\nmodel: gpt-4o\n---\nHi {{ name }}\n");
-        write(dir.path(), "support/prompt.yaml", "description: d\ntags: [a]\nactive: 1\n");
+        write(
+            dir.path(),
+            "support/v2.prompt",
+            "---\nmodel: gpt-4o\n---\nHi {{ name }}\n",
+        );
+        write(
+            dir.path(),
+            "support/prompt.yaml",
+            "description: d\ntags: [a]\nactive: 1\n",
+        );
         write(dir.path(), "bare/v3.prompt", "plain");
         write(dir.path(), "README.md", "not a prompt");
         write(dir.path(), ".hidden/v1.prompt", "{{ broken");
@@ -267,7 +275,11 @@ mod tests {
         assert_eq!(support.active, 1);
         assert_eq!(support.versions[&2].model.as_deref(), Some("gpt-4o"));
         assert_eq!(support.versions[&1].variables, vec!["name".to_owned()]);
-        assert_eq!(set.get("bare").unwrap().active, 3, "highest version by default");
+        assert_eq!(
+            set.get("bare").unwrap().active,
+            3,
+            "highest version by default"
+        );
     }
 
     #[test]
@@ -275,7 +287,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a/v1.prompt", "ok");
         write(dir.path(), "a/prompt.yaml", "description: x\nactive: 4\n");
-        write(dir.path(), "b/v1.prompt", "---\nmodel: m\n---\nline\n{% if x %}\n");
+        write(
+            dir.path(),
+            "b/v1.prompt",
+            "---\nmodel: m\n---\nline\n{% if x %}\n",
+        );
         write(dir.path(), "c/v01.prompt", "x");
         write(dir.path(), "Bad Name/v1.prompt", "x");
         write(dir.path(), "d/notes.txt", "no versions");
@@ -285,7 +301,10 @@ mod tests {
         let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let has = |prefix: &str| shown.iter().any(|s| s.starts_with(prefix));
         assert!(has("Bad Name: not a valid prompt name"), "{shown:#?}");
-        assert!(has("a/prompt.yaml:2: `active` refers to version 4"), "{shown:#?}");
+        assert!(
+            has("a/prompt.yaml:2: `active` refers to version 4"),
+            "{shown:#?}"
+        );
         assert!(has("b/v1.prompt:5: template syntax error"), "{shown:#?}");
         assert!(has("c/v01.prompt: version files are named"), "{shown:#?}");
         assert!(has("c: no version files"), "{shown:#?}");
@@ -297,7 +316,11 @@ mod tests {
     #[test]
     fn missing_folder_is_a_problem() {
         let problems = load(Path::new("/nonexistent/prompts")).unwrap_err();
-        assert!(problems.to_string().contains("cannot read the prompts folder"));
+        assert!(
+            problems
+                .to_string()
+                .contains("cannot read the prompts folder")
+        );
     }
 
     #[test]

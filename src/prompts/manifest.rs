@@ -332,7 +332,10 @@ mod tests {
 
     #[test]
     fn missing_versions_are_named_with_lines() {
-        let problems = problems_of("description: x\nactive: 9\nlabels:\n  staging: 7\n", &[1, 2]);
+        let problems = problems_of(
+            "description: x\nactive: 9\nlabels:\n  staging: 7\n",
+            &[1, 2],
+        );
         assert_eq!(
             problems,
             vec![
@@ -362,7 +365,8 @@ mod tests {
 
     #[test]
     fn fractional_weight_is_refused() {
-        let err = parse("experiment:\n  variants:\n    - {version: 1, weight: 70.5}\n").unwrap_err();
+        let err =
+            parse("experiment:\n  variants:\n    - {version: 1, weight: 70.5}\n").unwrap_err();
         assert_eq!(err.0, Some(3));
     }
 

@@ -44,7 +44,9 @@ pub fn compile(
 ) -> Result<Compiled, (Option<usize>, String)> {
     env.add_template_owned(key.to_owned(), body.to_owned())
         .map_err(|e| {
-            let detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_owned);
+            let detail = e
+                .detail()
+                .map_or_else(|| e.kind().to_string(), str::to_owned);
             (e.line(), format!("template {}: {detail}", e.kind()))
         })?;
     let template = env
@@ -129,7 +131,10 @@ pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<Str
     ctx.insert("now".to_owned(), Value::from(input.builtins.now));
     ctx.insert("prompt_name".to_owned(), Value::from(input.prompt));
     ctx.insert("prompt_version".to_owned(), Value::from(input.version));
-    ctx.insert("user_message".to_owned(), Value::from(input.builtins.user_message));
+    ctx.insert(
+        "user_message".to_owned(),
+        Value::from(input.builtins.user_message),
+    );
     ctx.insert("examples".to_owned(), Value::from(input.builtins.examples));
     // The request's own variables win over built-ins of the same name.
     for (name, value) in input.variables {
@@ -156,7 +161,9 @@ pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<Str
                 };
             }
         }
-        let mut detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_owned);
+        let mut detail = e
+            .detail()
+            .map_or_else(|| e.kind().to_string(), str::to_owned);
         if let Some(line) = e.line() {
             detail.push_str(&format!(" (template line {line})"));
         }
@@ -251,14 +258,18 @@ mod tests {
     fn declared_variables_are_required_even_if_unused() {
         let declared = vec!["a".to_owned(), "unused".to_owned()];
         let err = render_str("{{ a }}", Some(&declared), json!({"a": 1})).unwrap_err();
-        assert!(matches!(err, RenderError::MissingVariables { missing, .. } if missing == vec!["unused".to_owned()]));
+        assert!(
+            matches!(err, RenderError::MissingVariables { missing, .. } if missing == vec!["unused".to_owned()])
+        );
     }
 
     #[test]
     fn undeclared_but_used_variable_is_named() {
         let declared = vec!["a".to_owned()];
         let err = render_str("{{ a }} {{ b }}", Some(&declared), json!({"a": 1})).unwrap_err();
-        assert!(matches!(err, RenderError::MissingVariables { missing, .. } if missing == vec!["b".to_owned()]));
+        assert!(
+            matches!(err, RenderError::MissingVariables { missing, .. } if missing == vec!["b".to_owned()])
+        );
     }
 
     #[test]
@@ -299,7 +310,8 @@ mod tests {
     #[test]
     fn syntax_errors_carry_the_line() {
         let mut env = environment();
-        let (line, message) = compile(&mut env, "p/v1", "line one\nline two\n{{ x + }}").unwrap_err();
+        let (line, message) =
+            compile(&mut env, "p/v1", "line one\nline two\n{{ x + }}").unwrap_err();
         assert_eq!(line, Some(3));
         assert!(message.starts_with("template syntax error"), "{message}");
     }

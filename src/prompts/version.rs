@@ -29,11 +29,14 @@ pub struct RawVersion {
     pub body_line: usize,
 }
 
+/// A problem in a file: the line when known, and what is wrong.
+pub type LineProblem = (Option<usize>, String);
+
 /// Request fields a version may not set through `params`: they are the client's or ours.
 const RESERVED_PARAMS: [&str; 3] = ["messages", "input", "prompt"];
 
 /// Parses a version file. Errors carry the file line.
-pub fn parse(text: &str) -> Result<RawVersion, Vec<(Option<usize>, String)>> {
+pub fn parse(text: &str) -> Result<RawVersion, Vec<LineProblem>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (front_text, body, body_line) = split(text)?;
     let front = match front_text {
@@ -47,7 +50,10 @@ pub fn parse(text: &str) -> Result<RawVersion, Vec<(Option<usize>, String)>> {
     if let Some(t) = front.temperature
         && !(0.0..=2.0).contains(&t)
     {
-        problems.push((None, format!("`temperature` must be between 0 and 2, not {t}")));
+        problems.push((
+            None,
+            format!("`temperature` must be between 0 and 2, not {t}"),
+        ));
     }
     if front.max_tokens == Some(0) {
         problems.push((None, "`max_tokens` must be at least 1".to_owned()));
@@ -61,7 +67,9 @@ pub fn parse(text: &str) -> Result<RawVersion, Vec<(Option<usize>, String)>> {
         if RESERVED_PARAMS.contains(&key.as_str()) {
             problems.push((
                 None,
-                format!("`params.{key}` cannot be set by a prompt version; it comes from the request"),
+                format!(
+                    "`params.{key}` cannot be set by a prompt version; it comes from the request"
+                ),
             ));
         }
     }
@@ -84,7 +92,7 @@ pub fn parse(text: &str) -> Result<RawVersion, Vec<(Option<usize>, String)>> {
 }
 
 /// Splits the text into front matter (if any), body and the body's first line.
-fn split(text: &str) -> Result<(Option<&str>, &str, usize), Vec<(Option<usize>, String)>> {
+fn split(text: &str) -> Result<(Option<&str>, &str, usize), Vec<LineProblem>> {
     let trim_end = |s: &str| s.trim_end_matches(['\n', '\r']).len();
     let first_line_end = text.find('\n').unwrap_or(text.len());
     if text[..first_line_end].trim_end() != "---" {
@@ -93,9 +101,7 @@ fn split(text: &str) -> Result<(Option<&str>, &str, usize), Vec<(Option<usize>, 
     let mut offset = (first_line_end + 1).min(text.len());
     let mut line = 2;
     while offset < text.len() {
-        let end = text[offset..]
-            .find('\n')
-            .map_or(text.len(), |i| offset + i);
+        let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
         if text[offset..end].trim_end() == "---" {
             let front = &text[first_line_end + 1..offset];
             let body_start = (end + 1).min(text.len());
@@ -125,8 +131,7 @@ pub fn hash(body: &str) -> String {
 /// `v12.prompt` → 12. Numbers are positive and written without leading zeros.
 pub fn number_from_file_name(name: &str) -> Option<u32> {
     let digits = name.strip_prefix('v')?.strip_suffix(".prompt")?;
-    if digits.is_empty() || digits.starts_with('0') || !digits.chars().all(|c| c.is_ascii_digit())
-    {
+    if digits.is_empty() || digits.starts_with('0') || !digits.chars().all(|c| c.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
@@ -147,7 +152,10 @@ mod tests {
 
     #[test]
     fn front_matter_and_body_are_split() {
-        let v = parse("---\nmodel: gpt-4o\ntemperature: 0.3\nvariables: [a, b]\n---\nHello {{ a }}\n\n").unwrap();
+        let v = parse(
+            "---\nmodel: gpt-4o\ntemperature: 0.3\nvariables: [a, b]\n---\nHello {{ a }}\n\n",
+        )
+        .unwrap();
         assert_eq!(v.front.model.as_deref(), Some("gpt-4o"));
         assert_eq!(v.front.temperature, Some(0.3));
         assert_eq!(v.front.variables, Some(vec!["a".into(), "b".into()]));

@@ -68,7 +68,6 @@ mod tests {
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[expect(dead_code, reason = "only parsed")]
     struct Doc {
         description: Option<String>,
         active: Option<u32>,

@@ -143,7 +143,10 @@ fn chat(bytes: &Bytes) -> UpstreamResponse {
         }
         format!("data: {c}\n\n")
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     for piece in pieces(&content) {
         events.push(chunk(json!({"content": piece}), Value::Null));
     }

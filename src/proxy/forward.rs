@@ -96,8 +96,9 @@ pub async fn send(
         out.remove(name);
     }
     if let Some(key) = &config.upstream_api_key {
-        let value = HeaderValue::from_str(&format!("Bearer {key}"))
-            .map_err(|_| ApiError::Internal("the upstream API key is not a valid header value".into()))?;
+        let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+            ApiError::Internal("the upstream API key is not a valid header value".into())
+        })?;
         out.insert(header::AUTHORIZATION, value);
     }
     let body = match body {
@@ -188,7 +189,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_dropped() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));

@@ -24,6 +24,13 @@ pub fn relay(upstream: UpstreamResponse, ctx: RequestCtx) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let status = upstream.status;
+    // With a known length the server stops polling after the last byte, so "done" is
+    // recognised by the count rather than by the end of the stream.
+    let remaining = upstream
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     *response.headers_mut() = upstream.headers;
@@ -41,6 +48,7 @@ pub fn relay(upstream: UpstreamResponse, ctx: RequestCtx) -> Response {
         first_byte: None,
         ctx: Some(ctx),
         status: status.as_u16(),
+        remaining,
     };
     *response.body_mut() = Body::from_stream(body);
     response
@@ -55,6 +63,7 @@ struct Relayed {
     first_byte: Option<Instant>,
     ctx: Option<RequestCtx>,
     status: u16,
+    remaining: Option<u64>,
 }
 
 impl Relayed {
@@ -77,6 +86,12 @@ impl Stream for Relayed {
             Poll::Ready(Some(Ok(chunk))) => {
                 if self.first_byte.is_none() && !chunk.is_empty() {
                     self.first_byte = Some(Instant::now());
+                }
+                if let Some(remaining) = self.remaining.as_mut() {
+                    *remaining = remaining.saturating_sub(chunk.len() as u64);
+                    if *remaining == 0 {
+                        self.finish("ok");
+                    }
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }

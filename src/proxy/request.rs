@@ -60,15 +60,12 @@ impl HeaderPrompt {
         let text = |name: &str| -> Result<Option<String>, ApiError> {
             match headers.get(name) {
                 None => Ok(None),
-                Some(v) => v
-                    .to_str()
-                    .map(|s| Some(s.trim().to_owned()))
-                    .map_err(|_| {
-                        ApiError::bad_request(
-                            format!("header `{name}` is not valid text"),
-                            Some(name.to_owned()),
-                        )
-                    }),
+                Some(v) => v.to_str().map(|s| Some(s.trim().to_owned())).map_err(|_| {
+                    ApiError::bad_request(
+                        format!("header `{name}` is not valid text"),
+                        Some(name.to_owned()),
+                    )
+                }),
             }
         };
         let variables = match text("x-prompt-variables")? {
@@ -103,7 +100,10 @@ impl HeaderPrompt {
 
 /// Reads the `prompt` body field (already removed from the body) and merges the headers.
 /// `Ok(None)`: the request names no prompt.
-pub fn prompt_ref(field: Option<Value>, header: HeaderPrompt) -> Result<Option<PromptRef>, ApiError> {
+pub fn prompt_ref(
+    field: Option<Value>,
+    header: HeaderPrompt,
+) -> Result<Option<PromptRef>, ApiError> {
     let bad = |message: String, param: &str| ApiError::bad_request(message, Some(param.to_owned()));
     let mut body_name = None;
     let mut body_version = None;
@@ -115,27 +115,53 @@ pub fn prompt_ref(field: Option<Value>, header: HeaderPrompt) -> Result<Option<P
                 match key.as_str() {
                     "id" | "name" => match value {
                         Value::String(s) if !s.is_empty() => body_name = Some(s),
-                        _ => return Err(bad(format!("`prompt.{key}` must be a non-empty string"), "prompt.id")),
+                        _ => {
+                            return Err(bad(
+                                format!("`prompt.{key}` must be a non-empty string"),
+                                "prompt.id",
+                            ));
+                        }
                     },
                     "version" => match value {
                         Value::Null => {}
                         Value::Number(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
                             Some(n) if n > 0 => body_version = Some(VersionRef::Number(n)),
-                            _ => return Err(bad(format!("`prompt.version` must be a positive integer or a label, not {n}"), "prompt.version")),
+                            _ => {
+                                return Err(bad(
+                                    format!(
+                                        "`prompt.version` must be a positive integer or a label, not {n}"
+                                    ),
+                                    "prompt.version",
+                                ));
+                            }
                         },
-                        Value::String(s) if !s.trim().is_empty() => body_version = Some(VersionRef::parse(s.trim())),
-                        _ => return Err(bad("`prompt.version` must be a positive integer or a label".to_owned(), "prompt.version")),
+                        Value::String(s) if !s.trim().is_empty() => {
+                            body_version = Some(VersionRef::parse(s.trim()))
+                        }
+                        _ => {
+                            return Err(bad(
+                                "`prompt.version` must be a positive integer or a label".to_owned(),
+                                "prompt.version",
+                            ));
+                        }
                     },
                     "variables" => match value {
                         Value::Null => {}
                         Value::Object(vars) => body_variables = Some(vars),
-                        _ => return Err(bad("`prompt.variables` must be an object of name → value".to_owned(), "prompt.variables")),
+                        _ => {
+                            return Err(bad(
+                                "`prompt.variables` must be an object of name → value".to_owned(),
+                                "prompt.variables",
+                            ));
+                        }
                     },
                     // Per-request few-shot overrides are read by the few-shot step.
                     "examples" => {}
                     other => {
                         return Err(bad(
-                            format!("unknown field `prompt.{other}`; known fields: `id`, `version`, `variables`, `examples`"),
+                            format!(
+                                "unknown field `prompt.{other}`; known fields: `id`, `version`, `variables`, `examples`"
+                            ),
                             &format!("prompt.{other}"),
                         ));
                     }
@@ -144,7 +170,8 @@ pub fn prompt_ref(field: Option<Value>, header: HeaderPrompt) -> Result<Option<P
         }
         Some(_) => {
             return Err(bad(
-                "`prompt` must be an object like {\"id\": \"name\", \"variables\": {...}}".to_owned(),
+                "`prompt` must be an object like {\"id\": \"name\", \"variables\": {...}}"
+                    .to_owned(),
                 "prompt",
             ));
         }
@@ -161,7 +188,10 @@ pub fn prompt_ref(field: Option<Value>, header: HeaderPrompt) -> Result<Option<P
         None => header.version.as_deref().map(VersionRef::parse),
     };
     if let Some(VersionRef::Number(0)) = version {
-        return Err(bad("`prompt.version` must be a positive integer or a label".to_owned(), "prompt.version"));
+        return Err(bad(
+            "`prompt.version` must be a positive integer or a label".to_owned(),
+            "prompt.version",
+        ));
     }
     let mut variables = header.variables.unwrap_or_default();
     variables.extend(body_variables.unwrap_or_default());
@@ -237,7 +267,10 @@ pub fn prepare(
         Ok(_) if !header.names_prompt() => return Ok(Prepared { body, served: None }),
         Err(_) if !header.names_prompt() => return Ok(Prepared { body, served: None }),
         Ok(_) => {
-            return Err(ApiError::bad_request("request body must be a JSON object", None));
+            return Err(ApiError::bad_request(
+                "request body must be a JSON object",
+                None,
+            ));
         }
         Err(e) => {
             return Err(ApiError::bad_request(

@@ -26,11 +26,7 @@ fn fixture() -> PromptSet {
         "support/prompt.yaml",
         "active: 2\nlabels: {staging: 3}\n",
     );
-    write(
-        dir.path(),
-        "ab/v1.prompt",
-        "A",
-    );
+    write(dir.path(), "ab/v1.prompt", "A");
     write(dir.path(), "ab/v2.prompt", "B");
     write(
         dir.path(),
@@ -44,10 +40,23 @@ fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 25, 8, 30, 0).unwrap()
 }
 
-fn run(endpoint: Endpoint, headers: &HeaderMap, body: Value) -> Result<(Value, Option<Served>), ApiError> {
+fn run(
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<(Value, Option<Served>), ApiError> {
     let set = fixture();
-    let prepared = prepare(&set, endpoint, headers, Bytes::from(body.to_string()), now())?;
-    Ok((serde_json::from_slice(&prepared.body).unwrap(), prepared.served))
+    let prepared = prepare(
+        &set,
+        endpoint,
+        headers,
+        Bytes::from(body.to_string()),
+        now(),
+    )?;
+    Ok((
+        serde_json::from_slice(&prepared.body).unwrap(),
+        prepared.served,
+    ))
 }
 
 #[test]
@@ -80,15 +89,36 @@ fn chat_gets_system_message_first_and_overrides() {
 fn body_without_prompt_is_untouched_bytes() {
     let set = fixture();
     let raw = Bytes::from_static(b"{\"model\":  \"x\", \"messages\": []}");
-    let prepared = prepare(&set, Endpoint::ChatCompletions, &HeaderMap::new(), raw.clone(), now()).unwrap();
+    let prepared = prepare(
+        &set,
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        raw.clone(),
+        now(),
+    )
+    .unwrap();
     assert_eq!(prepared.body, raw);
     assert!(prepared.served.is_none());
     // Even a body that mentions the word, and even one that is not JSON.
     let raw = Bytes::from_static(b"{\"messages\": [{\"role\":\"user\",\"content\":\"prompt\"}]}");
-    let prepared = prepare(&set, Endpoint::ChatCompletions, &HeaderMap::new(), raw.clone(), now()).unwrap();
+    let prepared = prepare(
+        &set,
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        raw.clone(),
+        now(),
+    )
+    .unwrap();
     assert_eq!(prepared.body, raw);
     let raw = Bytes::from_static(b"not json prompt");
-    let prepared = prepare(&set, Endpoint::ChatCompletions, &HeaderMap::new(), raw.clone(), now()).unwrap();
+    let prepared = prepare(
+        &set,
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        raw.clone(),
+        now(),
+    )
+    .unwrap();
     assert_eq!(prepared.body, raw);
 }
 
@@ -130,7 +160,10 @@ fn headers_name_the_prompt_and_body_wins() {
     let mut headers = HeaderMap::new();
     headers.insert("x-prompt-name", HeaderValue::from_static("support"));
     headers.insert("x-prompt-version", HeaderValue::from_static("staging"));
-    headers.insert("x-prompt-variables", HeaderValue::from_static("{\"company\": \"FromHeader\"}"));
+    headers.insert(
+        "x-prompt-variables",
+        HeaderValue::from_static("{\"company\": \"FromHeader\"}"),
+    );
     let (body, served) = run(Endpoint::ChatCompletions, &headers, json!({"messages": []})).unwrap();
     assert_eq!(body["messages"][0]["content"], "Staging FromHeader");
     assert_eq!(served.unwrap().selection, Selection::Label);
@@ -197,11 +230,26 @@ fn experiment_assigns_by_user_key_order() {
 fn bad_prompt_fields_are_400_naming_the_field() {
     let cases = [
         (json!({"messages": [], "prompt": "support"}), "prompt"),
-        (json!({"messages": [], "prompt": {"variables": {}}}), "prompt.id"),
-        (json!({"messages": [], "prompt": {"id": "support", "version": -1}}), "prompt.version"),
-        (json!({"messages": [], "prompt": {"id": "support", "variables": [1]}}), "prompt.variables"),
-        (json!({"messages": [], "prompt": {"id": "support", "vars": {}}}), "prompt.vars"),
-        (json!({"messages": "hi", "prompt": {"id": "support", "variables": {"company": "A"}}}), "messages"),
+        (
+            json!({"messages": [], "prompt": {"variables": {}}}),
+            "prompt.id",
+        ),
+        (
+            json!({"messages": [], "prompt": {"id": "support", "version": -1}}),
+            "prompt.version",
+        ),
+        (
+            json!({"messages": [], "prompt": {"id": "support", "variables": [1]}}),
+            "prompt.variables",
+        ),
+        (
+            json!({"messages": [], "prompt": {"id": "support", "vars": {}}}),
+            "prompt.vars",
+        ),
+        (
+            json!({"messages": "hi", "prompt": {"id": "support", "variables": {"company": "A"}}}),
+            "messages",
+        ),
     ];
     for (body, param) in cases {
         let err = run(Endpoint::ChatCompletions, &HeaderMap::new(), body.clone()).unwrap_err();
@@ -212,18 +260,44 @@ fn bad_prompt_fields_are_400_naming_the_field() {
 
 #[test]
 fn unknown_prompt_version_and_label_are_404() {
-    let err = run(Endpoint::ChatCompletions, &HeaderMap::new(), json!({"prompt": {"id": "nope"}})).unwrap_err();
+    let err = run(
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        json!({"prompt": {"id": "nope"}}),
+    )
+    .unwrap_err();
     assert_eq!(err.body()["error"]["code"], "prompt_not_found");
-    assert!(err.to_string().contains("known prompts: `ab`, `support`"), "{err}");
-    let err = run(Endpoint::ChatCompletions, &HeaderMap::new(), json!({"prompt": {"id": "support", "version": 9}})).unwrap_err();
+    assert!(
+        err.to_string().contains("known prompts: `ab`, `support`"),
+        "{err}"
+    );
+    let err = run(
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        json!({"prompt": {"id": "support", "version": 9}}),
+    )
+    .unwrap_err();
     assert_eq!(err.body()["error"]["code"], "version_not_found");
-    let err = run(Endpoint::ChatCompletions, &HeaderMap::new(), json!({"prompt": {"id": "support", "version": "prod"}})).unwrap_err();
-    assert_eq!(err.to_string(), "unknown label `prod` for prompt `support`; known labels: `staging`");
+    let err = run(
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        json!({"prompt": {"id": "support", "version": "prod"}}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown label `prod` for prompt `support`; known labels: `staging`"
+    );
 }
 
 #[test]
 fn missing_variables_are_400() {
-    let err = run(Endpoint::ChatCompletions, &HeaderMap::new(), json!({"messages": [], "prompt": {"id": "support"}})).unwrap_err();
+    let err = run(
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        json!({"messages": [], "prompt": {"id": "support"}}),
+    )
+    .unwrap_err();
     assert_eq!(err.status(), 400);
     assert_eq!(err.body()["error"]["code"], "missing_variables");
     assert!(err.to_string().contains("`company`"));
@@ -245,10 +319,18 @@ fn user_message_reads_text_parts_and_responses_input() {
         {"role": "assistant", "content": "x"},
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "b"}]}
     ]});
-    let Value::Object(map) = body else { unreachable!() };
+    let Value::Object(map) = body else {
+        unreachable!()
+    };
     assert_eq!(user_message(Endpoint::ChatCompletions, &map), "a\nb");
-    let Value::Object(map) = json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": "q"}]}]}) else { unreachable!() };
+    let Value::Object(map) =
+        json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": "q"}]}]})
+    else {
+        unreachable!()
+    };
     assert_eq!(user_message(Endpoint::Responses, &map), "q");
-    let Value::Object(map) = json!({"input": "plain"}) else { unreachable!() };
+    let Value::Object(map) = json!({"input": "plain"}) else {
+        unreachable!()
+    };
     assert_eq!(user_message(Endpoint::Responses, &map), "plain");
 }

@@ -1,0 +1,173 @@
+//! Shared test helpers: prompt fixtures, the real server on port 0, and upstreams.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use axum::routing::post;
+use bytes::Bytes;
+use promptgate::config::{Config, Upstream};
+use promptgate::server::Server;
+use tempfile::TempDir;
+
+pub fn write(root: &Path, file: &str, text: &str) {
+    let path = root.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A prompts folder with a `support` prompt (v1, v2 active with overrides, label `stable`) and
+/// an `ab` prompt running a 50/50 experiment.
+pub fn prompts() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "support/v1.prompt",
+        "You help customers of {{ company }}.\n",
+    );
+    write(
+        root,
+        "support/v2.prompt",
+        "---\nmodel: gpt-4o\ntemperature: 0.3\nmax_tokens: 256\nparams: {top_p: 0.9}\nvariables: [company, tier]\n---\n\
+         You help customers of {{ company }}.\n{% if tier == \"enterprise\" %}Prioritize this enterprise customer.{% endif %}\n",
+    );
+    write(
+        root,
+        "support/prompt.yaml",
+        "description: Support agent\ntags: [support]\nactive: 2\nlabels: {stable: 1}\n",
+    );
+    write(root, "ab/v1.prompt", "Variant A");
+    write(root, "ab/v2.prompt", "Variant B");
+    write(
+        root,
+        "ab/prompt.yaml",
+        "experiment: {version_a: 1, version_b: 2, traffic_split: 0.5}\n",
+    );
+    dir
+}
+
+/// The rendered text of `support` v2 for `company`/`tier`.
+pub fn support_v2(company: &str, enterprise: bool) -> String {
+    let extra = if enterprise {
+        "Prioritize this enterprise customer."
+    } else {
+        ""
+    };
+    format!("You help customers of {company}.\n{extra}")
+}
+
+/// The real server, serving `prompts` on 127.0.0.1 port 0.
+pub struct TestApp {
+    pub server: Server,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).json(body)
+    }
+}
+
+pub async fn spawn_app(prompts: &Path, upstream: Upstream) -> TestApp {
+    spawn_with(prompts, upstream, |_| {}).await
+}
+
+pub async fn spawn_with(
+    prompts: &Path,
+    upstream: Upstream,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
+    let mut config = Config::new(prompts, upstream);
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.upstream_timeout = Duration::from_secs(10);
+    adjust(&mut config);
+    let server = Server::start(config).await.expect("server starts");
+    let base = format!("http://{}", server.addr());
+    TestApp {
+        server,
+        base,
+        client: http(),
+    }
+}
+
+/// The upstream URL of a wiremock server, as `--upstream` takes it.
+pub fn upstream_of(mock: &wiremock::MockServer) -> Upstream {
+    Upstream::parse(&format!("{}/v1", mock.uri())).unwrap()
+}
+
+/// An upstream that streams `chunks` as server-sent events with `gap` between them, to check
+/// that promptgate relays each chunk as it comes. With `fail_after`, the connection is cut
+/// after that many chunks.
+pub async fn streaming_upstream(
+    chunks: Vec<String>,
+    gap: Duration,
+    fail_after: Option<usize>,
+) -> (Upstream, SocketAddr) {
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let chunks = chunks.clone();
+            async move {
+                let stream = async_stream(chunks, gap, fail_after);
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(stream))
+                    .unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (Upstream::parse(&format!("http://{addr}/v1")).unwrap(), addr)
+}
+
+fn async_stream(
+    chunks: Vec<String>,
+    gap: Duration,
+    fail_after: Option<usize>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(0usize, move |i| {
+        let chunks = chunks.clone();
+        async move {
+            if fail_after == Some(i) {
+                return Some((
+                    Err(std::io::Error::other("upstream broke")) as Result<Bytes, std::io::Error>,
+                    usize::MAX,
+                ));
+            }
+            if i >= chunks.len() {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            Some((Ok(Bytes::from(chunks[i].clone())), i + 1))
+        }
+    })
+}
+
+/// An HTTP client for tests (reqwest is built without a default TLS provider).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// A listener address with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
