@@ -85,6 +85,27 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "PROMPTGATE_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Folder for the audit trail and other state.
+    #[arg(
+        long,
+        env = "PROMPTGATE_STATE_DIR",
+        default_value = ".promptgate",
+        value_name = "DIR"
+    )]
+    state_dir: PathBuf,
+    /// Bearer token for the admin API; without one only admin reads are allowed.
+    #[arg(long, env = "PROMPTGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Serve the admin API and /metrics on this address instead of the main one.
+    #[arg(long, env = "PROMPTGATE_ADMIN_LISTEN", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Poll the prompts folder every N milliseconds instead of using file events (for
+    /// filesystems where inotify says nothing).
+    #[arg(long, env = "PROMPTGATE_WATCH_POLL_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(10..))]
+    watch_poll_ms: Option<u64>,
+    /// Do not watch the prompts folder (changes need a restart or an admin write).
+    #[arg(long, env = "PROMPTGATE_NO_WATCH")]
+    no_watch: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -163,6 +184,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         upstream_timeout: args.upstream_timeout,
         max_body_bytes: args.max_body_bytes,
         shutdown_grace: args.shutdown_grace,
+        state_dir: args.state_dir,
+        admin_token: args.admin_token.filter(|t| !t.is_empty()),
+        admin_listen: args.admin_listen,
+        watch_poll: args.watch_poll_ms.map(Duration::from_millis),
+        watch: !args.no_watch,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

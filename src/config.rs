@@ -55,6 +55,16 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Where the audit trail (and other state) lives.
+    pub state_dir: PathBuf,
+    /// Bearer token for the admin API; without one, admin reads only.
+    pub admin_token: Option<String>,
+    /// A separate listener for the admin API and `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Poll the prompts folder at this interval instead of using inotify.
+    pub watch_poll: Option<Duration>,
+    /// Watch the prompts folder at all.
+    pub watch: bool,
 }
 
 impl Config {
@@ -69,6 +79,11 @@ impl Config {
             upstream_timeout: Duration::from_secs(600),
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            state_dir: PathBuf::from(".promptgate"),
+            admin_token: None,
+            admin_listen: None,
+            watch_poll: None,
+            watch: true,
         }
     }
 }

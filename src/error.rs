@@ -4,7 +4,6 @@
 //! [`ApiError`], and [`ApiError::into_response`] picks the status, `type` and `code` and writes
 //! OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -34,6 +33,10 @@ pub enum ApiError {
     UpstreamUnreachable { url: String, reason: String },
     #[error("upstream `{url}` did not answer within {seconds} s")]
     UpstreamTimeout { url: String, seconds: f64 },
+    #[error("{message}")]
+    Unauthorized { message: String },
+    #[error("{message}")]
+    Forbidden { message: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -84,6 +87,16 @@ impl ApiError {
                 "upstream_error",
                 "upstream_timeout",
             ),
+            ApiError::Unauthorized { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_admin_token",
+            ),
+            ApiError::Forbidden { .. } => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "admin_writes_disabled",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -112,7 +125,39 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let ApiError::Unauthorized { .. } = self {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// `axum::Json`, with bad JSON answered in OpenAI's error shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text(), None)),
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
     }
 }
 

@@ -4,13 +4,20 @@
 //! [`proxy`] reads it → [`proxy::request`] parses the prompt reference, [`select`] chooses the
 //! version, [`prompts`] renders it and the body is rewritten → [`proxy::forward`] sends it
 //! upstream → [`proxy::relay`] streams the answer back and records the request.
-//! [`server`] runs the listener and shutdown; [`cli`] is the command line.
+//! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
+//! the files change, recording each change in the [`audit`] trail; [`admin`] is the admin API;
+//! [`record`] holds the metrics. [`server`] runs the listeners and shutdown; [`cli`] is the
+//! command line.
 
+pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod prompts;
 pub mod proxy;
+pub mod record;
+pub mod reload;
 pub mod select;
 pub mod server;
 
@@ -35,29 +42,74 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// One pooled upstream client.
     pub http: reqwest::Client,
+    pub metrics: Arc<record::Metrics>,
+    pub audit: Arc<audit::Audit>,
+    pub reloader: reload::Reloader,
+    pub writer: Arc<admin::write::Writer>,
 }
 
 impl AppState {
+    /// Opens the state folder, records what is on disk in the audit trail and starts the
+    /// reload task. Needs a Tokio runtime.
     pub fn new(config: Config, prompts: PromptSet) -> anyhow::Result<Self> {
         let http = proxy::forward::client(&config)?;
+        let metrics = Arc::new(record::Metrics::new());
+        let audit = Arc::new(audit::Audit::open(&config.state_dir)?);
+        // Changes made while promptgate was not running are recorded now.
+        audit
+            .record(&prompts, &audit::Actor::disk())
+            .map_err(|e| anyhow::anyhow!("cannot write the audit trail: {e}"))?;
+        metrics.prompts_loaded.set(prompts.len() as i64);
+        let prompts = Arc::new(ArcSwap::from_pointee(prompts));
+        let reloader = reload::Reloader::start(reload::Target {
+            dir: config.prompts_dir.clone(),
+            prompts: prompts.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+        });
         Ok(AppState {
-            prompts: Arc::new(ArcSwap::from_pointee(prompts)),
+            prompts,
+            writer: Arc::new(admin::write::Writer::new(&config.prompts_dir)),
             config: Arc::new(config),
             http,
+            metrics,
+            audit,
+            reloader,
         })
     }
 }
 
-/// The HTTP surface.
+/// The HTTP surface: the proxy, health, and — unless they have a listener of their own —
+/// the admin API and metrics.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/v1/responses", post(proxy::responses))
         .route("/v1/{*rest}", any(proxy::passthrough))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    let router = if state.config.admin_listen.is_none() {
+        router.merge(admin_app(state.clone()))
+    } else {
+        router
+    };
+    router.fallback(not_found).with_state(state)
+}
+
+/// The admin API and `/metrics`, for `--admin-listen`.
+pub fn admin_app(state: AppState) -> Router<AppState> {
+    admin::routes(state).route("/metrics", get(metrics))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

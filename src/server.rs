@@ -9,14 +9,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::{AppState, app, prompts};
+use crate::prompts::watch::WatchGuard;
+use crate::{AppState, admin_app, app, prompts};
 
 /// A server running in the background.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<std::io::Result<()>>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
     state: AppState,
+    _watch: Option<WatchGuard>,
 }
 
 impl Server {
@@ -41,26 +44,62 @@ impl Server {
             upstream = %config.upstream,
             "listening"
         );
+        let admin_listener = match config.admin_listen {
+            Some(admin) => Some(
+                TcpListener::bind(admin)
+                    .await
+                    .with_context(|| format!("cannot listen on {admin} (--admin-listen)"))?,
+            ),
+            None => None,
+        };
         let state = AppState::new(config, set)?;
-        let (stop, mut stopped) = watch::channel(false);
-        let router = app(state.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let watch_guard = if state.config.watch {
+            let reloader = state.reloader.clone();
+            let guard = prompts::watch::watch(
+                &state.config.prompts_dir,
+                state.config.watch_poll,
+                move || reloader.trigger(),
+            )?;
+            Some(guard)
+        } else {
+            None
+        };
+        let (stop, stopped) = watch::channel(false);
+        let serve = |listener: TcpListener, router: axum::Router| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+            })
+        };
+        let mut tasks = vec![serve(listener, app(state.clone()))];
+        let mut admin_addr = None;
+        if let Some(admin_listener) = admin_listener {
+            admin_addr = Some(admin_listener.local_addr()?);
+            tracing::info!(addr = %admin_addr.unwrap_or(addr), "admin API and metrics listening");
+            let router = admin_app(state.clone()).with_state(state.clone());
+            tasks.push(serve(admin_listener, router));
+        }
         Ok(Server {
             addr,
+            admin_addr,
             stop,
-            task,
+            tasks,
             state,
+            _watch: watch_guard,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, with `--admin-listen`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn state(&self) -> &AppState {
@@ -70,9 +109,12 @@ impl Server {
     /// Stops accepting, lets in-flight requests and streams finish for up to `grace`.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        match tokio::time::timeout(grace, self.task).await {
+        let all = futures_util::future::join_all(self.tasks);
+        match tokio::time::timeout(grace, all).await {
             Ok(joined) => {
-                joined.context("server task failed")??;
+                for task in joined {
+                    task.context("server task failed")??;
+                }
                 tracing::info!("stopped");
             }
             Err(_) => {

@@ -161,6 +161,7 @@ fn serve_refuses_to_start_on_bad_prompts() {
 struct Running {
     child: Child,
     base: String,
+    _state: tempfile::TempDir,
 }
 
 impl Drop for Running {
@@ -172,8 +173,10 @@ impl Drop for Running {
 
 /// Starts `serve` with settings from the environment and waits for its "listening" line.
 fn serve_from_env(prompts: &std::path::Path, extra_env: &[(&str, &str)]) -> Running {
+    let state = tempfile::tempdir().unwrap();
     let mut cmd = promptgate();
     cmd.arg("serve")
+        .env("PROMPTGATE_STATE_DIR", state.path())
         .env("PROMPTGATE_LISTEN", "127.0.0.1:0")
         .env("PROMPTGATE_PROMPTS", prompts)
         .env("PROMPTGATE_UPSTREAM", "echo")
@@ -187,6 +190,7 @@ fn serve_from_env(prompts: &std::path::Path, extra_env: &[(&str, &str)]) -> Runn
     let mut running = Running {
         child: cmd.spawn().unwrap(),
         base: String::new(),
+        _state: state,
     };
     let stderr = running.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

@@ -49,6 +49,7 @@ pub fn load(dir: &Path) -> Result<PromptSet, Problems> {
     }
 
     let mut env = template::environment();
+    let no_overlay = Overlay::new();
     let mut prompts = BTreeMap::new();
     for name in names {
         if !valid_prompt_name(&name) {
@@ -59,7 +60,12 @@ pub fn load(dir: &Path) -> Result<PromptSet, Problems> {
             ));
             continue;
         }
-        if let Some(prompt) = load_prompt(dir, &name, &mut env, &mut problems) {
+        let folder = Folder {
+            dir: dir.join(&name),
+            name: &name,
+            overlay: &no_overlay,
+        };
+        if let Some(prompt) = load_prompt(&folder, &mut env, &mut problems) {
             prompts.insert(name, Arc::new(prompt));
         }
     }
@@ -70,40 +76,107 @@ pub fn load(dir: &Path) -> Result<PromptSet, Problems> {
     }
 }
 
-fn read(path: &Path, shown: &Path, problems: &mut Vec<Problem>) -> Option<String> {
-    match fs::read(path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => Some(text),
-            Err(_) => {
-                problems.push(Problem::new(shown, None, "not valid UTF-8"));
+/// Files written by an admin call but not yet on disk: file name → new text.
+pub type Overlay = BTreeMap<String, String>;
+
+/// One prompt's folder as the loader sees it: the files on disk, with an optional overlay of
+/// pending writes, so an admin write can be validated before it touches the disk.
+struct Folder<'a> {
+    dir: PathBuf,
+    name: &'a str,
+    overlay: &'a Overlay,
+}
+
+impl Folder<'_> {
+    fn shown(&self, file: &str) -> PathBuf {
+        PathBuf::from(self.name).join(file)
+    }
+
+    /// File names in the folder (not hidden), on disk and pending.
+    fn list(&self) -> std::io::Result<BTreeSet<String>> {
+        let mut names: BTreeSet<String> = self.overlay.keys().cloned().collect();
+        match fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let file = entry.file_name().to_string_lossy().into_owned();
+                    if !file.starts_with('.') {
+                        names.insert(file);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.overlay.is_empty() => {}
+            Err(e) => return Err(e),
+        }
+        Ok(names)
+    }
+
+    fn exists(&self, file: &str) -> bool {
+        self.overlay.contains_key(file) || self.dir.join(file).exists()
+    }
+
+    fn read(&self, file: &str, problems: &mut Vec<Problem>) -> Option<String> {
+        if let Some(text) = self.overlay.get(file) {
+            return Some(text.clone());
+        }
+        let shown = self.shown(file);
+        match fs::read(self.dir.join(file)) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Some(text),
+                Err(_) => {
+                    problems.push(Problem::new(shown, None, "not valid UTF-8"));
+                    None
+                }
+            },
+            Err(e) => {
+                problems.push(Problem::new(shown, None, format!("cannot read: {e}")));
                 None
             }
-        },
-        Err(e) => {
-            problems.push(Problem::new(shown, None, format!("cannot read: {e}")));
-            None
         }
     }
 }
 
+/// Validates one prompt as it would be with `overlay` written into its folder.
+pub fn check_prompt(root: &Path, name: &str, overlay: &Overlay) -> Result<(), Problems> {
+    let mut problems = Vec::new();
+    if !valid_prompt_name(name) {
+        problems.push(Problem::new(name, None, "not a valid prompt name"));
+        return Err(Problems(problems));
+    }
+    let mut env = template::environment();
+    let folder = Folder {
+        dir: root.join(name),
+        name,
+        overlay,
+    };
+    match load_prompt(&folder, &mut env, &mut problems) {
+        Some(_) if problems.is_empty() => Ok(()),
+        _ => Err(Problems(problems)),
+    }
+}
+
 fn load_prompt(
-    root: &Path,
-    name: &str,
+    folder: &Folder<'_>,
     env: &mut minijinja::Environment<'static>,
     problems: &mut Vec<Problem>,
 ) -> Option<Prompt> {
-    let dir = root.join(name);
-    let shown = |file: &str| PathBuf::from(name).join(file);
+    let name = folder.name;
+    let shown = |file: &str| folder.shown(file);
     let before = problems.len();
 
     let mut version_files = BTreeMap::new();
-    let Ok(entries) = fs::read_dir(&dir) else {
-        problems.push(Problem::new(name, None, "cannot read the folder"));
-        return None;
+    let files = match folder.list() {
+        Ok(files) => files,
+        Err(e) => {
+            problems.push(Problem::new(
+                name,
+                None,
+                format!("cannot read the folder: {e}"),
+            ));
+            return None;
+        }
     };
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file.starts_with('.') || !file.ends_with(".prompt") {
+    for file in files {
+        if !file.ends_with(".prompt") {
             continue;
         }
         match version::number_from_file_name(&file) {
@@ -121,7 +194,7 @@ fn load_prompt(
     let mut versions = BTreeMap::new();
     for (&number, file) in &version_files {
         let path = shown(file);
-        let Some(text) = read(&dir.join(file), &path, problems) else {
+        let Some(text) = folder.read(file, problems) else {
             continue;
         };
         let raw = match version::parse(&text) {
@@ -180,10 +253,9 @@ fn load_prompt(
         ));
     }
 
-    let manifest_path = dir.join("prompt.yaml");
-    let raw_manifest = if manifest_path.exists() {
+    let raw_manifest = if folder.exists("prompt.yaml") {
         let shown_manifest = shown("prompt.yaml");
-        read(&manifest_path, &shown_manifest, problems).and_then(|text| {
+        folder.read("prompt.yaml", problems).and_then(|text| {
             manifest::parse(&text)
                 .map_err(|(line, message)| {
                     problems.push(Problem::new(&shown_manifest, line, message));
@@ -202,11 +274,10 @@ fn load_prompt(
         problems.push(Problem::new(shown("prompt.yaml"), line, message));
     }
 
-    let examples_path = dir.join("examples.jsonl");
     let mut examples = Vec::new();
-    if examples_path.exists() {
+    if folder.exists("examples.jsonl") {
         let shown_examples = shown("examples.jsonl");
-        if let Some(text) = read(&examples_path, &shown_examples, problems) {
+        if let Some(text) = folder.read("examples.jsonl", problems) {
             match examples::parse(&text) {
                 Ok(list) => examples = list,
                 Err(list) => {

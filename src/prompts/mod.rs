@@ -11,6 +11,7 @@ pub mod manifest;
 mod problem;
 pub mod template;
 pub mod version;
+pub mod watch;
 mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +21,7 @@ use minijinja::Environment;
 use serde::Serialize;
 
 pub use examples::Example;
-pub use load::{load, valid_prompt_name};
+pub use load::{Overlay, check_prompt, load, valid_prompt_name};
 pub use manifest::{ExamplesConfig, ExamplesFormat, Experiment, Split, Strategy, Variant};
 pub use problem::{Problem, Problems};
 pub use template::{Builtins, RenderError};

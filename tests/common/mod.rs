@@ -67,6 +67,7 @@ pub struct TestApp {
     pub server: Server,
     pub base: String,
     pub client: reqwest::Client,
+    pub state_dir: TempDir,
 }
 
 impl TestApp {
@@ -88,8 +89,10 @@ pub async fn spawn_with(
     upstream: Upstream,
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
+    let state_dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(prompts, upstream);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.state_dir = state_dir.path().to_path_buf();
     config.upstream_timeout = Duration::from_secs(10);
     adjust(&mut config);
     let server = Server::start(config).await.expect("server starts");
@@ -98,6 +101,7 @@ pub async fn spawn_with(
         server,
         base,
         client: http(),
+        state_dir,
     }
 }
 

@@ -1,0 +1,359 @@
+//! The admin API under `/admin/`: read the prompts, preview a render, create versions, roll
+//! back, start and end experiments, read the audit trail and the status.
+//!
+//! Handlers are thin: reads look at the serving snapshot; writes go through [`write::Writer`]
+//! (files first), then ask the reloader to pick the change up with the caller as the actor, so
+//! the audit trail records who did it.
+
+pub mod auth;
+pub mod write;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::audit::Actor;
+use crate::error::{ApiError, Json};
+use crate::prompts::{Prompt, valid_prompt_name};
+use crate::proxy::request::{self, Endpoint};
+use crate::reload::ReloadError;
+use write::{NewVersion, WriteError};
+
+/// The admin routes, behind the auth layer.
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/prompts", get(list))
+        .route("/admin/prompts/{name}", get(detail))
+        .route("/admin/prompts/{name}/versions", post(create_version))
+        .route("/admin/prompts/{name}/versions/{version}", get(version))
+        .route("/admin/prompts/{name}/render", post(render))
+        .route("/admin/prompts/{name}/rollback", post(rollback))
+        .route(
+            "/admin/prompts/{name}/experiment",
+            axum::routing::put(start_experiment).delete(end_experiment),
+        )
+        .route("/admin/audit", get(audit))
+        .route("/admin/status", get(status))
+        .layer(axum::middleware::from_fn_with_state(state, auth::require))
+}
+
+impl From<WriteError> for ApiError {
+    fn from(err: WriteError) -> Self {
+        match err {
+            WriteError::Invalid(_) | WriteError::BadRequest(_) => ApiError::BadRequest {
+                message: err.to_string(),
+                param: None,
+                code: "invalid_change",
+            },
+            WriteError::NotFound(message) => ApiError::PromptNotFound { message },
+            WriteError::Io(_) => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+fn checked_name(name: &str) -> Result<&str, ApiError> {
+    if valid_prompt_name(name) {
+        Ok(name)
+    } else {
+        Err(ApiError::bad_request(
+            format!("`{name}` is not a valid prompt name: use [a-z0-9][a-z0-9_.-]*"),
+            None,
+        ))
+    }
+}
+
+fn find(state: &AppState, name: &str) -> Result<std::sync::Arc<Prompt>, ApiError> {
+    let prompts = state.prompts.load();
+    prompts
+        .get(checked_name(name)?)
+        .cloned()
+        .ok_or_else(|| ApiError::PromptNotFound {
+            message: format!("unknown prompt `{name}`"),
+        })
+}
+
+/// The actor of a write: `X-Actor`, else the given `created_by`, else `admin`.
+fn actor(headers: &HeaderMap, created_by: Option<&str>) -> Actor {
+    let name = headers
+        .get("x-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_owned)
+        .or_else(|| created_by.map(str::to_owned))
+        .unwrap_or_else(|| "admin".to_owned());
+    Actor::admin(name)
+}
+
+/// Runs blocking file work off the reactor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WriteError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("admin write failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// Picks a write up now. The files are written either way; if the set as a whole does not
+/// validate (another prompt is broken on disk), the answer says the change is not serving yet.
+async fn reload_after_write(state: &AppState, actor: Actor) -> Value {
+    match state.reloader.reload(actor).await {
+        Ok(_) => json!({"serving": true}),
+        Err(ReloadError::Invalid(problems)) => json!({
+            "serving": false,
+            "reload_error": problems.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+        Err(ReloadError::Failed(message)) => json!({"serving": false, "reload_error": [message]}),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    tag: Option<String>,
+}
+
+/// `GET /admin/prompts[?tag=T]`
+async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Json<Value> {
+    let prompts = state.prompts.load();
+    let items: Vec<Value> = prompts
+        .prompts()
+        .filter(|p| query.tag.as_ref().is_none_or(|t| p.tags.contains(t)))
+        .map(|p| {
+            json!({"name": p.name, "description": p.description, "active_version": p.active,
+                   "total_versions": p.versions.len(), "tags": p.tags})
+        })
+        .collect();
+    Json(Value::Array(items))
+}
+
+fn version_json(state: &AppState, prompt: &Prompt, v: &crate::prompts::Version) -> Value {
+    let created_at = v
+        .created_at
+        .clone()
+        .or_else(|| state.audit.first_seen(&prompt.name, v.version));
+    json!({
+        "version": v.version, "hash": v.hash, "model": v.model, "temperature": v.temperature,
+        "max_tokens": v.max_tokens, "params": v.params, "variables": v.variables,
+        "created_at": created_at, "created_by": v.created_by, "notes": v.notes,
+    })
+}
+
+/// `GET /admin/prompts/{name}`
+async fn detail(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let prompt = find(&state, &name)?;
+    let versions: Vec<Value> = prompt
+        .versions
+        .values()
+        .map(|v| version_json(&state, &prompt, v))
+        .collect();
+    Ok(Json(json!({
+        "name": prompt.name, "description": prompt.description, "tags": prompt.tags,
+        "active_version": prompt.active, "labels": prompt.labels,
+        "experiment": prompt.experiment, "examples": prompt.examples_config,
+        "examples_count": prompt.examples.len(), "versions": versions,
+    })))
+}
+
+/// `GET /admin/prompts/{name}/versions/{n}`
+async fn version(
+    State(state): State<AppState>,
+    Path((name, number)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let prompt = find(&state, &name)?;
+    let Some(v) = number
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| prompt.versions.get(&n))
+    else {
+        return Err(ApiError::VersionNotFound {
+            message: format!("prompt `{name}` has no version `{number}`"),
+        });
+    };
+    let mut body = version_json(&state, &prompt, v);
+    body["prompt"] = json!(prompt.name);
+    body["template"] = json!(v.template);
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenderRequest {
+    version: Option<Value>,
+    #[serde(default)]
+    variables: Map<String, Value>,
+    #[serde(default)]
+    messages: Vec<Value>,
+    user: Option<String>,
+    model: Option<String>,
+}
+
+/// `POST /admin/prompts/{name}/render` → the exact request that would go upstream.
+async fn render(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(req): Json<RenderRequest>,
+) -> Result<Response, ApiError> {
+    checked_name(&name)?;
+    let mut prompt = json!({"id": name, "variables": req.variables});
+    if let Some(version) = req.version {
+        prompt["version"] = version;
+    }
+    let mut body = json!({"messages": req.messages, "prompt": prompt});
+    if let Some(model) = req.model {
+        body["model"] = json!(model);
+    }
+    if let Some(user) = req.user {
+        body["user"] = json!(user);
+    }
+    let prompts = state.prompts.load_full();
+    let prepared = request::prepare(
+        &prompts,
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        Bytes::from(body.to_string()),
+        chrono::Utc::now(),
+    )?;
+    let sent: Value =
+        serde_json::from_slice(&prepared.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut response = Json(sent).into_response();
+    if let Some(served) = prepared.served {
+        let h = response.headers_mut();
+        for (k, v) in [
+            ("x-prompt-name", served.name),
+            ("x-prompt-version", served.version.to_string()),
+            ("x-prompt-hash", served.hash),
+            ("x-prompt-selection", served.selection.as_str().to_owned()),
+        ] {
+            if let Ok(v) = v.parse() {
+                h.insert(k, v);
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// `POST /admin/prompts/{name}/versions` → 201 `{version, hash}`.
+async fn create_version(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(new): Json<NewVersion>,
+) -> Result<Response, ApiError> {
+    checked_name(&name)?;
+    let who = actor(&headers, new.created_by.as_deref());
+    let writer = state.writer.clone();
+    let audit = state.audit.clone();
+    let prompt = name.clone();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (number, hash) =
+        blocking(move || writer.create_version(&audit, &prompt, &new, &now)).await?;
+    let mut body = reload_after_write(&state, who).await;
+    body["prompt"] = json!(name);
+    body["version"] = json!(number);
+    body["hash"] = json!(hash);
+    body["active_version"] = json!(state.prompts.load().get(&name).map(|p| p.active));
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    version: u32,
+}
+
+/// `POST /admin/prompts/{name}/rollback` `{version}`
+async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<Rollback>,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&name)?;
+    let writer = state.writer.clone();
+    let prompt = name.clone();
+    blocking(move || writer.set_active(&prompt, req.version)).await?;
+    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    body["prompt"] = json!(name);
+    body["active_version"] = json!(req.version);
+    Ok(Json(body))
+}
+
+/// `PUT /admin/prompts/{name}/experiment` with the manifest's `experiment` block as JSON.
+async fn start_experiment(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(experiment): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&name)?;
+    let block = write::experiment_block(&experiment)?;
+    let writer = state.writer.clone();
+    let prompt = name.clone();
+    blocking(move || writer.set_experiment(&prompt, Some(&block))).await?;
+    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    body["prompt"] = json!(name);
+    body["experiment"] = json!(
+        state
+            .prompts
+            .load()
+            .get(&name)
+            .and_then(|p| p.experiment.clone())
+    );
+    Ok(Json(body))
+}
+
+/// `DELETE /admin/prompts/{name}/experiment`
+async fn end_experiment(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&name)?;
+    let writer = state.writer.clone();
+    let prompt = name.clone();
+    blocking(move || writer.set_experiment(&prompt, None)).await?;
+    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    body["prompt"] = json!(name);
+    body["experiment"] = Value::Null;
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    prompt: Option<String>,
+}
+
+/// `GET /admin/audit[?prompt=NAME]`
+async fn audit(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let audit = state.audit.clone();
+    let entries = tokio::task::spawn_blocking(move || audit.read(query.prompt.as_deref()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(format!("cannot read the audit trail: {e}")))?;
+    Ok(Json(serde_json::to_value(entries).unwrap_or(Value::Null)))
+}
+
+/// `GET /admin/status`
+async fn status(State(state): State<AppState>) -> Json<Value> {
+    let prompts = state.prompts.load();
+    Json(json!({
+        "prompts": prompts.len(),
+        "versions": prompts.prompts().map(|p| p.versions.len()).sum::<usize>(),
+        "reload": state.reloader.status(),
+        "upstream": state.config.upstream.to_string(),
+        "embedding_model": {"state": "not_needed"},
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}

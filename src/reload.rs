@@ -1,0 +1,201 @@
+//! Reloading the prompt set: build a new one on the side (fallible, off the reactor), record
+//! what changed in the audit trail, then swap it in with one store (infallible). A request sees
+//! the old set or the new one, never a mix; a set that does not validate is refused whole and
+//! the last good set keeps serving.
+//!
+//! One task does every reload, in order, so the file watcher and admin writes never race.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::{Actor, Audit, Entry};
+use crate::prompts::{self, Problems, PromptSet};
+use crate::record::Metrics;
+use crate::record::metrics::ResultLabel;
+
+/// What `/admin/status` shows of reloading.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// When the last reload finished (RFC 3339).
+    pub last_reload_at: Option<String>,
+    /// `ok` or `error`.
+    pub last_result: Option<&'static str>,
+    /// Every problem of the last reload, `file:line: message`; empty when it succeeded.
+    pub last_error: Vec<String>,
+    /// When the serving set was loaded.
+    pub serving_since: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_duration_ms: f64,
+}
+
+/// The result of one reload.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub prompts: usize,
+    pub changes: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the prompt files do not validate; the last good set keeps serving:\n{0}")]
+    Invalid(Problems),
+    #[error("{0}")]
+    Failed(String),
+}
+
+struct Job {
+    actor: Actor,
+    reply: Option<oneshot::Sender<Result<Reloaded, ReloadError>>>,
+}
+
+/// A handle to the reload task.
+#[derive(Clone)]
+pub struct Reloader {
+    jobs: mpsc::Sender<Job>,
+    status: Arc<Mutex<ReloadStatus>>,
+}
+
+/// What the reload task works on.
+pub struct Target {
+    pub dir: PathBuf,
+    pub prompts: Arc<ArcSwap<PromptSet>>,
+    pub audit: Arc<Audit>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    /// Starts the reload task. `initial` is the set already serving (loaded at start).
+    pub fn start(target: Target) -> Reloader {
+        let status = Arc::new(Mutex::new(ReloadStatus {
+            serving_since: Some(now()),
+            ..ReloadStatus::default()
+        }));
+        let (jobs, rx) = mpsc::channel(64);
+        tokio::spawn(run(rx, target, status.clone()));
+        Reloader { jobs, status }
+    }
+
+    /// Reloads now and waits for the outcome.
+    pub async fn reload(&self, actor: Actor) -> Result<Reloaded, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                actor,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| ReloadError::Failed("the reload task has stopped".to_owned()))?;
+        rx.await
+            .map_err(|_| ReloadError::Failed("the reload task has stopped".to_owned()))?
+    }
+
+    /// Asks for a reload without waiting (the file watcher). Coalesces with a queued one.
+    pub fn trigger(&self) {
+        let _ = self.jobs.try_send(Job {
+            actor: Actor::disk(),
+            reply: None,
+        });
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, target: Target, status: Arc<Mutex<ReloadStatus>>) {
+    let target = Arc::new(target);
+    while let Some(job) = rx.recv().await {
+        let mut replies = Vec::new();
+        replies.extend(job.reply);
+        let mut actor = job.actor;
+        // Triggers queued behind this one are satisfied by the same reload; a waiting admin
+        // call keeps its actor.
+        while let Ok(next) = rx.try_recv() {
+            if next.reply.is_some() {
+                actor = next.actor;
+            }
+            replies.extend(next.reply);
+        }
+        let started = Instant::now();
+        let work = target.clone();
+        let outcome = tokio::task::spawn_blocking(move || reload_once(&work, &actor))
+            .await
+            .unwrap_or_else(|e| Err(ReloadError::Failed(format!("reload panicked: {e}"))));
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        {
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            s.last_reload_at = Some(now());
+            s.last_duration_ms = elapsed_ms;
+            match &outcome {
+                Ok(_) => {
+                    s.last_result = Some("ok");
+                    s.last_error.clear();
+                    s.serving_since = s.last_reload_at.clone();
+                    s.reloads_ok += 1;
+                }
+                Err(e) => {
+                    s.last_result = Some("error");
+                    s.last_error = match e {
+                        ReloadError::Invalid(problems) => {
+                            problems.0.iter().map(ToString::to_string).collect()
+                        }
+                        ReloadError::Failed(message) => vec![message.clone()],
+                    };
+                    s.reloads_failed += 1;
+                }
+            }
+        }
+        let label = ResultLabel {
+            result: if outcome.is_ok() { "ok" } else { "error" },
+        };
+        target.metrics.reloads.get_or_create(&label).inc();
+        target.metrics.reload_error.set(i64::from(outcome.is_err()));
+        match &outcome {
+            Ok(done) => tracing::info!(
+                prompts = done.prompts,
+                changes = done.changes.len(),
+                ms = elapsed_ms,
+                "prompts reloaded"
+            ),
+            Err(e) => tracing::error!("reload refused: {e}"),
+        }
+        for reply in replies {
+            let _ = reply.send(match &outcome {
+                Ok(done) => Ok(Reloaded {
+                    prompts: done.prompts,
+                    changes: done.changes.clone(),
+                }),
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+}
+
+/// Load → record → swap. Blocking.
+fn reload_once(target: &Target, actor: &Actor) -> Result<Reloaded, ReloadError> {
+    let set = prompts::load(&target.dir).map_err(ReloadError::Invalid)?;
+    let changes = target
+        .audit
+        .record(&set, actor)
+        .map_err(|e| ReloadError::Failed(format!("cannot write the audit trail: {e}")))?;
+    let count = set.len();
+    target.prompts.store(Arc::new(set));
+    target.metrics.prompts_loaded.set(count as i64);
+    Ok(Reloaded {
+        prompts: count,
+        changes,
+    })
+}
