@@ -31,7 +31,8 @@ impl Drop for WatchGuard {
     }
 }
 
-/// Starts watching `dir`; `on_change` is called (from a task) after each burst of changes.
+/// Starts watching `dir`; `on_change` is called once the watch is in place (to catch anything
+/// that changed since the caller loaded the files), then after each burst of changes.
 pub fn watch(
     dir: &Path,
     poll: Option<Duration>,
@@ -62,6 +63,8 @@ pub fn watch(
     watcher
         .watch(dir, RecursiveMode::Recursive)
         .map_err(|e| anyhow::anyhow!("cannot watch `{}`: {e}", dir.display()))?;
+    // A change between the initial load and this point would otherwise go unseen.
+    on_change();
     let task = tokio::spawn(debounce(rx, on_change));
     Ok(WatchGuard {
         _watcher: Some(watcher),
@@ -106,6 +109,8 @@ async fn poll_loop(dir: PathBuf, interval: Duration, on_change: impl Fn()) {
             .unwrap_or_default()
     };
     let mut last = fingerprint_of(dir.clone()).await;
+    // A change between the initial load and the first fingerprint would otherwise go unseen.
+    on_change();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
