@@ -4,6 +4,7 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:8080
 UPSTREAM ?= echo
 PROMPTS  ?= prompts
+ADMIN_TOKEN ?=
 
 .PHONY: run test lint unit e2e bench
 
@@ -11,7 +12,7 @@ PROMPTS  ?= prompts
 ## (UPSTREAM=https://api.openai.com/v1 make run for a real one).
 run:
 	$(CARGO) build --release
-	./target/release/promptgate serve --listen $(LISTEN) --prompts $(PROMPTS) --upstream $(UPSTREAM)
+	PROMPTGATE_ADMIN_TOKEN=$(ADMIN_TOKEN) ./target/release/promptgate serve --listen $(LISTEN) --prompts $(PROMPTS) --upstream $(UPSTREAM)
 
 ## Everything CI checks: formatting, lints, unit and integration tests, and the end-to-end
 ## test with the official openai Python SDK against the same (debug) build.
