@@ -4,7 +4,7 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:8080
 UPSTREAM ?= echo
 PROMPTS  ?= prompts
-ADMIN_TOKEN ?=
+ADMIN_TOKEN ?= $(PROMPTGATE_ADMIN_TOKEN)
 
 .PHONY: run test lint unit e2e bench
 
