@@ -106,6 +106,28 @@ struct ServeArgs {
     /// Do not watch the prompts folder (changes need a restart or an admin write).
     #[arg(long, env = "PROMPTGATE_NO_WATCH")]
     no_watch: bool,
+    /// The events file, one JSON line per request and feedback (default: STATE_DIR/events.jsonl).
+    /// Experiment statistics are rebuilt from it at start.
+    #[arg(long, env = "PROMPTGATE_EVENTS", value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Keep no events file (statistics then start empty at every start).
+    #[arg(long, env = "PROMPTGATE_NO_EVENTS", conflicts_with = "events")]
+    no_events: bool,
+    /// Put the upstream request (prompt and message text) into each event.
+    #[arg(long, env = "PROMPTGATE_LOG_CONTENT")]
+    log_content: bool,
+    /// A YAML pricing file extending the built-in prices:
+    /// `models: {gpt-4o: {input_per_million: 2.5, output_per_million: 10.0, cached_input_per_million: 1.25}}`.
+    #[arg(long, env = "PROMPTGATE_PRICING", value_name = "FILE")]
+    pricing: Option<PathBuf>,
+    /// How many recent request ids are remembered for feedback.
+    #[arg(
+        long,
+        env = "PROMPTGATE_FEEDBACK_WINDOW",
+        default_value = "100000",
+        value_name = "N"
+    )]
+    feedback_window: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -184,11 +206,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         upstream_timeout: args.upstream_timeout,
         max_body_bytes: args.max_body_bytes,
         shutdown_grace: args.shutdown_grace,
-        state_dir: args.state_dir,
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
         admin_listen: args.admin_listen,
         watch_poll: args.watch_poll_ms.map(Duration::from_millis),
         watch: !args.no_watch,
+        events: match (args.no_events, args.events) {
+            (true, _) => None,
+            (false, Some(path)) => Some(path),
+            (false, None) => Some(args.state_dir.join("events.jsonl")),
+        },
+        log_content: args.log_content,
+        pricing: args.pricing,
+        feedback_window: args.feedback_window,
+        state_dir: args.state_dir,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

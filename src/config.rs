@@ -65,6 +65,15 @@ pub struct Config {
     pub watch_poll: Option<Duration>,
     /// Watch the prompts folder at all.
     pub watch: bool,
+    /// The events file (one JSON line per request and feedback); `None` keeps no file, and
+    /// statistics then do not survive a restart.
+    pub events: Option<PathBuf>,
+    /// Put the upstream request (prompt and messages) into each event.
+    pub log_content: bool,
+    /// A pricing file extending the built-in table.
+    pub pricing: Option<PathBuf>,
+    /// Request ids remembered for feedback.
+    pub feedback_window: usize,
 }
 
 impl Config {
@@ -84,6 +93,10 @@ impl Config {
             admin_listen: None,
             watch_poll: None,
             watch: true,
+            events: None,
+            log_content: false,
+            pricing: None,
+            feedback_window: 100_000,
         }
     }
 }

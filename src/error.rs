@@ -27,6 +27,9 @@ pub enum ApiError {
     VersionNotFound { message: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// Some other thing the request names does not exist (a request id for feedback).
+    #[error("{message}")]
+    NotFoundResource { message: String, code: &'static str },
     #[error("no route for `{method} {path}`")]
     NotFound { method: String, path: String },
     #[error("upstream `{url}` is unreachable: {reason}")]
@@ -72,6 +75,9 @@ impl ApiError {
                 "invalid_request_error",
                 "request_too_large",
             ),
+            ApiError::NotFoundResource { code, .. } => {
+                (StatusCode::NOT_FOUND, "invalid_request_error", code)
+            }
             ApiError::NotFound { .. } => (
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",

@@ -46,6 +46,9 @@ pub struct AppState {
     pub audit: Arc<audit::Audit>,
     pub reloader: reload::Reloader,
     pub writer: Arc<admin::write::Writer>,
+    pub recorder: record::Recorder,
+    /// The events writer, joined at shutdown.
+    pub events_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl AppState {
@@ -60,6 +63,33 @@ impl AppState {
             .record(&prompts, &audit::Actor::disk())
             .map_err(|e| anyhow::anyhow!("cannot write the audit trail: {e}"))?;
         metrics.prompts_loaded.set(prompts.len() as i64);
+        let pricing = match &config.pricing {
+            None => record::Pricing::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the pricing file `{}`: {e}", path.display())
+                })?;
+                record::Pricing::with_overrides(&text, path)?
+            }
+        };
+        let (sink, events_task) = match &config.events {
+            Some(path) => {
+                let (sink, task) = record::EventSink::start(path.clone()).map_err(|e| {
+                    anyhow::anyhow!("cannot open the events file `{}`: {e}", path.display())
+                })?;
+                (Some(sink), Some(task))
+            }
+            None => (None, None),
+        };
+        let recorder =
+            record::Recorder::new(metrics.clone(), pricing, sink, config.feedback_window);
+        if let Some(path) = &config.events {
+            // Statistics and the feedback index survive a restart: rebuild them from the file.
+            let (read, skipped) = recorder.replay(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the events file `{}`: {e}", path.display())
+            })?;
+            tracing::info!(events = read, skipped, file = %path.display(), "statistics rebuilt from the events file");
+        }
         let prompts = Arc::new(ArcSwap::from_pointee(prompts));
         let reloader = reload::Reloader::start(reload::Target {
             dir: config.prompts_dir.clone(),
@@ -75,6 +105,8 @@ impl AppState {
             metrics,
             audit,
             reloader,
+            recorder,
+            events_task: Arc::new(std::sync::Mutex::new(events_task)),
         })
     }
 }
@@ -85,6 +117,7 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/v1/responses", post(proxy::responses))
+        .route("/v1/feedback", post(proxy::feedback::feedback))
         .route("/v1/{*rest}", any(proxy::passthrough))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));

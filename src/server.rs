@@ -115,6 +115,8 @@ impl Server {
                 for task in joined {
                     task.context("server task failed")??;
                 }
+                // Every request has finished; write out what they recorded.
+                self.state.recorder.flush().await;
                 tracing::info!("stopped");
             }
             Err(_) => {
@@ -122,6 +124,7 @@ impl Server {
                     grace_s = grace.as_secs_f64(),
                     "requests still in flight after the shutdown grace period; stopping anyway"
                 );
+                self.state.recorder.flush().await;
             }
         }
         Ok(())

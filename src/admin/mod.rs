@@ -36,7 +36,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/prompts/{name}/rollback", post(rollback))
         .route(
             "/admin/prompts/{name}/experiment",
-            axum::routing::put(start_experiment).delete(end_experiment),
+            get(experiment).put(start_experiment).delete(end_experiment),
         )
         .route("/admin/audit", get(audit))
         .route("/admin/status", get(status))
@@ -285,6 +285,16 @@ async fn rollback(
     body["prompt"] = json!(name);
     body["active_version"] = json!(req.version);
     Ok(Json(body))
+}
+
+/// `GET /admin/prompts/{name}/experiment`: the variants' numbers, their comparison and the
+/// sample-ratio check.
+async fn experiment(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let prompt = find(&state, &name)?;
+    Ok(Json(state.recorder.experiment_report(&prompt)))
 }
 
 /// `PUT /admin/prompts/{name}/experiment` with the manifest's `experiment` block as JSON.

@@ -196,16 +196,16 @@ pub fn check(
             problems.push((None, "`tags` holds an empty tag".to_owned()));
         }
     }
-    if let Some(examples) = &raw.examples {
-        if !(0.0..=1.0).contains(&examples.lambda) {
-            problems.push((
-                None,
-                format!(
-                    "`examples.lambda` must be between 0 and 1, not {}",
-                    examples.lambda
-                ),
-            ));
-        }
+    if let Some(examples) = &raw.examples
+        && !(0.0..=1.0).contains(&examples.lambda)
+    {
+        problems.push((
+            None,
+            format!(
+                "`examples.lambda` must be between 0 and 1, not {}",
+                examples.lambda
+            ),
+        ));
     }
     let exp = raw.experiment.as_ref()?;
     let before = problems.len();

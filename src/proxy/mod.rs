@@ -6,6 +6,7 @@
 //! 4. relay the answer back as it streams, and record the request once it is over — [`relay`].
 
 pub mod echo;
+pub mod feedback;
 pub mod forward;
 pub mod relay;
 pub mod request;
@@ -22,6 +23,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::record::usage::Observed;
+use crate::record::{Recorder, RequestEvent};
 use forward::{OutBody, UpstreamResponse};
 use request::{Endpoint, Served};
 
@@ -37,7 +40,7 @@ pub async fn responses(State(state): State<AppState>, req: Request) -> Response 
 
 /// Every other `/v1/*` call: forwarded unchanged, body streamed through.
 pub async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
-    let mut ctx = RequestCtx::start(req.method(), req.uri().path(), req.headers());
+    let mut ctx = RequestCtx::start(&state, req.method(), req.uri().path(), req.headers());
     let (parts, body) = req.into_parts();
     let path = upstream_path(&parts.uri);
     ctx.upstream_started = Some(Instant::now());
@@ -57,7 +60,7 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
 }
 
 async fn inject(state: AppState, endpoint: Endpoint, req: Request) -> Response {
-    let mut ctx = RequestCtx::start(req.method(), req.uri().path(), req.headers());
+    let mut ctx = RequestCtx::start(&state, req.method(), req.uri().path(), req.headers());
     match run(&state, endpoint, req, &mut ctx).await {
         Ok(upstream) => relay::relay(upstream, ctx),
         Err(err) => ctx.fail(err),
@@ -77,6 +80,11 @@ async fn run(
     let prompts = state.prompts.load_full();
     let prepared = request::prepare(&prompts, endpoint, &parts.headers, bytes, Utc::now())?;
     ctx.served = prepared.served;
+    ctx.model = prepared.model;
+    ctx.strip_usage_chunk = prepared.strip_usage_chunk;
+    if state.config.log_content {
+        ctx.content = serde_json::from_slice(&prepared.body).ok();
+    }
     ctx.upstream_started = Some(Instant::now());
     forward::send(
         &state.http,
@@ -127,10 +135,16 @@ pub struct RequestCtx {
     pub started: Instant,
     pub upstream_started: Option<Instant>,
     pub served: Option<Served>,
+    /// The model sent upstream, when promptgate read the body.
+    pub model: Option<String>,
+    pub strip_usage_chunk: bool,
+    /// The upstream request, with `--log-content`.
+    pub content: Option<serde_json::Value>,
+    recorder: Recorder,
 }
 
 impl RequestCtx {
-    pub fn start(method: &Method, path: &str, headers: &HeaderMap) -> Self {
+    pub fn start(state: &AppState, method: &Method, path: &str, headers: &HeaderMap) -> Self {
         // The client's id is kept when it is a sensible header value; otherwise one is made.
         let request_id = headers
             .get("x-request-id")
@@ -147,6 +161,10 @@ impl RequestCtx {
             started: Instant::now(),
             upstream_started: None,
             served: None,
+            model: None,
+            strip_usage_chunk: false,
+            content: None,
+            recorder: state.recorder.clone(),
         }
     }
 
@@ -183,17 +201,29 @@ impl RequestCtx {
             500..=599 => "error",
             _ => "rejected",
         };
-        self.finish(status, outcome, None);
+        self.finish(status, outcome, None, Observed::default(), false);
         response
     }
 
-    /// The request's one log line.
-    pub fn finish(self, status: u16, outcome: &str, first_byte: Option<Instant>) {
+    /// The request is over: its one log line, and its record.
+    pub fn finish(
+        self,
+        status: u16,
+        outcome: &str,
+        first_byte: Option<Instant>,
+        observed: Observed,
+        stream: bool,
+    ) {
         let latency = self.started.elapsed();
         let overhead_us = self
             .upstream_started
             .map(|u| u.duration_since(self.started).as_micros() as u64);
         let ttft_ms = first_byte.map(|t| t.duration_since(self.started).as_secs_f64() * 1000.0);
+        let model = observed.model.or_else(|| self.model.clone());
+        let usage = observed.usage;
+        let cost = usage
+            .zip(model.as_deref())
+            .and_then(|(u, m)| self.recorder.pricing().cost(m, &u));
         let served = self.served.as_ref();
         tracing::info!(
             target: "promptgate::request",
@@ -209,7 +239,35 @@ impl RequestCtx {
             latency_ms = latency.as_secs_f64() * 1000.0,
             ttft_ms,
             overhead_us,
+            model = model.as_deref(),
+            prompt_tokens = usage.map(|u| u.prompt_tokens),
+            completion_tokens = usage.map(|u| u.completion_tokens),
+            cost_usd = cost,
             "request"
         );
+        let event = RequestEvent {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            prompt: served.map(|s| s.name.clone()),
+            version: served.map(|s| s.version),
+            hash: served.map(|s| s.hash.clone()),
+            selection: served.map(|s| s.selection.as_str().to_owned()),
+            experiment: served.and_then(|s| s.experiment.clone()),
+            model,
+            status,
+            outcome: outcome.to_owned(),
+            stream,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            ttft_ms,
+            overhead_ms: overhead_us.map(|us| us as f64 / 1000.0),
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: usage.map(|u| u.completion_tokens),
+            cached_tokens: usage.map(|u| u.cached_tokens),
+            cost_usd: cost,
+            content: self.content,
+        };
+        self.recorder.record(event);
     }
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::RequestCtx;
 use super::forward::{BodyError, UpstreamResponse};
+use crate::record::usage::UsageTap;
 
 /// Turns the upstream response into the client's response, with promptgate's headers.
 pub fn relay(upstream: UpstreamResponse, ctx: RequestCtx) -> Response {
@@ -31,9 +32,19 @@ pub fn relay(upstream: UpstreamResponse, ctx: RequestCtx) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let content_type = upstream
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let strip = sse && ctx.strip_usage_chunk;
+    let tap = UsageTap::new(content_type, strip);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     *response.headers_mut() = upstream.headers;
+    if strip {
+        // The body may come out shorter than upstream sent it.
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     ctx.stamp(response.headers_mut());
     if sse {
         // Tell buffering reverse proxies in front of us not to hold the stream back.
@@ -49,6 +60,7 @@ pub fn relay(upstream: UpstreamResponse, ctx: RequestCtx) -> Response {
         ctx: Some(ctx),
         status: status.as_u16(),
         remaining,
+        tap: Some(tap),
     };
     *response.body_mut() = Body::from_stream(body);
     response
@@ -64,12 +76,14 @@ struct Relayed {
     ctx: Option<RequestCtx>,
     status: u16,
     remaining: Option<u64>,
+    tap: Option<UsageTap>,
 }
 
 impl Relayed {
     fn finish(&mut self, outcome: &str) {
         if let Some(ctx) = self.ctx.take() {
-            ctx.finish(self.status, outcome, self.first_byte);
+            let observed = self.tap.take().map(UsageTap::finish).unwrap_or_default();
+            ctx.finish(self.status, outcome, self.first_byte, observed, self.sse);
         }
     }
 }
@@ -81,46 +95,61 @@ impl Stream for Relayed {
         if self.finished {
             return Poll::Ready(None);
         }
-        match self.inner.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                if self.first_byte.is_none() && !chunk.is_empty() {
-                    self.first_byte = Some(Instant::now());
-                }
-                if let Some(remaining) = self.remaining.as_mut() {
-                    *remaining = remaining.saturating_sub(chunk.len() as u64);
-                    if *remaining == 0 {
-                        self.finish("ok");
+        loop {
+            return match self.inner.as_mut().poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if self.first_byte.is_none() && !chunk.is_empty() {
+                        self.first_byte = Some(Instant::now());
                     }
+                    let upstream_len = chunk.len() as u64;
+                    let out = match self.tap.as_mut() {
+                        Some(tap) => tap.pass(chunk),
+                        None => chunk,
+                    };
+                    if let Some(remaining) = self.remaining.as_mut() {
+                        *remaining = remaining.saturating_sub(upstream_len);
+                        if *remaining == 0 {
+                            self.finish("ok");
+                        }
+                    }
+                    if out.is_empty() {
+                        // All of it was held back (part of an event) or left out (usage chunk).
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(out)))
                 }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(err))) => {
-                self.finished = true;
-                self.finish(if err.timeout {
-                    "upstream_timeout"
-                } else {
-                    "upstream_error"
-                });
-                if self.sse {
-                    // The status is already sent: end the stream with one error event.
-                    let code = if err.timeout {
+                Poll::Ready(Some(Err(err))) => {
+                    self.finished = true;
+                    self.finish(if err.timeout {
                         "upstream_timeout"
                     } else {
-                        "upstream_stream_error"
-                    };
-                    let event = json!({"error": {"message": err.message, "type": "upstream_error",
+                        "upstream_error"
+                    });
+                    if self.sse {
+                        // The status is already sent: end the stream with one error event.
+                        let code = if err.timeout {
+                            "upstream_timeout"
+                        } else {
+                            "upstream_stream_error"
+                        };
+                        let event = json!({"error": {"message": err.message, "type": "upstream_error",
                                                  "param": null, "code": code}});
-                    Poll::Ready(Some(Ok(Bytes::from(format!("data: {event}\n\n")))))
-                } else {
-                    Poll::Ready(Some(Err(err)))
+                        Poll::Ready(Some(Ok(Bytes::from(format!("data: {event}\n\n")))))
+                    } else {
+                        Poll::Ready(Some(Err(err)))
+                    }
                 }
-            }
-            Poll::Ready(None) => {
-                self.finished = true;
-                self.finish("ok");
-                Poll::Ready(None)
-            }
+                Poll::Ready(None) => {
+                    self.finished = true;
+                    let rest = self.tap.as_mut().and_then(UsageTap::remainder);
+                    self.finish("ok");
+                    match rest {
+                        Some(rest) => Poll::Ready(Some(Ok(rest))),
+                        None => Poll::Ready(None),
+                    }
+                }
+            };
         }
     }
 }

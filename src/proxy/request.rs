@@ -29,6 +29,8 @@ pub struct Served {
     pub version: u32,
     pub hash: String,
     pub selection: Selection,
+    /// The id of the experiment that assigned the version, when one did.
+    pub experiment: Option<String>,
 }
 
 /// The body to send upstream, and the prompt that shaped it (none: forwarded unchanged).
@@ -36,6 +38,22 @@ pub struct Served {
 pub struct Prepared {
     pub body: Bytes,
     pub served: Option<Served>,
+    /// The model the request names, after the version's override.
+    pub model: Option<String>,
+    /// promptgate asked for `stream_options.include_usage` on behalf of a client that did
+    /// not, so the usage-only chunk must not reach the client.
+    pub strip_usage_chunk: bool,
+}
+
+impl Prepared {
+    fn unchanged(body: Bytes) -> Self {
+        Prepared {
+            body,
+            served: None,
+            model: None,
+            strip_usage_chunk: false,
+        }
+    }
 }
 
 /// What a request asks of promptgate, merged from the `prompt` body field and the
@@ -260,12 +278,12 @@ pub fn prepare(
     // Fast path: a body that cannot hold a `prompt` field, and no header naming one, is not
     // ours to touch, so it is not even parsed.
     if !header.names_prompt() && memchr::memmem::find(&body, b"prompt").is_none() {
-        return Ok(Prepared { body, served: None });
+        return Ok(Prepared::unchanged(body));
     }
     let mut map = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => map,
-        Ok(_) if !header.names_prompt() => return Ok(Prepared { body, served: None }),
-        Err(_) if !header.names_prompt() => return Ok(Prepared { body, served: None }),
+        Ok(_) if !header.names_prompt() => return Ok(Prepared::unchanged(body)),
+        Err(_) if !header.names_prompt() => return Ok(Prepared::unchanged(body)),
         Ok(_) => {
             return Err(ApiError::bad_request(
                 "request body must be a JSON object",
@@ -281,7 +299,7 @@ pub fn prepare(
     };
     let field = map.remove("prompt");
     let Some(reference) = prompt_ref(field, header)? else {
-        return Ok(Prepared { body, served: None });
+        return Ok(Prepared::unchanged(body));
     };
 
     let prompt = select::find(set, &reference.name)?;
@@ -354,6 +372,26 @@ pub fn prepare(
         map.insert(key.clone(), value.clone());
     }
 
+    // Token usage of a stream comes only when asked for; ask on the client's behalf and
+    // remember to take the extra chunk out again.
+    let mut strip_usage_chunk = false;
+    if endpoint == Endpoint::ChatCompletions && map.get("stream") == Some(&Value::Bool(true)) {
+        let options = map
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(options) = options
+            && options.get("include_usage") != Some(&Value::Bool(true))
+        {
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+            strip_usage_chunk = true;
+        }
+    }
+    let model = map.get("model").and_then(Value::as_str).map(str::to_owned);
+    let experiment = match selection {
+        Selection::Experiment => prompt.experiment.as_ref().map(crate::record::experiment_id),
+        _ => None,
+    };
+
     let body = serde_json::to_vec(&map).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Prepared {
         body: Bytes::from(body),
@@ -362,7 +400,10 @@ pub fn prepare(
             version: version.version,
             hash: version.hash.clone(),
             selection,
+            experiment,
         }),
+        model,
+        strip_usage_chunk,
     })
 }
 

@@ -1,20 +1,85 @@
 //! Prometheus metrics, in the text format, through `prometheus-client`.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Prompt and version ("" for requests that named no prompt).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub prompt: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub prompt: String,
+    pub version: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub prompt: String,
+    pub version: String,
+    /// `prompt`, `completion` or `cached`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabels {
+    pub prompt: String,
+    pub version: String,
+    pub metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub model: String,
+}
+
+type HistogramFamily = Family<VersionLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
+    ])
+}
+
+fn overhead_histogram() -> Histogram {
+    Histogram::new([
+        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+    ])
+}
+
 /// Every metric promptgate exports.
 pub struct Metrics {
     registry: Registry,
+    /// Requests by prompt, version and HTTP status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Whole request duration, streams until their end.
+    pub latency: HistogramFamily,
+    /// Time to the first byte of a stream.
+    pub ttft: HistogramFamily,
+    /// Time spent in promptgate before the request went upstream.
+    pub overhead: HistogramFamily,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub cost: Family<VersionLabels, Counter<f64, AtomicU64>>,
+    pub unpriced: Family<ModelLabel, Counter>,
+    pub feedback_sum: Family<FeedbackLabels, Gauge<f64, AtomicU64>>,
+    pub feedback_count: Family<FeedbackLabels, Counter>,
+    pub events_dropped: Counter,
     /// Prompt-set reloads by result (`ok`, `error`).
     pub reloads: Family<ResultLabel, Counter>,
     /// 1 while the files on disk do not validate (the last good set is serving).
@@ -46,8 +111,81 @@ impl Metrics {
             "Prompts in the serving set",
             prompts_loaded.clone(),
         );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by prompt, version and HTTP status",
+            requests.clone(),
+        );
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Request duration until the last byte",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let ttft: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "time_to_first_token",
+            "Time to the first byte of a streamed answer",
+            Unit::Seconds,
+            ttft.clone(),
+        );
+        let overhead: HistogramFamily = Family::new_with_constructor(overhead_histogram);
+        registry.register_with_unit(
+            "proxy_overhead",
+            "Time spent in promptgate before the request went upstream",
+            Unit::Seconds,
+            overhead.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens by kind (prompt, completion, cached)",
+            tokens.clone(),
+        );
+        let cost = Family::<VersionLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "Cost in USD from the pricing table",
+            cost.clone(),
+        );
+        let unpriced = Family::<ModelLabel, Counter>::default();
+        registry.register(
+            "unpriced_requests",
+            "Requests with token usage whose model has no price (cost unknown)",
+            unpriced.clone(),
+        );
+        let feedback_sum = Family::<FeedbackLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "feedback_score_sum",
+            "Sum of feedback scores by metric",
+            feedback_sum.clone(),
+        );
+        let feedback_count = Family::<FeedbackLabels, Counter>::default();
+        registry.register(
+            "feedback",
+            "Feedback scores received by metric",
+            feedback_count.clone(),
+        );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events not written because the writer fell behind",
+            events_dropped.clone(),
+        );
         Metrics {
             registry,
+            requests,
+            latency,
+            ttft,
+            overhead,
+            tokens,
+            cost,
+            unpriced,
+            feedback_sum,
+            feedback_count,
+            events_dropped,
             reloads,
             reload_error,
             prompts_loaded,

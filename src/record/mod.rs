@@ -1,6 +1,307 @@
-//! Step 7 of the request path, off the hot path: what happened is recorded — Prometheus
-//! metrics now; events and experiment statistics build on the same place.
+//! Step 7 of the request path, off the hot path: when a request is over, record it — metrics,
+//! experiment statistics, the feedback index and one line in the events file.
+//!
+//! Recording never waits: metrics are atomics, statistics take a short lock, and the event goes
+//! through a bounded channel to one writer task. At start the events file is replayed, so the
+//! statistics and the feedback index survive a restart.
 
+pub mod events;
 pub mod metrics;
+pub mod pricing;
+pub mod stats;
+pub mod usage;
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use events::{Event, EventSink, FeedbackEvent, RequestEvent};
 pub use metrics::Metrics;
+pub use pricing::{Pricing, Usage};
+
+use crate::prompts::Prompt;
+use metrics::{FeedbackLabels, ModelLabel, RequestLabels, VersionLabels};
+use stats::Stats;
+
+/// Which version served a request, as feedback needs to find it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedBy {
+    pub prompt: String,
+    pub version: u32,
+    pub experiment: Option<String>,
+}
+
+/// Request id → what served it, bounded: the oldest ids are forgotten first.
+struct FeedbackIndex {
+    map: HashMap<String, ServedBy>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl FeedbackIndex {
+    fn insert(&mut self, id: String, by: ServedBy) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(id.clone(), by).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// Why feedback was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error(
+        "unknown request id `{0}`: it was not served by a prompt, or is older than the feedback window"
+    )]
+    UnknownRequest(String),
+    #[error("metric `{0}` must be a number")]
+    NotNumeric(String),
+    #[error("`metrics` holds no scores")]
+    Empty,
+}
+
+/// Cheap to clone; shared by every request.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    metrics: Arc<Metrics>,
+    pricing: Pricing,
+    stats: Mutex<Stats>,
+    index: Mutex<FeedbackIndex>,
+    events: Option<EventSink>,
+    /// Rate limit for the "events dropped" warning.
+    last_drop_warning: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update leaves the data consistent, so a lock poisoned by a panic is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Recorder {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        pricing: Pricing,
+        events: Option<EventSink>,
+        feedback_window: usize,
+    ) -> Self {
+        Recorder {
+            inner: Arc::new(Inner {
+                metrics,
+                pricing,
+                stats: Mutex::new(Stats::default()),
+                index: Mutex::new(FeedbackIndex {
+                    map: HashMap::new(),
+                    order: VecDeque::new(),
+                    capacity: feedback_window,
+                }),
+                events,
+                last_drop_warning: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn pricing(&self) -> &Pricing {
+        &self.inner.pricing
+    }
+
+    /// Rebuilds statistics and the feedback index from an events file. Blocking; at start.
+    pub fn replay(&self, path: &Path) -> std::io::Result<(u64, u64)> {
+        events::replay(path, |event| self.apply(&event))
+    }
+
+    /// Statistics and index (not metrics, not the file) from one event.
+    fn apply(&self, event: &Event) {
+        match event {
+            Event::Request(r) => {
+                let (Some(prompt), Some(version)) = (&r.prompt, r.version) else {
+                    return;
+                };
+                let key = (
+                    prompt.clone(),
+                    r.experiment.clone().unwrap_or_default(),
+                    version,
+                );
+                let ok = r.status < 400 && r.outcome == "ok";
+                lock(&self.inner.stats).add_request(key, ok, r.latency_ms, r.cost_usd);
+                lock(&self.inner.index).insert(
+                    r.request_id.clone(),
+                    ServedBy {
+                        prompt: prompt.clone(),
+                        version,
+                        experiment: r.experiment.clone(),
+                    },
+                );
+            }
+            Event::Feedback(f) => {
+                let key = (
+                    f.prompt.clone(),
+                    f.experiment.clone().unwrap_or_default(),
+                    f.version,
+                );
+                lock(&self.inner.stats).add_feedback(key, &f.metrics);
+            }
+        }
+    }
+
+    /// Records a finished request: metrics, statistics, index, events file.
+    pub fn record(&self, event: RequestEvent) {
+        let m = &self.inner.metrics;
+        let labels = VersionLabels {
+            prompt: event.prompt.clone().unwrap_or_default(),
+            version: event.version.map(|v| v.to_string()).unwrap_or_default(),
+        };
+        m.requests
+            .get_or_create(&RequestLabels {
+                prompt: labels.prompt.clone(),
+                version: labels.version.clone(),
+                status: event.status,
+            })
+            .inc();
+        m.latency
+            .get_or_create(&labels)
+            .observe(event.latency_ms / 1000.0);
+        if let Some(ttft) = event.ttft_ms.filter(|_| event.stream) {
+            m.ttft.get_or_create(&labels).observe(ttft / 1000.0);
+        }
+        if let Some(overhead) = event.overhead_ms {
+            m.overhead.get_or_create(&labels).observe(overhead / 1000.0);
+        }
+        for (kind, n) in [
+            ("prompt", event.prompt_tokens),
+            ("completion", event.completion_tokens),
+            ("cached", event.cached_tokens),
+        ] {
+            if let Some(n) = n {
+                m.tokens
+                    .get_or_create(&metrics::TokenLabels {
+                        prompt: labels.prompt.clone(),
+                        version: labels.version.clone(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+        match (event.cost_usd, &event.model, event.prompt_tokens) {
+            (Some(cost), _, _) => {
+                m.cost.get_or_create(&labels).inc_by(cost);
+            }
+            // Tokens were counted but the model has no price: say so, never guess.
+            (None, Some(model), Some(_)) => {
+                m.unpriced
+                    .get_or_create(&ModelLabel {
+                        model: model.clone(),
+                    })
+                    .inc();
+            }
+            _ => {}
+        }
+        let event = Event::Request(Box::new(event));
+        self.apply(&event);
+        self.write(event);
+    }
+
+    fn write(&self, event: Event) {
+        let Some(sink) = &self.inner.events else {
+            return;
+        };
+        if let Err(e) = sink.send(event) {
+            self.inner.metrics.events_dropped.inc();
+            let mut last = lock(&self.inner.last_drop_warning);
+            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    reason = ?e,
+                    "an event could not be queued for the events file and was dropped (counted in promptgate_events_dropped_total)"
+                );
+            }
+        }
+    }
+
+    /// Attaches feedback scores to the version that served `request_id`.
+    pub fn feedback(
+        &self,
+        request_id: &str,
+        metrics: &serde_json::Map<String, Value>,
+    ) -> Result<FeedbackEvent, FeedbackError> {
+        let mut scores = BTreeMap::new();
+        for (name, value) in metrics {
+            let Some(x) = value.as_f64().filter(|x| x.is_finite()) else {
+                return Err(FeedbackError::NotNumeric(name.clone()));
+            };
+            scores.insert(name.clone(), x);
+        }
+        if scores.is_empty() {
+            return Err(FeedbackError::Empty);
+        }
+        let served = lock(&self.inner.index)
+            .map
+            .get(request_id)
+            .cloned()
+            .ok_or_else(|| FeedbackError::UnknownRequest(request_id.to_owned()))?;
+        let m = &self.inner.metrics;
+        for (name, x) in &scores {
+            let labels = FeedbackLabels {
+                prompt: served.prompt.clone(),
+                version: served.version.to_string(),
+                metric: name.clone(),
+            };
+            m.feedback_sum.get_or_create(&labels).inc_by(*x);
+            m.feedback_count.get_or_create(&labels).inc();
+        }
+        let event = FeedbackEvent {
+            time: now(),
+            request_id: request_id.to_owned(),
+            prompt: served.prompt,
+            version: served.version,
+            experiment: served.experiment,
+            metrics: scores,
+        };
+        let line = Event::Feedback(event.clone());
+        self.apply(&line);
+        self.write(line);
+        Ok(event)
+    }
+
+    /// The experiment report of a prompt (see [`stats::Stats::report`]).
+    pub fn experiment_report(&self, prompt: &Prompt) -> Value {
+        let id = prompt.experiment.as_ref().map(experiment_id);
+        let exp = prompt.experiment.as_ref().zip(id.as_deref());
+        let mut report = lock(&self.inner.stats).report(&prompt.name, exp);
+        report["experiment"] = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
+        report
+    }
+
+    /// Waits until every queued event is written.
+    pub async fn flush(&self) {
+        if let Some(sink) = &self.inner.events {
+            sink.flush().await;
+        }
+    }
+}
+
+/// A short, stable id of an experiment's configuration: statistics are kept per id, so
+/// changing the split or the salt starts a fresh comparison.
+pub fn experiment_id(experiment: &crate::prompts::Experiment) -> String {
+    use sha2::Digest;
+    let text = serde_json::to_string(experiment).unwrap_or_default();
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
