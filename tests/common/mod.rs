@@ -175,3 +175,81 @@ pub async fn closed_port() -> SocketAddr {
     drop(listener);
     addr
 }
+
+/// An upstream that answers chat completions with token usage, as OpenAI does: a JSON body
+/// with `usage`, or for a stream, content chunks and — only when the request asked with
+/// `stream_options.include_usage` — a final usage-only chunk. Records every request body.
+pub struct UsageUpstream {
+    pub upstream: Upstream,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+pub const USAGE_MODEL: &str = "gpt-4o-2024-08-06";
+
+pub async fn usage_upstream(prompt_tokens: u64, completion_tokens: u64) -> UsageUpstream {
+    use serde_json::{Value, json};
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = received.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(body.clone());
+                // Like OpenAI, answer `gpt-4o` with the snapshot that served it.
+                let model = match body["model"].as_str() {
+                    Some("gpt-4o") | None => USAGE_MODEL.to_owned(),
+                    Some(other) => other.to_owned(),
+                };
+                let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                   "total_tokens": prompt_tokens + completion_tokens,
+                                   "prompt_tokens_details": {"cached_tokens": 0}});
+                if body["stream"] != json!(true) {
+                    return Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Body::from(json!({"id": "c1", "object": "chat.completion", "model": model,
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                            "usage": usage}).to_string()))
+                        .unwrap();
+                }
+                let with_usage = body["stream_options"]["include_usage"] == json!(true);
+                let mut events = Vec::new();
+                for piece in ["Hel", "lo"] {
+                    let mut chunk = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+                        "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+                    if with_usage {
+                        chunk["usage"] = Value::Null;
+                    }
+                    events.push(format!("data: {chunk}\n\n"));
+                }
+                if with_usage {
+                    let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+                                       "choices": [], "usage": usage});
+                    events.push(format!("data: {chunk}\n\n"));
+                }
+                events.push("data: [DONE]\n\n".to_owned());
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from(events.concat()))
+                    .unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    UsageUpstream {
+        upstream: Upstream::parse(&format!("http://{addr}/v1")).unwrap(),
+        received,
+    }
+}
+
+/// Reads the events file's JSON lines.
+pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
