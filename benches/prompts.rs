@@ -9,6 +9,7 @@ use std::path::Path;
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use promptgate::fewshot::ModelSlot;
 use promptgate::prompts;
 use promptgate::proxy::request::{Endpoint, prepare};
 
@@ -68,10 +69,23 @@ fn bench_prepare(c: &mut Criterion) {
     );
     let headers = HeaderMap::new();
     let now = chrono::Utc::now();
+    let model = ModelSlot::new("/nonexistent".into(), "/nonexistent".into(), None);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     c.bench_function("prepare_chat_request_with_prompt", |b| {
         b.iter(|| {
             black_box(
-                prepare(&set, Endpoint::ChatCompletions, &headers, body.clone(), now).unwrap(),
+                runtime
+                    .block_on(prepare(
+                        &set,
+                        &model,
+                        Endpoint::ChatCompletions,
+                        &headers,
+                        body.clone(),
+                        now,
+                    ))
+                    .unwrap(),
             )
         })
     });
@@ -81,14 +95,16 @@ fn bench_prepare(c: &mut Criterion) {
     c.bench_function("prepare_chat_request_without_prompt", |b| {
         b.iter(|| {
             black_box(
-                prepare(
-                    &set,
-                    Endpoint::ChatCompletions,
-                    &headers,
-                    plain.clone(),
-                    now,
-                )
-                .unwrap(),
+                runtime
+                    .block_on(prepare(
+                        &set,
+                        &model,
+                        Endpoint::ChatCompletions,
+                        &headers,
+                        plain.clone(),
+                        now,
+                    ))
+                    .unwrap(),
             )
         })
     });

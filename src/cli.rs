@@ -49,6 +49,37 @@ struct PromptsDir {
 }
 
 #[derive(Debug, Args)]
+struct ModelArgs {
+    /// The embedding model folder (model.onnx and tokenizer files), for `semantic` and `mmr`
+    /// examples; fetched by scripts/fetch-model.sh.
+    #[arg(
+        long,
+        env = "PROMPTGATE_EMBEDDING_MODEL",
+        default_value = "models/all-MiniLM-L6-v2",
+        value_name = "DIR"
+    )]
+    embedding_model: PathBuf,
+    /// The ONNX Runtime shared library (1.24 or newer).
+    #[arg(
+        long,
+        env = "PROMPTGATE_ONNXRUNTIME",
+        default_value = "models/onnxruntime/libonnxruntime.so",
+        value_name = "FILE"
+    )]
+    onnxruntime: PathBuf,
+}
+
+impl ModelArgs {
+    fn slot(&self, cache: Option<PathBuf>) -> crate::fewshot::ModelSlot {
+        crate::fewshot::ModelSlot::new(
+            self.embedding_model.clone(),
+            self.onnxruntime.clone(),
+            cache,
+        )
+    }
+}
+
+#[derive(Debug, Args)]
 struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "PROMPTGATE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -128,6 +159,8 @@ struct ServeArgs {
         value_name = "N"
     )]
     feedback_window: usize,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -140,6 +173,8 @@ enum LogFormat {
 struct ValidateArgs {
     #[command(flatten)]
     prompts: PromptsDir,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +198,8 @@ struct RenderArgs {
     /// The request's model, if the version does not set one.
     #[arg(long, default_value = "gpt-4o-mini")]
     model: String,
+    #[command(flatten)]
+    embedding: ModelArgs,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -219,6 +256,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         pricing: args.pricing,
         feedback_window: args.feedback_window,
         state_dir: args.state_dir,
+        embedding_model: args.model.embedding_model,
+        onnxruntime: args.model.onnxruntime,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -250,7 +289,16 @@ fn init_logging(format: LogFormat) {
 }
 
 fn validate(args: &ValidateArgs) -> ExitCode {
-    match prompts::load(&args.prompts.dir) {
+    let loaded = prompts::load(&args.prompts.dir).and_then(|mut set| {
+        // Prompts whose examples need the embedding model are checked against it too.
+        let missing = crate::fewshot::attach_vectors(&mut set, &args.model.slot(None));
+        if missing.is_empty() {
+            Ok(set)
+        } else {
+            Err(prompts::Problems(missing))
+        }
+    });
+    match loaded {
         Ok(set) => {
             let versions: usize = set.prompts().map(|p| p.versions.len()).sum();
             println!(
@@ -301,8 +349,14 @@ fn parse_vars(vars: &[String]) -> Result<Map<String, Value>, String> {
 }
 
 fn render(args: &RenderArgs) -> ExitCode {
+    let slot = args.embedding.slot(None);
     let set = match prompts::load(&args.prompts.dir) {
-        Ok(set) => set,
+        Ok(mut set) => {
+            for problem in crate::fewshot::attach_vectors(&mut set, &slot) {
+                eprintln!("{problem}");
+            }
+            set
+        }
         Err(problems) => {
             eprintln!("{problems}");
             return ExitCode::FAILURE;
@@ -335,13 +389,21 @@ fn render(args: &RenderArgs) -> ExitCode {
     {
         headers.insert("x-user-id", user);
     }
-    let prepared = request::prepare(
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let prepared = runtime.block_on(request::prepare(
         &set,
+        &slot,
         Endpoint::ChatCompletions,
         &headers,
         Bytes::from(body.to_string()),
         chrono::Utc::now(),
-    );
+    ));
     match prepared {
         Ok(prepared) => {
             if let Some(served) = &prepared.served {

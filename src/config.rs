@@ -74,6 +74,10 @@ pub struct Config {
     pub pricing: Option<PathBuf>,
     /// Request ids remembered for feedback.
     pub feedback_window: usize,
+    /// The embedding model's folder (ONNX model and tokenizer files).
+    pub embedding_model: PathBuf,
+    /// The ONNX Runtime shared library.
+    pub onnxruntime: PathBuf,
 }
 
 impl Config {
@@ -97,6 +101,8 @@ impl Config {
             log_content: false,
             pricing: None,
             feedback_window: 100_000,
+            embedding_model: PathBuf::from("models/all-MiniLM-L6-v2"),
+            onnxruntime: PathBuf::from("models/onnxruntime/libonnxruntime.so"),
         }
     }
 }

@@ -38,6 +38,9 @@ pub enum ApiError {
     UpstreamTimeout { url: String, seconds: f64 },
     #[error("{message}")]
     Unauthorized { message: String },
+    /// Something the request needs is not available now (the embedding model).
+    #[error("{message}")]
+    Unavailable { message: String, code: &'static str },
     #[error("{message}")]
     Forbidden { message: String },
     #[error("{0}")]
@@ -93,6 +96,9 @@ impl ApiError {
                 "upstream_error",
                 "upstream_timeout",
             ),
+            ApiError::Unavailable { code, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server_error", code)
+            }
             ApiError::Unauthorized { .. } => (
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
@@ -178,6 +184,18 @@ impl From<SelectError> for ApiError {
                     message: err.to_string(),
                 }
             }
+        }
+    }
+}
+
+impl From<crate::fewshot::PickError> for ApiError {
+    fn from(err: crate::fewshot::PickError) -> Self {
+        match err {
+            crate::fewshot::PickError::ModelUnavailable { .. } => ApiError::Unavailable {
+                message: err.to_string(),
+                code: "embedding_model_unavailable",
+            },
+            crate::fewshot::PickError::Embed(_) => ApiError::Internal(err.to_string()),
         }
     }
 }

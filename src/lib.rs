@@ -14,6 +14,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fewshot;
 pub mod prompts;
 pub mod proxy;
 pub mod record;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub reloader: reload::Reloader,
     pub writer: Arc<admin::write::Writer>,
     pub recorder: record::Recorder,
+    /// The embedding model, loaded when a prompt needs it.
+    pub model: Arc<fewshot::ModelSlot>,
     /// The events writer, joined at shutdown.
     pub events_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -54,7 +57,12 @@ pub struct AppState {
 impl AppState {
     /// Opens the state folder, records what is on disk in the audit trail and starts the
     /// reload task. Needs a Tokio runtime.
-    pub fn new(config: Config, prompts: PromptSet) -> anyhow::Result<Self> {
+    pub fn new(
+        config: Config,
+        prompts: PromptSet,
+        model: Arc<fewshot::ModelSlot>,
+        degraded: Vec<prompts::Problem>,
+    ) -> anyhow::Result<Self> {
         let http = proxy::forward::client(&config)?;
         let metrics = Arc::new(record::Metrics::new());
         let audit = Arc::new(audit::Audit::open(&config.state_dir)?);
@@ -91,12 +99,16 @@ impl AppState {
             tracing::info!(events = read, skipped, file = %path.display(), "statistics rebuilt from the events file");
         }
         let prompts = Arc::new(ArcSwap::from_pointee(prompts));
-        let reloader = reload::Reloader::start(reload::Target {
-            dir: config.prompts_dir.clone(),
-            prompts: prompts.clone(),
-            audit: audit.clone(),
-            metrics: metrics.clone(),
-        });
+        let reloader = reload::Reloader::start(
+            reload::Target {
+                dir: config.prompts_dir.clone(),
+                prompts: prompts.clone(),
+                audit: audit.clone(),
+                metrics: metrics.clone(),
+                model: model.clone(),
+            },
+            degraded,
+        );
         Ok(AppState {
             prompts,
             writer: Arc::new(admin::write::Writer::new(&config.prompts_dir)),
@@ -106,6 +118,7 @@ impl AppState {
             audit,
             reloader,
             recorder,
+            model,
             events_task: Arc::new(std::sync::Mutex::new(events_task)),
         })
     }
@@ -149,9 +162,22 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// Ready when the prompts are loaded and every prompt that needs the embedding model has it.
+async fn readyz(State(state): State<AppState>) -> Response {
     let prompts = state.prompts.load();
-    Json(json!({"status": "ready", "prompts": prompts.len()}))
+    let degraded = state.reloader.status().degraded;
+    let body = json!({
+        "status": if degraded.is_empty() { "ready" } else { "not_ready" },
+        "prompts": prompts.len(),
+        "embedding_model": state.model.status(),
+        "problems": degraded,
+    });
+    let status = if degraded.is_empty() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn not_found(req: Request) -> Response {

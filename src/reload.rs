@@ -14,7 +14,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{Actor, Audit, Entry};
-use crate::prompts::{self, Problems, PromptSet};
+use crate::fewshot::{self, ModelSlot};
+use crate::prompts::{self, Problem, Problems, PromptSet};
 use crate::record::Metrics;
 use crate::record::metrics::ResultLabel;
 
@@ -32,6 +33,9 @@ pub struct ReloadStatus {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_duration_ms: f64,
+    /// Prompts left out of the serving set because the embedding model they need is missing
+    /// or broken (`file: message`); the others serve.
+    pub degraded: Vec<String>,
 }
 
 /// The result of one reload.
@@ -39,6 +43,7 @@ pub struct ReloadStatus {
 pub struct Reloaded {
     pub prompts: usize,
     pub changes: Vec<Entry>,
+    pub degraded: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,13 +72,15 @@ pub struct Target {
     pub prompts: Arc<ArcSwap<PromptSet>>,
     pub audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
+    pub model: Arc<ModelSlot>,
 }
 
 impl Reloader {
     /// Starts the reload task. `initial` is the set already serving (loaded at start).
-    pub fn start(target: Target) -> Reloader {
+    pub fn start(target: Target, degraded: Vec<Problem>) -> Reloader {
         let status = Arc::new(Mutex::new(ReloadStatus {
             serving_since: Some(now()),
+            degraded: degraded.iter().map(ToString::to_string).collect(),
             ..ReloadStatus::default()
         }));
         let (jobs, rx) = mpsc::channel(64);
@@ -140,9 +147,10 @@ async fn run(mut rx: mpsc::Receiver<Job>, target: Target, status: Arc<Mutex<Relo
             s.last_reload_at = Some(now());
             s.last_duration_ms = elapsed_ms;
             match &outcome {
-                Ok(_) => {
+                Ok(done) => {
                     s.last_result = Some("ok");
                     s.last_error.clear();
+                    s.degraded = done.degraded.iter().map(ToString::to_string).collect();
                     s.serving_since = s.last_reload_at.clone();
                     s.reloads_ok += 1;
                 }
@@ -177,6 +185,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, target: Target, status: Arc<Mutex<Relo
                 Ok(done) => Ok(Reloaded {
                     prompts: done.prompts,
                     changes: done.changes.clone(),
+                    degraded: done.degraded.clone(),
                 }),
                 Err(e) => Err(e.clone()),
             });
@@ -186,7 +195,12 @@ async fn run(mut rx: mpsc::Receiver<Job>, target: Target, status: Arc<Mutex<Relo
 
 /// Load → record → swap. Blocking.
 fn reload_once(target: &Target, actor: &Actor) -> Result<Reloaded, ReloadError> {
-    let set = prompts::load(&target.dir).map_err(ReloadError::Invalid)?;
+    let mut set = prompts::load(&target.dir).map_err(ReloadError::Invalid)?;
+    // Example vectors are part of the set, so examples and versions swap together.
+    let degraded = fewshot::attach_vectors(&mut set, &target.model);
+    for problem in &degraded {
+        tracing::error!("{problem}");
+    }
     let changes = target
         .audit
         .record(&set, actor)
@@ -197,5 +211,6 @@ fn reload_once(target: &Target, actor: &Actor) -> Result<Reloaded, ReloadError> 
     Ok(Reloaded {
         prompts: count,
         changes,
+        degraded,
     })
 }

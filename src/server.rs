@@ -8,7 +8,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::fewshot::{self, ModelSlot};
 use crate::prompts::watch::WatchGuard;
 use crate::{AppState, admin_app, app, prompts};
 
@@ -26,7 +29,21 @@ impl Server {
     /// Loads the prompts (refusing to start if any problem is found), binds `config.listen`
     /// (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let set = prompts::load(&config.prompts_dir).map_err(|problems| {
+        let model = Arc::new(ModelSlot::new(
+            config.embedding_model.clone(),
+            config.onnxruntime.clone(),
+            Some(config.state_dir.clone()),
+        ));
+        // Loading compiles every template and may embed examples: off the reactor.
+        let dir = config.prompts_dir.clone();
+        let slot = model.clone();
+        let (set, degraded) = tokio::task::spawn_blocking(move || {
+            let mut set = prompts::load(&dir)?;
+            let degraded = fewshot::attach_vectors(&mut set, &slot);
+            Ok::<_, prompts::Problems>((set, degraded))
+        })
+        .await?
+        .map_err(|problems| {
             anyhow::anyhow!(
                 "the prompts in `{}` are not valid ({} problem{}):\n{problems}",
                 config.prompts_dir.display(),
@@ -34,6 +51,9 @@ impl Server {
                 if problems.0.len() == 1 { "" } else { "s" }
             )
         })?;
+        for problem in &degraded {
+            tracing::error!("{problem}");
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -52,7 +72,7 @@ impl Server {
             ),
             None => None,
         };
-        let state = AppState::new(config, set)?;
+        let state = AppState::new(config, set, model, degraded)?;
         let watch_guard = if state.config.watch {
             let reloader = state.reloader.clone();
             let guard = prompts::watch::watch(

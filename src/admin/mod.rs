@@ -217,11 +217,13 @@ async fn render(
     let prompts = state.prompts.load_full();
     let prepared = request::prepare(
         &prompts,
+        &state.model,
         Endpoint::ChatCompletions,
         &HeaderMap::new(),
         Bytes::from(body.to_string()),
         chrono::Utc::now(),
-    )?;
+    )
+    .await?;
     let sent: Value =
         serde_json::from_slice(&prepared.body).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut response = Json(sent).into_response();
@@ -363,7 +365,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "versions": prompts.prompts().map(|p| p.versions.len()).sum::<usize>(),
         "reload": state.reloader.status(),
         "upstream": state.config.upstream.to_string(),
-        "embedding_model": {"state": "not_needed"},
+        "embedding_model": state.model.status(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

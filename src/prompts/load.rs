@@ -309,6 +309,7 @@ fn load_prompt(
         experiment,
         examples_config: raw_manifest.examples,
         examples,
+        example_vectors: Vec::new(),
         versions,
     })
 }

@@ -45,6 +45,9 @@ pub struct Prompt {
     pub examples_config: Option<ExamplesConfig>,
     #[serde(skip)]
     pub examples: Vec<Example>,
+    /// Unit vectors of the examples' inputs, for `semantic` and `mmr` (empty otherwise).
+    #[serde(skip)]
+    pub example_vectors: Vec<Arc<Vec<f32>>>,
     #[serde(skip)]
     pub versions: BTreeMap<u32, Version>,
 }
@@ -91,6 +94,16 @@ impl PromptSet {
 
     pub fn get(&self, name: &str) -> Option<&Arc<Prompt>> {
         self.prompts.get(name)
+    }
+
+    /// A prompt to complete while the set is being built (before it is shared).
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Prompt> {
+        self.prompts.get_mut(name).and_then(Arc::get_mut)
+    }
+
+    /// Takes a prompt out while the set is being built.
+    pub fn remove(&mut self, name: &str) {
+        self.prompts.remove(name);
     }
 
     pub fn prompts(&self) -> impl Iterator<Item = &Arc<Prompt>> {

@@ -78,7 +78,15 @@ async fn run(
     let bytes = read_body(body, &parts.headers, state.config.max_body_bytes).await?;
     // One snapshot per request: a reload mid-request does not mix two prompt sets.
     let prompts = state.prompts.load_full();
-    let prepared = request::prepare(&prompts, endpoint, &parts.headers, bytes, Utc::now())?;
+    let prepared = request::prepare(
+        &prompts,
+        &state.model,
+        endpoint,
+        &parts.headers,
+        bytes,
+        Utc::now(),
+    )
+    .await?;
     ctx.served = prepared.served;
     ctx.model = prepared.model;
     ctx.strip_usage_chunk = prepared.strip_usage_chunk;

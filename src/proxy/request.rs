@@ -10,7 +10,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::prompts::{Builtins, PromptSet};
+use crate::fewshot::{self, ModelSlot};
+use crate::prompts::{Builtins, ExamplesFormat, PromptSet};
 use crate::select::{self, Selection, VersionRef};
 
 /// The endpoints that inject a prompt.
@@ -63,6 +64,8 @@ pub struct PromptRef {
     pub name: String,
     pub version: Option<VersionRef>,
     pub variables: Map<String, Value>,
+    /// `prompt.examples`: this request's few-shot count and strategy.
+    pub examples: Option<fewshot::Override>,
 }
 
 /// The `X-Prompt-*` headers, for clients that cannot add body fields.
@@ -126,6 +129,7 @@ pub fn prompt_ref(
     let mut body_name = None;
     let mut body_version = None;
     let mut body_variables = None;
+    let mut examples = None;
     match field {
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
@@ -173,8 +177,14 @@ pub fn prompt_ref(
                             ));
                         }
                     },
-                    // Per-request few-shot overrides are read by the few-shot step.
-                    "examples" => {}
+                    "examples" => {
+                        if !value.is_null() {
+                            examples = Some(
+                                fewshot::Override::parse(&value)
+                                    .map_err(|(message, param)| bad(message, param))?,
+                            );
+                        }
+                    }
                     other => {
                         return Err(bad(
                             format!(
@@ -217,6 +227,7 @@ pub fn prompt_ref(
         name,
         version,
         variables,
+        examples,
     }))
 }
 
@@ -267,8 +278,9 @@ pub fn user_message(endpoint: Endpoint, body: &Map<String, Value>) -> String {
 
 /// Builds the upstream body for a request. A body that names no prompt is returned unchanged,
 /// byte for byte.
-pub fn prepare(
+pub async fn prepare(
     set: &PromptSet,
+    model: &ModelSlot,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Bytes,
@@ -307,9 +319,19 @@ pub fn prepare(
     let (version, selection) = select::choose(prompt, reference.version.as_ref(), key)?;
 
     let user_message = user_message(endpoint, &map);
+    let plan = fewshot::plan(prompt, reference.examples.as_ref());
+    let picked = match &plan {
+        Some(plan) => fewshot::pick(prompt, plan, &user_message, model).await?,
+        None => Vec::new(),
+    };
+    let format = plan.map_or(ExamplesFormat::System, |p| p.format);
+    let block = match format {
+        ExamplesFormat::System => fewshot::block(prompt, &picked),
+        ExamplesFormat::Messages => String::new(),
+    };
     let today = now.format("%Y-%m-%d").to_string();
     let now_text = now.to_rfc3339_opts(SecondsFormat::Secs, true);
-    let system = set.render(
+    let mut system = set.render(
         prompt,
         version,
         &reference.variables,
@@ -317,9 +339,18 @@ pub fn prepare(
             today: &today,
             now: &now_text,
             user_message: &user_message,
-            examples: "",
+            examples: &block,
         },
     )?;
+    // The seed appends the block after the prompt, unless the template places it itself.
+    if !block.is_empty() && !version.places_examples() {
+        system.push_str("\n\n");
+        system.push_str(&block);
+    }
+    let example_messages = match format {
+        ExamplesFormat::Messages => fewshot::messages(prompt, &picked),
+        ExamplesFormat::System => Vec::new(),
+    };
 
     match endpoint {
         Endpoint::ChatCompletions => {
@@ -339,7 +370,11 @@ pub fn prepare(
                     ));
                 }
             };
-            messages.insert(0, serde_json::json!({"role": "system", "content": system}));
+            // System prompt, then the example pairs, then the client's messages.
+            let mut head = Vec::with_capacity(1 + example_messages.len());
+            head.push(serde_json::json!({"role": "system", "content": system}));
+            head.extend(example_messages);
+            messages.splice(0..0, head);
         }
         Endpoint::Responses => {
             // The client's own instructions, if any, follow the managed prompt.
@@ -348,6 +383,20 @@ pub fn prepare(
                 _ => system,
             };
             map.insert("instructions".to_owned(), Value::String(instructions));
+            if !example_messages.is_empty() {
+                // Example pairs go before the client's input, which becomes a list if needed.
+                let input = match map.remove("input") {
+                    Some(Value::Array(items)) => items,
+                    Some(Value::String(text)) => {
+                        vec![serde_json::json!({"role": "user", "content": text})]
+                    }
+                    Some(other) => vec![other],
+                    None => Vec::new(),
+                };
+                let mut all = example_messages;
+                all.extend(input);
+                map.insert("input".to_owned(), Value::Array(all));
+            }
         }
     }
 

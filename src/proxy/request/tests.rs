@@ -5,6 +5,7 @@ use chrono::TimeZone;
 use serde_json::json;
 
 use super::*;
+use crate::fewshot::ModelSlot;
 
 fn write(root: &Path, file: &str, text: &str) {
     let path = root.join(file);
@@ -40,7 +41,11 @@ fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 25, 8, 30, 0).unwrap()
 }
 
-fn run(
+fn no_model() -> ModelSlot {
+    ModelSlot::new("/nonexistent".into(), "/nonexistent".into(), None)
+}
+
+async fn run(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Value,
@@ -48,19 +53,21 @@ fn run(
     let set = fixture();
     let prepared = prepare(
         &set,
+        &no_model(),
         endpoint,
         headers,
         Bytes::from(body.to_string()),
         now(),
-    )?;
+    )
+    .await?;
     Ok((
         serde_json::from_slice(&prepared.body).unwrap(),
         prepared.served,
     ))
 }
 
-#[test]
-fn chat_gets_system_message_first_and_overrides() {
+#[tokio::test]
+async fn chat_gets_system_message_first_and_overrides() {
     let (body, served) = run(
         Endpoint::ChatCompletions,
         &HeaderMap::new(),
@@ -70,6 +77,7 @@ fn chat_gets_system_message_first_and_overrides() {
             "prompt": {"id": "support", "variables": {"company": "Acme"}}
         }),
     )
+    .await
     .unwrap();
     assert_eq!(
         body,
@@ -85,17 +93,19 @@ fn chat_gets_system_message_first_and_overrides() {
     assert_eq!((served.version, served.selection), (2, Selection::Active));
 }
 
-#[test]
-fn body_without_prompt_is_untouched_bytes() {
+#[tokio::test]
+async fn body_without_prompt_is_untouched_bytes() {
     let set = fixture();
     let raw = Bytes::from_static(b"{\"model\":  \"x\", \"messages\": []}");
     let prepared = prepare(
         &set,
+        &no_model(),
         Endpoint::ChatCompletions,
         &HeaderMap::new(),
         raw.clone(),
         now(),
     )
+    .await
     .unwrap();
     assert_eq!(prepared.body, raw);
     assert!(prepared.served.is_none());
@@ -103,45 +113,51 @@ fn body_without_prompt_is_untouched_bytes() {
     let raw = Bytes::from_static(b"{\"messages\": [{\"role\":\"user\",\"content\":\"prompt\"}]}");
     let prepared = prepare(
         &set,
+        &no_model(),
         Endpoint::ChatCompletions,
         &HeaderMap::new(),
         raw.clone(),
         now(),
     )
+    .await
     .unwrap();
     assert_eq!(prepared.body, raw);
     let raw = Bytes::from_static(b"not json prompt");
     let prepared = prepare(
         &set,
+        &no_model(),
         Endpoint::ChatCompletions,
         &HeaderMap::new(),
         raw.clone(),
         now(),
     )
+    .await
     .unwrap();
     assert_eq!(prepared.body, raw);
 }
 
-#[test]
-fn responses_get_instructions() {
+#[tokio::test]
+async fn responses_get_instructions() {
     let (body, _) = run(
         Endpoint::Responses,
         &HeaderMap::new(),
         json!({"model": "m", "input": "hello", "instructions": "Be terse.",
                "prompt": {"id": "support", "version": 1, "variables": {"company": "Acme"}}}),
     )
+    .await
     .unwrap();
     assert_eq!(body["instructions"], "Support for Acme.\n\nBe terse.");
     assert!(body.get("prompt").is_none());
 }
 
-#[test]
-fn max_tokens_goes_where_the_endpoint_expects() {
+#[tokio::test]
+async fn max_tokens_goes_where_the_endpoint_expects() {
     let (body, _) = run(
         Endpoint::Responses,
         &HeaderMap::new(),
         json!({"input": "x", "prompt": {"id": "support", "variables": {"company": "A"}}}),
     )
+    .await
     .unwrap();
     assert_eq!(body["max_output_tokens"], 100);
     assert!(body.get("max_tokens").is_none());
@@ -150,13 +166,14 @@ fn max_tokens_goes_where_the_endpoint_expects() {
         &HeaderMap::new(),
         json!({"messages": [], "max_completion_tokens": 5, "prompt": {"id": "support", "variables": {"company": "A"}}}),
     )
+    .await
     .unwrap();
     assert_eq!(body["max_completion_tokens"], 100);
     assert!(body.get("max_tokens").is_none());
 }
 
-#[test]
-fn headers_name_the_prompt_and_body_wins() {
+#[tokio::test]
+async fn headers_name_the_prompt_and_body_wins() {
     let mut headers = HeaderMap::new();
     headers.insert("x-prompt-name", HeaderValue::from_static("support"));
     headers.insert("x-prompt-version", HeaderValue::from_static("staging"));
@@ -164,7 +181,9 @@ fn headers_name_the_prompt_and_body_wins() {
         "x-prompt-variables",
         HeaderValue::from_static("{\"company\": \"FromHeader\"}"),
     );
-    let (body, served) = run(Endpoint::ChatCompletions, &headers, json!({"messages": []})).unwrap();
+    let (body, served) = run(Endpoint::ChatCompletions, &headers, json!({"messages": []}))
+        .await
+        .unwrap();
     assert_eq!(body["messages"][0]["content"], "Staging FromHeader");
     assert_eq!(served.unwrap().selection, Selection::Label);
 
@@ -173,25 +192,27 @@ fn headers_name_the_prompt_and_body_wins() {
         &headers,
         json!({"messages": [], "prompt": {"id": "support", "version": 1, "variables": {"company": "FromBody"}}}),
     )
+    .await
     .unwrap();
     assert_eq!(body["messages"][0]["content"], "Support for FromBody.");
     assert_eq!(served.unwrap().selection, Selection::Pinned);
 }
 
-#[test]
-fn version_as_numeric_string_pins() {
+#[tokio::test]
+async fn version_as_numeric_string_pins() {
     let (_, served) = run(
         Endpoint::ChatCompletions,
         &HeaderMap::new(),
         json!({"messages": [], "prompt": {"name": "support", "version": "3", "variables": {"company": "A"}}}),
     )
+    .await
     .unwrap();
     let served = served.unwrap();
     assert_eq!((served.version, served.selection), (3, Selection::Pinned));
 }
 
-#[test]
-fn experiment_assigns_by_user_key_order() {
+#[tokio::test]
+async fn experiment_assigns_by_user_key_order() {
     let user_version = |user: &str| {
         let b = select::bucket("ab", None, user);
         if f64::from(b) < 50.0 { 2 } else { 1 }
@@ -202,6 +223,7 @@ fn experiment_assigns_by_user_key_order() {
             &HeaderMap::new(),
             json!({"messages": [], "user": user, "prompt": {"id": "ab"}}),
         )
+        .await
         .unwrap();
         let served = served.unwrap();
         assert_eq!(served.selection, Selection::Experiment);
@@ -214,6 +236,7 @@ fn experiment_assigns_by_user_key_order() {
             &headers,
             json!({"messages": [], "user": "someone-else", "safety_identifier": "x", "prompt": {"id": "ab"}}),
         )
+        .await
         .unwrap();
         assert_eq!(served.unwrap().version, user_version(user));
         let (_, served) = run(
@@ -221,13 +244,14 @@ fn experiment_assigns_by_user_key_order() {
             &HeaderMap::new(),
             json!({"messages": [], "safety_identifier": user, "prompt": {"id": "ab"}}),
         )
+        .await
         .unwrap();
         assert_eq!(served.unwrap().version, user_version(user));
     }
 }
 
-#[test]
-fn bad_prompt_fields_are_400_naming_the_field() {
+#[tokio::test]
+async fn bad_prompt_fields_are_400_naming_the_field() {
     let cases = [
         (json!({"messages": [], "prompt": "support"}), "prompt"),
         (
@@ -252,19 +276,22 @@ fn bad_prompt_fields_are_400_naming_the_field() {
         ),
     ];
     for (body, param) in cases {
-        let err = run(Endpoint::ChatCompletions, &HeaderMap::new(), body.clone()).unwrap_err();
+        let err = run(Endpoint::ChatCompletions, &HeaderMap::new(), body.clone())
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), 400, "{body}");
         assert_eq!(err.body()["error"]["param"], param, "{body}");
     }
 }
 
-#[test]
-fn unknown_prompt_version_and_label_are_404() {
+#[tokio::test]
+async fn unknown_prompt_version_and_label_are_404() {
     let err = run(
         Endpoint::ChatCompletions,
         &HeaderMap::new(),
         json!({"prompt": {"id": "nope"}}),
     )
+    .await
     .unwrap_err();
     assert_eq!(err.body()["error"]["code"], "prompt_not_found");
     assert!(
@@ -276,6 +303,7 @@ fn unknown_prompt_version_and_label_are_404() {
         &HeaderMap::new(),
         json!({"prompt": {"id": "support", "version": 9}}),
     )
+    .await
     .unwrap_err();
     assert_eq!(err.body()["error"]["code"], "version_not_found");
     let err = run(
@@ -283,6 +311,7 @@ fn unknown_prompt_version_and_label_are_404() {
         &HeaderMap::new(),
         json!({"prompt": {"id": "support", "version": "prod"}}),
     )
+    .await
     .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -290,25 +319,28 @@ fn unknown_prompt_version_and_label_are_404() {
     );
 }
 
-#[test]
-fn missing_variables_are_400() {
+#[tokio::test]
+async fn missing_variables_are_400() {
     let err = run(
         Endpoint::ChatCompletions,
         &HeaderMap::new(),
         json!({"messages": [], "prompt": {"id": "support"}}),
     )
+    .await
     .unwrap_err();
     assert_eq!(err.status(), 400);
     assert_eq!(err.body()["error"]["code"], "missing_variables");
     assert!(err.to_string().contains("`company`"));
 }
 
-#[test]
-fn bad_variables_header_is_400() {
+#[tokio::test]
+async fn bad_variables_header_is_400() {
     let mut headers = HeaderMap::new();
     headers.insert("x-prompt-name", HeaderValue::from_static("support"));
     headers.insert("x-prompt-variables", HeaderValue::from_static("{nope"));
-    let err = run(Endpoint::ChatCompletions, &headers, json!({"messages": []})).unwrap_err();
+    let err = run(Endpoint::ChatCompletions, &headers, json!({"messages": []}))
+        .await
+        .unwrap_err();
     assert_eq!(err.body()["error"]["param"], "X-Prompt-Variables");
 }
 
