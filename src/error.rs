@@ -179,6 +179,10 @@ impl From<SelectError> for ApiError {
             SelectError::UnknownPrompt { .. } => ApiError::PromptNotFound {
                 message: err.to_string(),
             },
+            SelectError::Unavailable { .. } => ApiError::Unavailable {
+                message: err.to_string(),
+                code: "embedding_model_unavailable",
+            },
             SelectError::UnknownVersion { .. } | SelectError::UnknownLabel { .. } => {
                 ApiError::VersionNotFound {
                     message: err.to_string(),

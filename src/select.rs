@@ -50,6 +50,8 @@ impl Selection {
 pub enum SelectError {
     #[error("unknown prompt `{name}`; known prompts: {known}")]
     UnknownPrompt { name: String, known: String },
+    #[error("prompt `{name}` is not served: {reason}")]
+    Unavailable { name: String, reason: String },
     #[error("prompt `{prompt}` has no version {version}; versions: {known}")]
     UnknownVersion {
         prompt: String,
@@ -66,6 +68,12 @@ pub enum SelectError {
 
 /// Finds a prompt by name.
 pub fn find<'a>(set: &'a PromptSet, name: &str) -> Result<&'a Prompt, SelectError> {
+    if let Some(reason) = set.unavailable(name) {
+        return Err(SelectError::Unavailable {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
     set.get(name).map(AsRef::as_ref).ok_or_else(|| {
         let mut names: Vec<String> = set
             .prompts()

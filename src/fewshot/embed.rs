@@ -68,6 +68,33 @@ fn text_digest(text: &str) -> String {
         .collect()
 }
 
+/// ONNX Runtime allows one environment per process: it is made once, from the first library
+/// that loads, and shared by every model loaded after. A failure is not kept, so fetching the
+/// library and reloading is enough.
+static ORT: Mutex<Option<(PathBuf, ort::environment::Environment)>> = Mutex::new(None);
+
+fn ort_environment(runtime: &Path) -> Result<ort::environment::Environment, EmbedError> {
+    let mut slot = ORT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((path, environment)) = &*slot {
+        if path != runtime {
+            return Err(EmbedError::Broken(format!(
+                "ONNX Runtime was already loaded from `{}` in this process; cannot switch to `{}`",
+                path.display(),
+                runtime.display()
+            )));
+        }
+        return Ok(environment.clone());
+    }
+    // `init_from` reports a missing or wrong library as an error (relying on ORT_DYLIB_PATH
+    // alone would panic).
+    let environment = ort::init_from(runtime)
+        .map_err(|e| e.to_string())
+        .and_then(|builder| builder.build().map_err(|e| e.to_string()))
+        .map_err(|e| EmbedError::Broken(format!("`{}`: {e}", runtime.display())))?;
+    *slot = Some((runtime.to_path_buf(), environment.clone()));
+    Ok(environment)
+}
+
 /// A loaded model with its caches.
 pub struct Embedder {
     model: Mutex<TextEmbedding>,
@@ -115,12 +142,7 @@ impl Embedder {
             special_tokens_map_file: read("special_tokens_map.json")?,
             tokenizer_config_file: read("tokenizer_config.json")?,
         };
-        // `init_from` reports a missing or wrong library as an error (relying on
-        // ORT_DYLIB_PATH alone would panic).
-        let environment = ort::init_from(runtime)
-            .map_err(|e| EmbedError::Broken(format!("`{}`: {e}", runtime.display())))?
-            .build()
-            .map_err(|e| EmbedError::Broken(format!("`{}`: {e}", runtime.display())))?;
+        let environment = ort_environment(runtime)?;
         // Mean pooling is what MiniLM was trained with; the user-defined default (CLS) is not.
         let model = UserDefinedEmbeddingModel::new(onnx, files).with_pooling(Pooling::Mean);
         let options = InitOptionsUserDefined::new()

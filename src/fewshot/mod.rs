@@ -313,7 +313,7 @@ pub fn attach_vectors(set: &mut PromptSet, model: &ModelSlot) -> Vec<Problem> {
                     None,
                     format!("examples strategy needs the embedding model, so prompt `{name}` is not served: {e}"),
                 ));
-                set.remove(&name);
+                set.set_unavailable(&name, e.to_string());
             }
         }
     }

@@ -70,7 +70,11 @@ pub fn load(dir: &Path) -> Result<PromptSet, Problems> {
         }
     }
     if problems.is_empty() {
-        Ok(PromptSet { prompts, env })
+        Ok(PromptSet {
+            prompts,
+            unavailable: BTreeMap::new(),
+            env,
+        })
     } else {
         Err(Problems(problems))
     }

@@ -29,6 +29,8 @@ pub use template::{Builtins, RenderError};
 /// Every prompt of a folder, validated and compiled. Immutable: a reload builds a new one.
 pub struct PromptSet {
     prompts: BTreeMap<String, Arc<Prompt>>,
+    /// Prompts left out because something they need is missing: name → why.
+    unavailable: BTreeMap<String, String>,
     env: Environment<'static>,
 }
 
@@ -88,6 +90,7 @@ impl PromptSet {
     pub fn empty() -> Self {
         PromptSet {
             prompts: BTreeMap::new(),
+            unavailable: BTreeMap::new(),
             env: template::environment(),
         }
     }
@@ -101,9 +104,16 @@ impl PromptSet {
         self.prompts.get_mut(name).and_then(Arc::get_mut)
     }
 
-    /// Takes a prompt out while the set is being built.
-    pub fn remove(&mut self, name: &str) {
+    /// Takes a prompt out while the set is being built, remembering why, so requests for it
+    /// are told the reason rather than "unknown prompt".
+    pub fn set_unavailable(&mut self, name: &str, reason: String) {
         self.prompts.remove(name);
+        self.unavailable.insert(name.to_owned(), reason);
+    }
+
+    /// Why a prompt on disk is not served, if it is not.
+    pub fn unavailable(&self, name: &str) -> Option<&str> {
+        self.unavailable.get(name).map(String::as_str)
     }
 
     pub fn prompts(&self) -> impl Iterator<Item = &Arc<Prompt>> {
