@@ -100,7 +100,7 @@ pub struct Embedder {
     model: Mutex<TextEmbedding>,
     /// Identifies the model's weights, so cached vectors of another model are never used.
     pub model_id: String,
-    queries: Mutex<lru::LruCache<u64, Arc<Vec<f32>>>>,
+    queries: Mutex<lru::LruCache<u64, Arc<[f32]>>>,
     disk: Mutex<DiskCache>,
     /// Texts embedded by the model (not served from a cache) since start.
     embedded: AtomicU64,
@@ -108,7 +108,7 @@ pub struct Embedder {
 
 struct DiskCache {
     path: Option<PathBuf>,
-    vectors: HashMap<String, Arc<Vec<f32>>>,
+    vectors: HashMap<String, Arc<[f32]>>,
 }
 
 impl Embedder {
@@ -185,7 +185,7 @@ impl Embedder {
 
     /// Vectors of example texts: from the disk cache where known, embedded (and cached)
     /// otherwise. Blocking.
-    pub fn examples(&self, texts: &[&str]) -> Result<Vec<Arc<Vec<f32>>>, EmbedError> {
+    pub fn examples(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>, EmbedError> {
         let digests: Vec<String> = texts.iter().map(|t| text_digest(t)).collect();
         let missing: Vec<usize> = {
             let disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
@@ -207,12 +207,17 @@ impl Embedder {
         let disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
         Ok(digests
             .iter()
-            .map(|d| disk.vectors.get(d).cloned().unwrap_or_default())
+            .map(|d| {
+                disk.vectors
+                    .get(d)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new()))
+            })
             .collect())
     }
 
     /// The vector of a query, from the LRU cache or embedded off the reactor.
-    pub async fn query(self: &Arc<Self>, text: &str) -> Result<Arc<Vec<f32>>, EmbedError> {
+    pub async fn query(self: &Arc<Self>, text: &str) -> Result<Arc<[f32]>, EmbedError> {
         let key = text_key(text);
         if let Some(v) = self
             .queries
@@ -224,12 +229,13 @@ impl Embedder {
         }
         let this = self.clone();
         let owned = text.to_owned();
-        let vector = tokio::task::spawn_blocking(move || this.embed_now(&[owned.as_str()]))
-            .await
-            .map_err(|e| EmbedError::Failed(e.to_string()))??
-            .pop()
-            .map(Arc::new)
-            .ok_or_else(|| EmbedError::Failed("no vector returned".to_owned()))?;
+        let vector: Arc<[f32]> =
+            tokio::task::spawn_blocking(move || this.embed_now(&[owned.as_str()]))
+                .await
+                .map_err(|e| EmbedError::Failed(e.to_string()))??
+                .pop()
+                .map(Arc::from)
+                .ok_or_else(|| EmbedError::Failed("no vector returned".to_owned()))?;
         self.queries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -257,7 +263,7 @@ impl DiskCache {
             for line in BufReader::new(file).lines().map_while(Result::ok) {
                 // A torn or foreign line is only a cache miss.
                 if let Ok(c) = serde_json::from_str::<CachedVector>(&line) {
-                    vectors.insert(c.text, Arc::new(c.vector));
+                    vectors.insert(c.text, Arc::from(c.vector));
                 }
             }
         }
@@ -288,7 +294,7 @@ impl DiskCache {
         }
         for (digest, vector) in fresh {
             self.vectors
-                .insert(digest.clone(), Arc::new(vector.clone()));
+                .insert(digest.clone(), Arc::from(vector.as_slice()));
         }
     }
 }

@@ -152,26 +152,26 @@ pub async fn pick(
                     reason: model.unavailable_reason(),
                 });
             };
-            let vectors: Vec<Vec<f32>> = if prompt.example_vectors.len() == pool.len() {
-                prompt.example_vectors.iter().map(|v| v.to_vec()).collect()
+            // Shared, not copied: the set's vectors are used in place.
+            let computed;
+            let vectors: &[Arc<[f32]>] = if prompt.example_vectors.len() == pool.len() {
+                &prompt.example_vectors
             } else {
                 // A request chose a strategy the manifest did not: embed (and cache) now.
                 let texts: Vec<String> = pool.iter().map(|e| e.input.clone()).collect();
                 let e = embedder.clone();
-                tokio::task::spawn_blocking(move || {
+                computed = tokio::task::spawn_blocking(move || {
                     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                     e.examples(&refs)
                 })
                 .await
-                .map_err(|e| EmbedError::Failed(e.to_string()))??
-                .iter()
-                .map(|v| v.to_vec())
-                .collect()
+                .map_err(|e| EmbedError::Failed(e.to_string()))??;
+                &computed
             };
             let query = embedder.query(user_message).await?;
             Ok(match plan.strategy {
-                Strategy::Mmr => strategy::mmr(&query, &vectors, plan.count, plan.lambda),
-                _ => strategy::semantic(&query, &vectors, plan.count),
+                Strategy::Mmr => strategy::mmr(&query, vectors, plan.count, plan.lambda),
+                _ => strategy::semantic(&query, vectors, plan.count),
             })
         }
     }

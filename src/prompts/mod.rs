@@ -49,7 +49,7 @@ pub struct Prompt {
     pub examples: Vec<Example>,
     /// Unit vectors of the examples' inputs, for `semantic` and `mmr` (empty otherwise).
     #[serde(skip)]
-    pub example_vectors: Vec<Arc<Vec<f32>>>,
+    pub example_vectors: Vec<Arc<[f32]>>,
     #[serde(skip)]
     pub versions: BTreeMap<u32, Version>,
 }
