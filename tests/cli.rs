@@ -33,7 +33,7 @@ fn validate_accepts_the_shipped_prompts() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 3 prompts"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 4 prompts"));
 }
 
 #[test]

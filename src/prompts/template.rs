@@ -114,9 +114,11 @@ pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<Str
         let set: BTreeSet<&String> = names.filter(|n| !provided(n)).collect();
         set.into_iter().cloned().collect()
     };
+    // Declared variables are required up front. Without a declaration the template decides
+    // while rendering: a variable read under `is defined` or through `default(...)` is optional.
     let required_missing = match input.declared {
         Some(declared) => missing_of(&mut declared.iter()),
-        None => missing_of(&mut input.uses.iter()),
+        None => Vec::new(),
     };
     if !required_missing.is_empty() {
         return Err(RenderError::MissingVariables {
@@ -282,6 +284,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, "1");
+    }
+
+    #[test]
+    fn defaults_and_guards_make_variables_optional() {
+        let out = render_str(
+            "Hi {{ name | default(\"there\") }}{% if vip is defined %} (VIP){% endif %}",
+            None,
+            json!({}),
+        )
+        .unwrap();
+        assert_eq!(out, "Hi there");
     }
 
     #[test]
