@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -157,22 +156,11 @@ fn serve_refuses_to_start_on_bad_prompts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("a/v1.prompt:1: template syntax error"));
 }
 
-/// A running binary and the address it printed.
-struct Running {
-    child: Child,
-    base: String,
-    _state: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `serve` with settings from the environment and waits for its "listening" line.
-fn serve_from_env(prompts: &std::path::Path, extra_env: &[(&str, &str)]) -> Running {
+fn serve_from_env(
+    prompts: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> (Running, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
     let mut cmd = promptgate();
     cmd.arg("serve")
@@ -180,45 +168,17 @@ fn serve_from_env(prompts: &std::path::Path, extra_env: &[(&str, &str)]) -> Runn
         .env("PROMPTGATE_LISTEN", "127.0.0.1:0")
         .env("PROMPTGATE_PROMPTS", prompts)
         .env("PROMPTGATE_UPSTREAM", "echo")
-        .env("PROMPTGATE_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env("PROMPTGATE_LOG_FORMAT", "json");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    // Owned by `Running` at once, so the process is killed and reaped on every path.
-    let mut running = Running {
-        child: cmd.spawn().unwrap(),
-        base: String::new(),
-        _state: state,
-    };
-    let stderr = running.child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the server prints its address");
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if event["message"] == "listening" {
-            let addr = event["addr"].as_str().unwrap();
-            running.base = format!("http://{addr}");
-            return running;
-        }
-    }
+    (spawn_listening(cmd), state)
 }
 
 #[tokio::test]
 async fn serve_takes_every_flag_from_the_environment() {
     let dir = prompts();
-    let running = serve_from_env(
+    let (running, _state) = serve_from_env(
         dir.path(),
         &[
             ("PROMPTGATE_MAX_BODY_BYTES", "100"),
@@ -249,7 +209,7 @@ async fn sigterm_lets_in_flight_streams_finish() {
         .map(|i| format!("data: {{\"n\": {i}}}\n\n"))
         .collect();
     let (upstream, _) = streaming_upstream(chunks.clone(), Duration::from_millis(150), None).await;
-    let mut running = serve_from_env(
+    let (mut running, _state) = serve_from_env(
         dir.path(),
         &[
             ("PROMPTGATE_UPSTREAM", &upstream.to_string()),

@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -361,64 +360,27 @@ async fn feedback_attaches_to_the_serving_version() {
     assert_eq!(events.last().unwrap()["type"], "feedback");
 }
 
-/// The real binary, with an events file, serving `dir`.
-struct Binary {
-    child: Child,
-    base: String,
+/// The real binary, with its default events file, serving `dir`.
+fn start_binary(dir: &std::path::Path, state: &std::path::Path, upstream: &str) -> Running {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptgate"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--upstream",
+        upstream,
+    ])
+    .arg("--prompts")
+    .arg(dir)
+    .arg("--state-dir")
+    .arg(state)
+    .env_remove("PROMPTGATE_EVENTS");
+    spawn_listening(cmd)
 }
 
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_binary(dir: &std::path::Path, state: &std::path::Path, upstream: &str) -> Binary {
-    let mut binary = Binary {
-        child: Command::new(env!("CARGO_BIN_EXE_promptgate"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--upstream",
-                upstream,
-            ])
-            .arg("--prompts")
-            .arg(dir)
-            .arg("--state-dir")
-            .arg(state)
-            .env_remove("PROMPTGATE_EVENTS")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-        base: String::new(),
-    };
-    let stderr = binary.child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the server starts");
-        if let Ok(event) = serde_json::from_str::<Value>(&line)
-            && event["message"] == "listening"
-        {
-            binary.base = format!("http://{}", event["addr"].as_str().unwrap());
-            return binary;
-        }
-    }
-}
-
-fn stop(mut binary: Binary) {
+fn stop(mut binary: Running) {
     let pid = binary.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -253,3 +253,50 @@ pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// A `promptgate serve` process and the address it printed; killed and reaped when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `cmd` (a `serve` with `--log-format json` or `PROMPTGATE_LOG_FORMAT=json`) and waits
+/// for its "listening" line.
+pub fn spawn_listening(mut cmd: std::process::Command) -> Running {
+    use std::io::{BufRead, BufReader};
+    use std::time::Instant;
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // Owned by `Running` at once, so the process is killed and reaped on every path.
+    let mut running = Running {
+        child: cmd.spawn().unwrap(),
+        base: String::new(),
+    };
+    let stderr = running.child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server prints its address");
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["message"] == "listening" {
+            running.base = format!("http://{}", event["addr"].as_str().unwrap());
+            return running;
+        }
+    }
+}
