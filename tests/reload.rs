@@ -269,3 +269,31 @@ async fn requests_never_fail_during_repeated_reloads() {
     let s = status(&app).await;
     assert!(s["reload"]["reloads_ok"].as_u64().unwrap() >= 1, "{s}");
 }
+
+/// git-sync's layout: the prompts path itself is a symlink to a worktree, swapped by one rename
+/// on every sync; the old worktree is deleted.
+#[tokio::test]
+async fn a_swapped_symlinked_prompts_path_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "worktrees/a/greet/v1.prompt", "Sync one, {{ name }}.");
+    std::os::unix::fs::symlink("worktrees/a", root.join("link")).unwrap();
+    let app = spawn_app(&root.join("link"), Upstream::Echo).await;
+    let vars = json!({"name": "Ann"});
+    assert_eq!(
+        system_prompt(&app, "greet", vars.clone()).await.1,
+        "Sync one, Ann."
+    );
+    for (i, name) in ["b", "c", "d"].iter().enumerate() {
+        let text = format!("Sync {}, {{{{ name }}}}.", i + 2);
+        write(root, &format!("worktrees/{name}/greet/v1.prompt"), &text);
+        let tmp = root.join("link.tmp");
+        std::os::unix::fs::symlink(format!("worktrees/{name}"), &tmp).unwrap();
+        std::fs::rename(&tmp, root.join("link")).unwrap();
+        let expected = format!("Sync {}, Ann.", i + 2);
+        eventually("swap seen", || async {
+            system_prompt(&app, "greet", vars.clone()).await.1 == expected
+        })
+        .await;
+    }
+}

@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 /// How long the folder must be quiet before a reload: editors and `kubectl` write several
 /// files in a burst.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How often a prompts path behind a symlink is polled.
+pub const LINK_POLL: Duration = Duration::from_secs(1);
 /// A burst never delays a reload longer than this.
 pub const MAX_DELAY: Duration = Duration::from_millis(250);
 
@@ -38,6 +40,22 @@ pub fn watch(
     poll: Option<Duration>,
     on_change: impl Fn() + Send + 'static,
 ) -> anyhow::Result<WatchGuard> {
+    // A prompts path that goes through a symlink (git-sync's worktree link) is replaced by
+    // swapping the link: inotify keeps watching the old target, so poll instead.
+    let through_link = std::path::absolute(dir)
+        .ok()
+        .zip(dir.canonicalize().ok())
+        .is_some_and(|(absolute, real)| absolute != real);
+    let poll = match poll {
+        None if through_link => {
+            tracing::info!(
+                dir = %dir.display(),
+                "the prompts path goes through a symlink, which file events do not follow when it is swapped; polling every second instead"
+            );
+            Some(LINK_POLL)
+        }
+        other => other,
+    };
     if let Some(interval) = poll {
         let dir = dir.to_path_buf();
         let task = tokio::spawn(poll_loop(dir, interval, on_change));
