@@ -2,8 +2,9 @@
 //!
 //! A request's path through the code:
 //! [`proxy`] reads it → [`proxy::request`] parses the prompt reference, [`select`] chooses the
-//! version, [`prompts`] renders it and the body is rewritten → [`proxy::forward`] sends it
-//! upstream → [`proxy::relay`] streams the answer back and records the request.
+//! version, [`fewshot`] picks the examples, [`prompts`] renders it and the body is rewritten →
+//! [`proxy::forward`] sends it upstream → [`proxy::relay`] streams the answer back →
+//! [`record`] records the request.
 //! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
 //! the files change, recording each change in the [`audit`] trail; [`admin`] is the admin API;
 //! [`record`] holds the metrics. [`server`] runs the listeners and shutdown; [`cli`] is the
