@@ -302,6 +302,35 @@ async fn upstream_errors_pass_through_untouched() {
     assert_eq!(resp.json::<Value>().await.unwrap(), error);
 }
 
+#[tokio::test]
+async fn upstream_redirects_are_passed_back_not_followed() {
+    let dir = prompts();
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", format!("{}/elsewhere", mock.uri())),
+        )
+        .mount(&mock)
+        .await;
+    let app = spawn_app(dir.path(), upstream_of(&mock)).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client
+        .post(app.url("/v1/chat/completions"))
+        .header("authorization", "Bearer sk-client")
+        .json(&json!({"messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307);
+    let received = mock.received_requests().await.unwrap();
+    assert_eq!(received.len(), 1, "the redirect was not followed");
+}
+
 async fn error_of(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap();

@@ -90,7 +90,14 @@ pub async fn send(
         Upstream::Echo => return echo::answer(&method, path_and_query, body).await,
         Upstream::Url(base) => base,
     };
-    let url = format!("{}/{}", base.as_str().trim_end_matches('/'), path_and_query);
+    // Built from the parsed base rather than parsed again from text on every request.
+    let mut url = base.clone();
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    url.set_path(&format!("{}/{path}", base.path().trim_end_matches('/')));
+    url.set_query(query);
     let mut out = end_to_end_headers(headers);
     for name in NOT_FORWARDED {
         out.remove(name);
@@ -106,13 +113,13 @@ pub async fn send(
         OutBody::Stream(body) => reqwest::Body::wrap_stream(body.into_data_stream()),
     };
     let sent = http
-        .request(method, &url)
+        .request(method, url.clone())
         .headers(out)
         .timeout(config.upstream_timeout)
         .body(body)
         .send()
         .await;
-    let response = sent.map_err(|e| classify(&e, &url, config.upstream_timeout))?;
+    let response = sent.map_err(|e| classify(&e, url.as_str(), config.upstream_timeout))?;
     let status = response.status();
     let mut headers = end_to_end_headers(response.headers());
     // The request id promptgate returns is its own; keep upstream's under another name.
@@ -178,6 +185,9 @@ pub fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
         .connect_timeout(config.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
+        // A redirect from upstream is the client's to follow: following it here would re-send
+        // the body and the credentials to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .build()?)
 }
