@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Lines waiting for the writer before new ones are dropped (and counted).
 pub const CHANNEL_CAPACITY: usize = 65_536;
+/// After writing a batch the writer rests this long, so under load events are written in
+/// batches instead of each request waking the writer thread.
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// One line of the events file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,8 +195,12 @@ fn write_loop(path: PathBuf, file: BufWriter<File>, mut rx: mpsc::Receiver<Messa
                 }
             }
         }
+        let waited = !flush_waiters.is_empty();
         for done in flush_waiters {
             let _ = done.send(());
+        }
+        if !waited {
+            std::thread::sleep(COALESCE);
         }
     }
     if let Some(mut f) = file {
