@@ -26,26 +26,47 @@ use crate::prompts::Prompt;
 use metrics::{FeedbackLabels, ModelLabel, RequestLabels, VersionLabels};
 use stats::Stats;
 
-/// Which version served a request, as feedback needs to find it.
+/// Which version served a request, as feedback needs to find it. Names are shared, not
+/// copied: the index holds many entries for few prompts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServedBy {
-    pub prompt: String,
+    pub prompt: Arc<str>,
     pub version: u32,
-    pub experiment: Option<String>,
+    pub experiment: Option<Arc<str>>,
 }
 
 /// Request id → what served it, bounded: the oldest ids are forgotten first.
 struct FeedbackIndex {
-    map: HashMap<String, ServedBy>,
-    order: VecDeque<String>,
+    map: HashMap<Arc<str>, ServedBy>,
+    order: VecDeque<Arc<str>>,
+    /// The last names seen, reused so entries share them.
+    names: HashMap<String, Arc<str>>,
     capacity: usize,
 }
 
 impl FeedbackIndex {
-    fn insert(&mut self, id: String, by: ServedBy) {
+    fn name(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.names.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        // Prompt names and experiment ids are few; keep the table from growing without bound.
+        if self.names.len() < 10_000 {
+            self.names.insert(name.to_owned(), shared.clone());
+        }
+        shared
+    }
+
+    fn insert(&mut self, id: &str, prompt: &str, version: u32, experiment: Option<&str>) {
         if self.capacity == 0 {
             return;
         }
+        let by = ServedBy {
+            prompt: self.name(prompt),
+            version,
+            experiment: experiment.map(|e| self.name(e)),
+        };
+        let id: Arc<str> = Arc::from(id);
         if self.map.insert(id.clone(), by).is_none() {
             self.order.push_back(id);
         }
@@ -110,6 +131,7 @@ impl Recorder {
                 index: Mutex::new(FeedbackIndex {
                     map: HashMap::new(),
                     order: VecDeque::new(),
+                    names: HashMap::new(),
                     capacity: feedback_window,
                 }),
                 events,
@@ -142,12 +164,10 @@ impl Recorder {
                 let ok = r.status < 400 && r.outcome == "ok";
                 lock(&self.inner.stats).add_request(key, ok, r.latency_ms, r.cost_usd);
                 lock(&self.inner.index).insert(
-                    r.request_id.clone(),
-                    ServedBy {
-                        prompt: prompt.clone(),
-                        version,
-                        experiment: r.experiment.clone(),
-                    },
+                    &r.request_id,
+                    prompt,
+                    version,
+                    r.experiment.as_deref(),
                 );
             }
             Event::Feedback(f) => {
@@ -259,7 +279,7 @@ impl Recorder {
         let m = &self.inner.metrics;
         for (name, x) in &scores {
             let labels = FeedbackLabels {
-                prompt: served.prompt.clone(),
+                prompt: served.prompt.to_string(),
                 version: served.version.to_string(),
                 metric: name.clone(),
             };
@@ -269,9 +289,9 @@ impl Recorder {
         let event = FeedbackEvent {
             time: now(),
             request_id: request_id.to_owned(),
-            prompt: served.prompt,
+            prompt: served.prompt.to_string(),
             version: served.version,
-            experiment: served.experiment,
+            experiment: served.experiment.as_deref().map(str::to_owned),
             metrics: scores,
         };
         let line = Event::Feedback(event.clone());
@@ -304,4 +324,29 @@ pub fn experiment_id(experiment: &crate::prompts::Experiment) -> String {
     let text = serde_json::to_string(experiment).unwrap_or_default();
     let digest = sha2::Sha256::digest(text.as_bytes());
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feedback_index_forgets_the_oldest_ids() {
+        let mut index = FeedbackIndex {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            names: HashMap::new(),
+            capacity: 2,
+        };
+        index.insert("a", "support", 1, None);
+        index.insert("b", "support", 2, Some("exp1"));
+        index.insert("c", "support", 1, None);
+        assert!(!index.map.contains_key("a"));
+        assert_eq!(index.map["b"].experiment.as_deref(), Some("exp1"));
+        assert!(
+            Arc::ptr_eq(&index.map["b"].prompt, &index.map["c"].prompt),
+            "names are shared"
+        );
+        assert_eq!(index.order.len(), 2);
+    }
 }
