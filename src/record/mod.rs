@@ -146,11 +146,23 @@ impl Recorder {
 
     /// Rebuilds statistics and the feedback index from an events file. Blocking; at start.
     pub fn replay(&self, path: &Path) -> std::io::Result<(u64, u64)> {
-        events::replay(path, |event| self.apply(&event))
+        events::replay(path, |event| {
+            let mut stats = lock(&self.inner.stats);
+            self.apply(&mut stats, &event);
+        })
+    }
+
+    /// Applies an event to the statistics and queues it for the file under one lock, so the
+    /// file holds events in the order the statistics saw them and a replay adds the same
+    /// floating-point numbers in the same order: identical figures after a restart.
+    fn apply_and_write(&self, event: Event) {
+        let mut stats = lock(&self.inner.stats);
+        self.apply(&mut stats, &event);
+        self.write(event);
     }
 
     /// Statistics and index (not metrics, not the file) from one event.
-    fn apply(&self, event: &Event) {
+    fn apply(&self, stats: &mut Stats, event: &Event) {
         match event {
             Event::Request(r) => {
                 let (Some(prompt), Some(version)) = (&r.prompt, r.version) else {
@@ -162,7 +174,7 @@ impl Recorder {
                     version,
                 );
                 let ok = r.status < 400 && r.outcome == "ok";
-                lock(&self.inner.stats).add_request(key, ok, r.latency_ms, r.cost_usd);
+                stats.add_request(key, ok, r.latency_ms, r.cost_usd);
                 lock(&self.inner.index).insert(
                     &r.request_id,
                     prompt,
@@ -176,7 +188,7 @@ impl Recorder {
                     f.experiment.clone().unwrap_or_default(),
                     f.version,
                 );
-                lock(&self.inner.stats).add_feedback(key, &f.metrics);
+                stats.add_feedback(key, &f.metrics);
             }
         }
     }
@@ -234,8 +246,7 @@ impl Recorder {
             _ => {}
         }
         let event = Event::Request(Box::new(event));
-        self.apply(&event);
-        self.write(event);
+        self.apply_and_write(event);
     }
 
     fn write(&self, event: Event) {
@@ -295,8 +306,7 @@ impl Recorder {
             metrics: scores,
         };
         let line = Event::Feedback(event.clone());
-        self.apply(&line);
-        self.write(line);
+        self.apply_and_write(line);
         Ok(event)
     }
 
