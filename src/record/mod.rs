@@ -175,12 +175,12 @@ impl Recorder {
                 );
                 let ok = r.status < 400 && r.outcome == "ok";
                 stats.add_request(key, ok, r.latency_ms, r.cost_usd);
-                lock(&self.inner.index).insert(
-                    &r.request_id,
-                    prompt,
-                    version,
-                    r.experiment.as_deref(),
-                );
+                let mut index = lock(&self.inner.index);
+                index.insert(&r.request_id, prompt, version, r.experiment.as_deref());
+                // Feedback may name the id the client saw as `x-request-id`: the upstream's.
+                if let Some(upstream) = &r.upstream_request_id {
+                    index.insert(upstream, prompt, version, r.experiment.as_deref());
+                }
             }
             Event::Feedback(f) => {
                 let key = (
