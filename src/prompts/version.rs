@@ -25,7 +25,7 @@ pub struct RawFrontMatter {
 /// (LangChain's `SystemMessage`, the AI SDK's `system:`, pydantic-ai's `instructions` …), and
 /// the Responses API's `instructions`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum ClientSystem {
     /// One leading system message: the rendered prompt, a blank line, the client's text. Works
     /// with every server, including chat templates that refuse a second system message.
@@ -35,6 +35,21 @@ pub enum ClientSystem {
     Separate,
     /// The rendered prompt only: the client's system and developer messages are dropped.
     Replace,
+}
+
+impl TryFrom<String> for ClientSystem {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "merge" => Ok(ClientSystem::Merge),
+            "separate" => Ok(ClientSystem::Separate),
+            "replace" => Ok(ClientSystem::Replace),
+            other => Err(format!(
+                "`client_system` must be `merge`, `separate` or `replace`, not `{other}`"
+            )),
+        }
+    }
 }
 
 impl ClientSystem {
@@ -236,7 +251,7 @@ mod tests {
         assert_eq!(v.front.client_system, None);
         let err = parse("---\nmodel: m\nclient_system: both\n---\nHi").unwrap_err();
         assert_eq!(err[0].0, Some(3), "{err:?}");
-        assert!(err[0].1.contains("merge"), "{err:?}");
+        assert!(err[0].1.contains("`client_system` must be"), "{err:?}");
     }
 
     #[test]
