@@ -81,22 +81,12 @@ pub struct HeaderPrompt {
 
 impl HeaderPrompt {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
-        let text = |name: &str| -> Result<Option<String>, ApiError> {
-            match headers.get(name) {
-                None => Ok(None),
-                // UTF-8, not just visible ASCII: Node's `JSON.stringify` leaves `é` as is, and
-                // the AI SDK can only pass a prompt in headers.
-                Some(v) => std::str::from_utf8(v.as_bytes())
-                    .map(|s| Some(s.trim().to_owned()))
-                    .map_err(|_| {
-                        ApiError::bad_request(
-                            format!("header `{name}` is not valid UTF-8 text"),
-                            Some(name.to_owned()),
-                        )
-                    }),
-            }
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| header_text(v.as_bytes()).trim().to_owned())
         };
-        let variables = match text("x-prompt-variables")? {
+        let variables = match text("x-prompt-variables") {
             None => None,
             Some(raw) => match serde_json::from_str::<Value>(&raw) {
                 Ok(Value::Object(map)) => Some(map),
@@ -115,14 +105,24 @@ impl HeaderPrompt {
             },
         };
         Ok(HeaderPrompt {
-            name: text("x-prompt-name")?.filter(|s| !s.is_empty()),
-            version: text("x-prompt-version")?.filter(|s| !s.is_empty()),
+            name: text("x-prompt-name").filter(|s| !s.is_empty()),
+            version: text("x-prompt-version").filter(|s| !s.is_empty()),
             variables,
         })
     }
 
     fn names_prompt(&self) -> bool {
         self.name.is_some()
+    }
+}
+
+/// The text of a header value: UTF-8 when it is valid UTF-8 (what most clients send), else
+/// ISO-8859-1, byte for character — what Node's `fetch` (and so the AI SDK) sends for
+/// `é` and the rest of Latin-1. Characters beyond it need JSON escapes (`\u2615`) there.
+pub fn header_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => std::borrow::Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
     }
 }
 
