@@ -159,6 +159,13 @@ struct ServeArgs {
         value_name = "N"
     )]
     feedback_window: usize,
+    /// Export a trace span per request and per upstream call over OTLP/HTTP (protobuf) to this
+    /// collector (`http://collector:4318`; `/v1/traces` is added). Without it, the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` turn tracing on;
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` and `OTEL_SERVICE_NAME` are
+    /// honoured. Off by default.
+    #[arg(long, env = "PROMPTGATE_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -258,6 +265,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         state_dir: args.state_dir,
         embedding_model: args.model.embedding_model,
         onnxruntime: args.model.onnxruntime,
+        otlp: crate::otel::OtlpConfig::from_flag_and_env(args.otlp_endpoint.as_deref()),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

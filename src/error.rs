@@ -117,6 +117,11 @@ impl ApiError {
         }
     }
 
+    /// The OpenAI `code` this error is answered with (`missing_variables`, …).
+    pub fn code(&self) -> &'static str {
+        self.parts().2
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         self.parts().0

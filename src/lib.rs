@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fewshot;
+pub mod otel;
 pub mod prompts;
 pub mod proxy;
 pub mod record;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub recorder: record::Recorder,
     /// The embedding model, loaded when a prompt needs it.
     pub model: Arc<fewshot::ModelSlot>,
+    /// Trace export, with `--otlp-endpoint`.
+    pub telemetry: Option<otel::Telemetry>,
     /// The events writer, joined at shutdown.
     pub events_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -99,6 +102,15 @@ impl AppState {
             })?;
             tracing::info!(events = read, skipped, file = %path.display(), "statistics rebuilt from the events file");
         }
+        let telemetry = match &config.otlp {
+            Some(otlp) => {
+                let (telemetry, _task) =
+                    otel::Telemetry::start(otlp, metrics.clone(), config.log_content)?;
+                tracing::info!(endpoint = ?otlp.endpoint, "exporting traces over OTLP/HTTP");
+                Some(telemetry)
+            }
+            None => None,
+        };
         let prompts = Arc::new(ArcSwap::from_pointee(prompts));
         let reloader = reload::Reloader::start(
             reload::Target {
@@ -120,6 +132,7 @@ impl AppState {
             reloader,
             recorder,
             model,
+            telemetry,
             events_task: Arc::new(std::sync::Mutex::new(events_task)),
         })
     }

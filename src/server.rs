@@ -137,6 +137,9 @@ impl Server {
                 }
                 // Every request has finished; write out what they recorded.
                 self.state.recorder.flush().await;
+                if let Some(telemetry) = &self.state.telemetry {
+                    telemetry.flush(Duration::from_secs(5)).await;
+                }
                 tracing::info!("stopped");
             }
             Err(_) => {

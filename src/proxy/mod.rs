@@ -42,9 +42,13 @@ pub async fn responses(State(state): State<AppState>, req: Request) -> Response 
 /// Every other `/v1/*` call: forwarded unchanged, body streamed through.
 pub async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
     let mut ctx = RequestCtx::start(&state, req.method(), req.uri().path(), req.headers());
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = upstream_path(&parts.uri);
     ctx.upstream_started = Some(Instant::now());
+    ctx.operation = Some(crate::otel::operation_of(&path));
+    if let Some(trace) = &mut ctx.trace {
+        trace.inject(&mut parts.headers);
+    }
     let sent = forward::send(
         &state.http,
         &state.config,
@@ -75,7 +79,7 @@ async fn run(
     req: Request,
     ctx: &mut RequestCtx,
 ) -> Result<UpstreamResponse, ApiError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bytes = read_body(body, &parts.headers, state.config.max_body_bytes).await?;
     // One snapshot per request: a reload mid-request does not mix two prompt sets.
     let prompts = state.prompts.load_full();
@@ -95,11 +99,16 @@ async fn run(
         ctx.content = serde_json::from_slice(&prepared.body).ok();
     }
     ctx.upstream_started = Some(Instant::now());
+    let path = upstream_path(&parts.uri);
+    ctx.operation = Some(crate::otel::operation_of(&path));
+    if let Some(trace) = &mut ctx.trace {
+        trace.inject(&mut parts.headers);
+    }
     forward::send(
         &state.http,
         &state.config,
         Method::POST,
-        &upstream_path(&parts.uri),
+        &path,
         &parts.headers,
         OutBody::Full(prepared.body),
     )
@@ -199,6 +208,15 @@ pub struct RequestCtx {
     pub strip_usage_chunk: bool,
     /// The upstream request, with `--log-content`.
     pub content: Option<serde_json::Value>,
+    /// The request's place in its trace, with `--otlp-endpoint`.
+    pub trace: Option<crate::otel::RequestTrace>,
+    /// The GenAI operation of the upstream call (`chat`, `embeddings`), once there is one.
+    pub operation: Option<&'static str>,
+    /// promptgate's own error code, when it answered with an error.
+    pub error_code: Option<&'static str>,
+    telemetry: Option<crate::otel::Telemetry>,
+    /// The upstream's host and port, for the CLIENT span (with tracing only).
+    upstream_host: Option<(String, Option<u16>)>,
     recorder: Recorder,
 }
 
@@ -224,6 +242,16 @@ impl RequestCtx {
             model: None,
             strip_usage_chunk: false,
             content: None,
+            trace: state.telemetry.as_ref().map(|t| t.begin(headers)),
+            operation: None,
+            error_code: None,
+            telemetry: state.telemetry.clone(),
+            upstream_host: match (&state.telemetry, &state.config.upstream) {
+                (Some(_), crate::config::Upstream::Url(url)) => url
+                    .host_str()
+                    .map(|h| (h.to_owned(), url.port_or_known_default())),
+                _ => None,
+            },
             recorder: state.recorder.clone(),
         }
     }
@@ -270,6 +298,7 @@ impl RequestCtx {
     /// Answers with an error before anything was relayed, and records the request.
     pub fn fail(mut self, err: ApiError) -> Response {
         let status = err.status().as_u16();
+        self.error_code = Some(err.code());
         let mut response = err.into_response();
         self.stamp(response.headers_mut());
         let outcome = match status {
@@ -284,13 +313,17 @@ impl RequestCtx {
 
     /// The request is over: its one log line, and its record.
     pub fn finish(
-        self,
+        mut self,
         status: u16,
         outcome: &str,
         first_byte: Option<Instant>,
-        observed: Observed,
+        mut observed: Observed,
         stream: bool,
     ) {
+        let observed_extra = (
+            observed.id.take(),
+            std::mem::take(&mut observed.finish_reasons),
+        );
         let latency = self.started.elapsed();
         let overhead_us = self
             .upstream_started
@@ -344,8 +377,84 @@ impl RequestCtx {
             completion_tokens: usage.map(|u| u.completion_tokens),
             cached_tokens: usage.map(|u| u.cached_tokens),
             cost_usd: cost,
-            content: self.content,
+            content: self.content.take(),
         };
+        if let (Some(telemetry), Some(trace)) = (&self.telemetry, self.trace.take()) {
+            self.trace_spans(telemetry, trace, &event, observed_extra, first_byte);
+        }
         self.recorder.record(event);
+    }
+
+    /// The request's SERVER span and its upstream call's CLIENT span.
+    fn trace_spans(
+        &self,
+        telemetry: &crate::otel::Telemetry,
+        trace: crate::otel::RequestTrace,
+        event: &RequestEvent,
+        (response_id, finish_reasons): (Option<String>, Vec<String>),
+        first_byte: Option<Instant>,
+    ) {
+        use crate::otel::{Finished, PromptAttrs};
+        let served = self.served.as_ref();
+        let error_type = match (self.error_code, event.outcome.as_str()) {
+            (Some(code), _) => Some(code.to_owned()),
+            (None, "ok") if event.status >= 400 => Some(event.status.to_string()),
+            (None, "ok") => None,
+            (None, outcome) => Some(outcome.to_owned()),
+        };
+        let azure = self.path.starts_with("/openai/");
+        let (address, port) = match &self.upstream_host {
+            Some((host, port)) => (Some(host.as_str()), *port),
+            None => (None, None),
+        };
+        let content = event.content.as_ref().filter(|_| telemetry.log_content);
+        let picked = served.and_then(|s| s.fewshot.as_ref());
+        let strategy = picked.map(|(s, _)| format!("{s:?}").to_ascii_lowercase());
+        telemetry.finish(
+            trace,
+            Finished {
+                method: &event.method,
+                path: &event.path,
+                route: &event.path,
+                request_id: &event.request_id,
+                status: event.status,
+                error_type: error_type.as_deref(),
+                operation: self.operation,
+                provider: if azure { "azure.ai.openai" } else { "openai" },
+                server_address: address,
+                server_port: port,
+                request_model: self.model.as_deref(),
+                response_model: event.model.as_deref(),
+                response_id: response_id.as_deref(),
+                finish_reasons: &finish_reasons,
+                input_tokens: event.prompt_tokens,
+                output_tokens: event.completion_tokens,
+                cached_tokens: event.cached_tokens,
+                time_to_first_chunk: first_byte
+                    .zip(self.upstream_started)
+                    .map(|(f, u)| f.saturating_duration_since(u)),
+                overhead: self
+                    .upstream_started
+                    .map(|u| u.saturating_duration_since(self.started)),
+                cost_usd: event.cost_usd,
+                prompt: served.map(|s| PromptAttrs {
+                    name: &s.name,
+                    version: s.version,
+                    hash: &s.hash,
+                    selection: s.selection.as_str(),
+                    experiment: s.experiment.as_deref(),
+                    arm: s.arm.as_deref(),
+                    fewshot_strategy: strategy.as_deref(),
+                    fewshot_picked: picked.map(|(_, p)| p.as_slice()),
+                }),
+                input_messages: content
+                    .and_then(|c| c.get("messages").or_else(|| c.get("input")))
+                    .map(|m| m.to_string()),
+                system_instructions: content
+                    .and_then(|c| c.get("instructions"))
+                    .and_then(|i| i.as_str())
+                    .map(str::to_owned),
+            },
+        );
     }
 }

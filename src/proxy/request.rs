@@ -35,6 +35,11 @@ pub struct Served {
     pub selection: Selection,
     /// The id of the experiment that assigned the version, when one did.
     pub experiment: Option<String>,
+    /// The experiment's arm that version is: `a` / `b` in the seed's form, else the variant's
+    /// position (`0`, `1`, …).
+    pub arm: Option<String>,
+    /// The few-shot strategy and the examples it picked (by line index), when it ran.
+    pub fewshot: Option<(crate::prompts::Strategy, Vec<usize>)>,
 }
 
 /// The body to send upstream, and the prompt that shaped it (none: forwarded unchanged).
@@ -236,6 +241,29 @@ pub fn prompt_ref(
         variables,
         examples,
     }))
+}
+
+/// The arm of an experiment that `version` is.
+fn arm_of(experiment: &crate::prompts::Experiment, version: u32) -> Option<String> {
+    match &experiment.split {
+        crate::prompts::Split::AB {
+            version_a,
+            version_b,
+            ..
+        } => {
+            if version == *version_b {
+                Some("b".to_owned())
+            } else if version == *version_a {
+                Some("a".to_owned())
+            } else {
+                None
+            }
+        }
+        crate::prompts::Split::Weighted { variants } => variants
+            .iter()
+            .position(|v| v.version == version)
+            .map(|i| i.to_string()),
+    }
 }
 
 /// The assignment key: header `X-User-Id`, then body `user`, then body `safety_identifier`.
@@ -453,6 +481,11 @@ pub async fn prepare(
         Selection::Experiment => prompt.experiment.as_ref().map(crate::record::experiment_id),
         _ => None,
     };
+    let arm = match (selection, &prompt.experiment) {
+        (Selection::Experiment, Some(exp)) => arm_of(exp, version.version),
+        _ => None,
+    };
+    let fewshot = plan.as_ref().map(|p| (p.strategy, picked.clone()));
 
     let body = serde_json::to_vec(&map).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Prepared {
@@ -463,6 +496,8 @@ pub async fn prepare(
             hash: version.hash.clone(),
             selection,
             experiment,
+            arm,
+            fewshot,
         }),
         model,
         strip_usage_chunk,
