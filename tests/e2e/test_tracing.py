@@ -266,3 +266,21 @@ def test_a_dead_collector_changes_nothing_for_clients(request, prompts_dir, mock
         assert dropped >= 40, "2 spans per request, all dropped"
     finally:
         gen.close()
+
+
+def test_content_only_with_log_content(request, prompts_dir, mock: MockUpstream, collector: Collector) -> None:  # noqa: F811
+    gen = _start(request, prompts_dir, mock.url, "--otlp-endpoint", collector.url, "--log-content")
+    gate = next(gen)
+    try:
+        trace_id = "77777777777777777777777777777777"
+        client_for(gate, trace_id).chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "a secret question"}],
+            extra_body={"prompt": {"id": "support", "version": 1, "variables": {"company": "Acme"}}},
+        )
+        _, client = server_and_client(collector.trace(trace_id, 2))
+        assert client is not None
+        messages = attrs(client)["gen_ai.input.messages"]
+        assert "a secret question" in messages and "Acme" in messages
+    finally:
+        gen.close()
