@@ -1,8 +1,9 @@
 //! promptgate: an OpenAI-compatible proxy that injects managed, versioned prompts.
 //!
 //! A request's path through the code:
-//! [`proxy`] reads it → [`proxy::request`] parses the prompt reference, [`select`] chooses the
-//! version, [`fewshot`] picks the examples, [`prompts`] renders it and the body is rewritten →
+//! [`proxy`] reads it → [`proxy::parse`] reads the prompt reference, [`select`] chooses the
+//! version, [`fewshot`] picks the examples, [`prompts`] renders it and [`proxy::inject`]
+//! rewrites the body (the phases in [`proxy::request`]) →
 //! [`proxy::forward`] sends it upstream → [`proxy::relay`] streams the answer back →
 //! [`record`] records the request.
 //! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
@@ -129,8 +130,16 @@ impl AppState {
 /// the admin API and metrics.
 pub fn app(state: AppState) -> Router {
     let router = Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/responses", post(proxy::responses))
+        // Other methods on the injecting paths (`GET /v1/chat/completions` lists stored
+        // completions) are forwarded like every other `/v1/` call.
+        .route(
+            "/v1/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::passthrough),
+        )
+        .route(
+            "/v1/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
         .route("/v1/feedback", post(proxy::feedback::feedback))
         .route("/v1/{*rest}", any(proxy::passthrough))
         .route("/healthz", get(healthz))
@@ -140,12 +149,17 @@ pub fn app(state: AppState) -> Router {
     } else {
         router
     };
-    router.fallback(not_found).with_state(state)
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(proxy::method_not_allowed)
+        .with_state(state)
 }
 
 /// The admin API and `/metrics`, for `--admin-listen`.
 pub fn admin_app(state: AppState) -> Router<AppState> {
-    admin::routes(state).route("/metrics", get(metrics))
+    admin::routes(state)
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(proxy::method_not_allowed)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
