@@ -24,7 +24,7 @@ fn event(i: u64) -> RequestEvent {
         experiment: Some("a1b2c3d4".into()),
         model: Some("gpt-4o-2024-08-06".into()),
         status: 200,
-        outcome: "ok".into(),
+        outcome: promptgate::record::Outcome::Ok,
         stream: false,
         latency_ms: 420.0 + (i % 100) as f64,
         ttft_ms: None,

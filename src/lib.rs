@@ -1,8 +1,9 @@
 //! promptgate: an OpenAI-compatible proxy that injects managed, versioned prompts.
 //!
 //! A request's path through the code:
-//! [`proxy`] reads it → [`proxy::request`] parses the prompt reference, [`select`] chooses the
-//! version, [`fewshot`] picks the examples, [`prompts`] renders it and the body is rewritten →
+//! [`proxy`] reads it → [`proxy::parse`] reads the prompt reference, [`select`] chooses the
+//! version, [`fewshot`] picks the examples, [`prompts`] renders it and [`proxy::inject`]
+//! rewrites the body (the phases in [`proxy::request`]) →
 //! [`proxy::forward`] sends it upstream → [`proxy::relay`] streams the answer back →
 //! [`record`] records the request.
 //! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
@@ -142,21 +143,44 @@ impl AppState {
 /// the admin API and metrics.
 pub fn app(state: AppState) -> Router {
     let router = Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/responses", post(proxy::responses))
+        // Other methods on the injecting paths (`GET /v1/chat/completions` lists stored
+        // completions) are forwarded like every other `/v1/` call.
+        .route(
+            "/v1/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::passthrough),
+        )
+        .route(
+            "/v1/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
         .route("/v1/feedback", post(proxy::feedback::feedback))
         .route("/v1/{*rest}", any(proxy::passthrough))
-        // Base URLs without `/v1` (the rest of OpenAI's paths: see `not_found`).
-        .route("/chat/completions", post(proxy::chat_completions))
-        .route("/responses", post(proxy::responses))
+        // Base URLs without `/v1` (the rest of OpenAI's paths: see `fallback`).
+        .route(
+            "/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::passthrough),
+        )
+        .route(
+            "/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
         // Azure OpenAI clients: deployment paths and the `/openai/v1/` API.
         .route(
             "/openai/deployments/{deployment}/chat/completions",
-            post(proxy::chat_completions),
+            post(proxy::chat_completions).fallback(proxy::passthrough),
         )
-        .route("/openai/v1/chat/completions", post(proxy::chat_completions))
-        .route("/openai/v1/responses", post(proxy::responses))
-        .route("/openai/responses", post(proxy::responses))
+        .route(
+            "/openai/v1/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::passthrough),
+        )
+        .route(
+            "/openai/v1/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
+        .route(
+            "/openai/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
         .route("/openai/{*rest}", any(proxy::passthrough))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
@@ -165,12 +189,17 @@ pub fn app(state: AppState) -> Router {
     } else {
         router
     };
-    router.fallback(fallback).with_state(state)
+    router
+        .fallback(fallback)
+        .method_not_allowed_fallback(proxy::method_not_allowed)
+        .with_state(state)
 }
 
 /// The admin API and `/metrics`, for `--admin-listen`.
 pub fn admin_app(state: AppState) -> Router<AppState> {
-    admin::routes(state).route("/metrics", get(metrics))
+    admin::routes(state)
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(proxy::method_not_allowed)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -202,7 +202,10 @@ impl Telemetry {
         }
         if let Some(p) = &done.prompt {
             server.push(KeyValue::new("gen_ai.prompt.name", p.name.to_owned()));
-            server.push(KeyValue::new("gen_ai.prompt.version", p.version.to_string()));
+            server.push(KeyValue::new(
+                "gen_ai.prompt.version",
+                p.version.to_string(),
+            ));
         }
         self.submit(span_data(
             context(trace.server_span),
@@ -214,8 +217,7 @@ impl Telemetry {
             status.clone(),
         ));
 
-        let (Some(upstream_start), Some(operation)) = (trace.upstream_start, done.operation)
-        else {
+        let (Some(upstream_start), Some(operation)) = (trace.upstream_start, done.operation) else {
             return;
         };
         let upstream_end = trace.upstream_end.unwrap_or(end);
@@ -234,9 +236,18 @@ impl Telemetry {
                 attrs.push(KeyValue::new(key, value));
             }
         };
-        push("gen_ai.request.model", done.request_model.map(|m| m.to_owned().into()));
-        push("gen_ai.response.model", done.response_model.map(|m| m.to_owned().into()));
-        push("gen_ai.response.id", done.response_id.map(|m| m.to_owned().into()));
+        push(
+            "gen_ai.request.model",
+            done.request_model.map(|m| m.to_owned().into()),
+        );
+        push(
+            "gen_ai.response.model",
+            done.response_model.map(|m| m.to_owned().into()),
+        );
+        push(
+            "gen_ai.response.id",
+            done.response_id.map(|m| m.to_owned().into()),
+        );
         if !done.finish_reasons.is_empty() {
             push(
                 "gen_ai.response.finish_reasons",
@@ -249,8 +260,14 @@ impl Telemetry {
                 )),
             );
         }
-        push("gen_ai.usage.input_tokens", done.input_tokens.map(|n| (n as i64).into()));
-        push("gen_ai.usage.output_tokens", done.output_tokens.map(|n| (n as i64).into()));
+        push(
+            "gen_ai.usage.input_tokens",
+            done.input_tokens.map(|n| (n as i64).into()),
+        );
+        push(
+            "gen_ai.usage.output_tokens",
+            done.output_tokens.map(|n| (n as i64).into()),
+        );
         push(
             "gen_ai.usage.cache_read.input_tokens",
             done.cached_tokens.map(|n| (n as i64).into()),
@@ -259,22 +276,41 @@ impl Telemetry {
             "gen_ai.response.time_to_first_chunk",
             done.time_to_first_chunk.map(|d| d.as_secs_f64().into()),
         );
-        push("server.address", done.server_address.map(|a| a.to_owned().into()));
+        push(
+            "server.address",
+            done.server_address.map(|a| a.to_owned().into()),
+        );
         push("server.port", done.server_port.map(|p| i64::from(p).into()));
         push("error.type", error.clone().map(Into::into));
         if let Some(p) = &done.prompt {
             push("gen_ai.prompt.name", Some(p.name.to_owned().into()));
             push("gen_ai.prompt.version", Some(p.version.to_string().into()));
             push("promptgate.prompt.hash", Some(p.hash.to_owned().into()));
-            push("promptgate.prompt.selection", Some(p.selection.to_owned().into()));
-            push("promptgate.experiment.id", p.experiment.map(|e| e.to_owned().into()));
-            push("promptgate.experiment.arm", p.arm.map(|a| a.to_owned().into()));
-            push("promptgate.fewshot.strategy", p.fewshot_strategy.map(|s| s.to_owned().into()));
+            push(
+                "promptgate.prompt.selection",
+                Some(p.selection.to_owned().into()),
+            );
+            push(
+                "promptgate.experiment.id",
+                p.experiment.map(|e| e.to_owned().into()),
+            );
+            push(
+                "promptgate.experiment.arm",
+                p.arm.map(|a| a.to_owned().into()),
+            );
+            push(
+                "promptgate.fewshot.strategy",
+                p.fewshot_strategy.map(|s| s.to_owned().into()),
+            );
             if let Some(picked) = p.fewshot_picked {
                 push(
                     "promptgate.fewshot.examples",
                     Some(Value::Array(
-                        picked.iter().map(|&i| i as i64).collect::<Vec<i64>>().into(),
+                        picked
+                            .iter()
+                            .map(|&i| i as i64)
+                            .collect::<Vec<i64>>()
+                            .into(),
                     )),
                 );
             }
@@ -286,7 +322,10 @@ impl Telemetry {
         push("promptgate.cost_usd", done.cost_usd.map(Into::into));
         if self.log_content {
             push("gen_ai.input.messages", done.input_messages.map(Into::into));
-            push("gen_ai.system_instructions", done.system_instructions.map(Into::into));
+            push(
+                "gen_ai.system_instructions",
+                done.system_instructions.map(Into::into),
+            );
         }
         self.submit(span_data(
             context(trace.client_span),
@@ -324,7 +363,9 @@ fn span_data(
         status,
         instrumentation_scope: InstrumentationScope::builder("promptgate")
             .with_version(env!("CARGO_PKG_VERSION"))
-            .with_schema_url(format!("https://opentelemetry.io/schemas/{SEMCONV_VERSION}"))
+            .with_schema_url(format!(
+                "https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+            ))
             .build(),
     }
 }
@@ -425,7 +466,8 @@ pub fn operation_of(path: &str) -> &'static str {
 fn parent_of(headers: &HeaderMap) -> Option<SpanContext> {
     let value = headers.get("traceparent")?.to_str().ok()?.trim();
     let mut parts = value.split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     // Version 00 has exactly four fields; later versions may add more, read as 00.
     if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
@@ -433,12 +475,19 @@ fn parent_of(headers: &HeaderMap) -> Option<SpanContext> {
     if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
         return None;
     }
-    let lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     if !lower_hex(trace) || !lower_hex(span) || !lower_hex(flags) || !lower_hex(version) {
         return None;
     }
-    let trace_id = TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID)?;
-    let span_id = SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID)?;
+    let trace_id = TraceId::from_hex(trace)
+        .ok()
+        .filter(|t| *t != TraceId::INVALID)?;
+    let span_id = SpanId::from_hex(span)
+        .ok()
+        .filter(|s| *s != SpanId::INVALID)?;
     let flags = u8::from_str_radix(flags, 16).ok()?;
     let state = headers
         .get("tracestate")
@@ -550,7 +599,10 @@ mod tests {
     #[test]
     fn traceparent_is_read_strictly() {
         let ok = parent_of(&headers(&[
-            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
             ("tracestate", "vendor=abc"),
         ]))
         .unwrap();
@@ -571,7 +623,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "garbage",
         ] {
-            assert!(parent_of(&headers(&[("traceparent", bad)])).is_none(), "{bad}");
+            assert!(
+                parent_of(&headers(&[("traceparent", bad)])).is_none(),
+                "{bad}"
+            );
         }
         let unsampled = parent_of(&headers(&[(
             "traceparent",
@@ -585,14 +640,20 @@ mod tests {
     fn endpoint_gets_the_traces_path() {
         assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces_url("http://c:4318/v1/traces"),
+            "http://c:4318/v1/traces"
+        );
     }
 
     #[test]
     fn operations_by_path() {
         assert_eq!(operation_of("chat/completions"), "chat");
         assert_eq!(operation_of("responses?x=1"), "chat");
-        assert_eq!(operation_of("/openai/deployments/d/chat/completions"), "chat");
+        assert_eq!(
+            operation_of("/openai/deployments/d/chat/completions"),
+            "chat"
+        );
         assert_eq!(operation_of("embeddings"), "embeddings");
         assert_eq!(operation_of("completions"), "text_completion");
         assert_eq!(operation_of("models"), "http");

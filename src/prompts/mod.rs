@@ -53,6 +53,16 @@ pub struct Prompt {
     pub example_vectors: Vec<Arc<[f32]>>,
     #[serde(skip)]
     pub versions: BTreeMap<u32, Version>,
+    /// The experiment's id ([`crate::record::experiment_id`]), computed once at load.
+    #[serde(skip)]
+    pub experiment_id: Option<Arc<str>>,
+}
+
+impl Prompt {
+    /// The id of the running experiment, shared.
+    pub fn experiment_id(&self) -> Option<Arc<str>> {
+        self.experiment_id.clone()
+    }
 }
 
 /// One version of a prompt.
@@ -85,6 +95,11 @@ impl Version {
     /// True when the template places `{{ examples }}` itself.
     pub fn places_examples(&self) -> bool {
         self.uses.contains("examples")
+    }
+
+    /// True when the template reads the variable `name` (a built-in like `today` included).
+    pub fn reads(&self, name: &str) -> bool {
+        self.uses.contains(name)
     }
 }
 

@@ -1,18 +1,24 @@
-//! The request path, one phase a module, carrying one [`RequestCtx`] through:
+//! The request path, one phase a function, carrying one [`RequestCtx`] through:
 //!
-//! 1. read the body (bounded) — here;
-//! 2. parse the prompt reference, choose the version, render, inject — [`request`];
-//! 3. send upstream — [`forward`] (or the built-in [`echo`]);
-//! 4. relay the answer back as it streams, and record the request once it is over — [`relay`].
+//! read the body (bounded) → [`parse`] the prompt reference → [`inject::choose`] the version →
+//! [`inject::pick`] the examples → [`inject::render`] → [`inject::inject`] (the last five in
+//! [`request::prepare`]) → [`forward::send`] upstream (or the built-in [`echo`]) →
+//! [`relay::relay`] the answer as it streams → record the request when it is over
+//! ([`RequestCtx::finish`]).
+//!
+//! Each phase has its own error type; `error.rs` turns them into HTTP answers.
 
 pub mod echo;
 pub mod feedback;
 pub mod forward;
+pub mod inject;
+pub mod parse;
 pub mod relay;
 pub mod request;
 pub mod system;
 
-use std::time::Instant;
+use std::fmt;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -25,7 +31,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::record::usage::Observed;
-use crate::record::{Recorder, RequestEvent};
+use crate::record::{Outcome, Recorder, RequestEvent};
 use forward::{OutBody, UpstreamResponse};
 use request::{Endpoint, Served};
 
@@ -39,7 +45,8 @@ pub async fn responses(State(state): State<AppState>, req: Request) -> Response 
     inject(state, Endpoint::Responses, req).await
 }
 
-/// Every other `/v1/*` call: forwarded unchanged, body streamed through.
+/// Every other method and path under `/v1/`: forwarded unchanged, body streamed through
+/// with the client's framing.
 pub async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
     let mut ctx = RequestCtx::start(&state, req.method(), req.uri().path(), req.headers());
     let (mut parts, body) = req.into_parts();
@@ -53,14 +60,14 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
         &state.http,
         &state.config,
         parts.method,
-        &path,
+        &upstream_path(&parts.uri),
         &parts.headers,
         OutBody::Stream(body),
     )
     .await;
     match sent {
         Ok(upstream) => relay::relay(upstream, ctx),
-        Err(err) => ctx.fail(err),
+        Err(err) => ctx.fail(err.into()),
     }
 }
 
@@ -104,7 +111,7 @@ async fn run(
     if let Some(trace) = &mut ctx.trace {
         trace.inject(&mut parts.headers);
     }
-    forward::send(
+    let upstream = forward::send(
         &state.http,
         &state.config,
         Method::POST,
@@ -112,7 +119,8 @@ async fn run(
         &parts.headers,
         OutBody::Full(prepared.body),
     )
-    .await
+    .await?;
+    Ok(upstream)
 }
 
 /// The upstream path of a request, with its query.
@@ -171,24 +179,50 @@ pub fn is_openai_path(path: &str) -> bool {
     OPENAI_ROOTS.contains(&first)
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with a 413.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// The body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    Failed(String),
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ReadError> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
+        return Err(ReadError::TooLarge { limit });
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit })
+            Err(ReadError::TooLarge { limit })
         }
-        Err(e) => Err(ApiError::bad_request(
-            format!("could not read the request body: {e}"),
-            None,
-        )),
+        Err(e) => Err(ReadError::Failed(e.to_string())),
+    }
+}
+
+/// `GET /v1/feedback` and the like: promptgate's own routes answer other methods with
+/// OpenAI's error shape.
+pub async fn method_not_allowed(req: Request) -> Response {
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+    }
+    .into_response()
+}
+
+/// Milliseconds with three decimals, for the log line.
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        write!(f, "{}.{:03}", us / 1000, us % 1000)
     }
 }
 
@@ -295,84 +329,91 @@ impl RequestCtx {
         }
     }
 
-    /// Answers with an error before anything was relayed, and records the request.
+    /// Answers with an error before anything was relayed, and records the request; the log
+    /// line carries the error.
     pub fn fail(mut self, err: ApiError) -> Response {
         let status = err.status().as_u16();
         self.error_code = Some(err.code());
+        let outcome = Outcome::of_status(status);
+        let cause = err.to_string();
         let mut response = err.into_response();
         self.stamp(response.headers_mut());
-        let outcome = match status {
-            502 => "upstream_unreachable",
-            504 => "upstream_timeout",
-            500..=599 => "error",
-            _ => "rejected",
-        };
-        self.finish(status, outcome, None, Observed::default(), false);
+        self.finish(
+            status,
+            outcome,
+            None,
+            Observed::default(),
+            false,
+            Some(&cause),
+        );
         response
     }
 
-    /// The request is over: its one log line, and its record.
+    /// The request is over: its one log line, and its record. `cause`: what went wrong.
     pub fn finish(
         mut self,
         status: u16,
-        outcome: &str,
+        outcome: Outcome,
         first_byte: Option<Instant>,
         mut observed: Observed,
         stream: bool,
+        cause: Option<&str>,
     ) {
         let observed_extra = (
             observed.id.take(),
             std::mem::take(&mut observed.finish_reasons),
         );
         let latency = self.started.elapsed();
-        let overhead_us = self
+        let overhead = self
             .upstream_started
-            .map(|u| u.duration_since(self.started).as_micros() as u64);
-        let ttft_ms = first_byte.map(|t| t.duration_since(self.started).as_secs_f64() * 1000.0);
+            .map(|u| u.duration_since(self.started));
+        let ttft = first_byte.map(|t| t.duration_since(self.started));
         let model = observed.model.or_else(|| self.model.clone());
         let usage = observed.usage;
         let cost = usage
             .zip(model.as_deref())
             .and_then(|(u, m)| self.recorder.pricing().cost(m, &u));
         let served = self.served.as_ref();
+        let request_id = self.request_id.to_str().unwrap_or_default();
         tracing::info!(
             target: "promptgate::request",
-            request_id = self.request_id.to_str().unwrap_or_default(),
-            method = %self.method,
-            path = %self.path,
+            request_id,
+            method = self.method.as_str(),
+            path = self.path.as_str(),
             status,
-            outcome,
+            outcome = outcome.as_str(),
             prompt = served.map(|s| s.name.as_str()),
             version = served.map(|s| s.version),
             hash = served.map(|s| s.hash.as_str()),
             selection = served.map(|s| s.selection.as_str()),
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            ttft_ms,
-            overhead_us,
+            latency_ms = %Millis(latency),
+            ttft_ms = ttft.map(|t| tracing::field::display(Millis(t))),
+            overhead_us = overhead.map(|o| o.as_micros() as u64),
             model = model.as_deref(),
             prompt_tokens = usage.map(|u| u.prompt_tokens),
             completion_tokens = usage.map(|u| u.completion_tokens),
             cost_usd = cost,
+            error = cause,
             "request"
         );
         let event = RequestEvent {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
+            request_id: request_id.to_owned(),
             upstream_request_id: self.upstream_request_id.clone(),
             method: self.method.to_string(),
-            path: self.path.clone(),
+            path: std::mem::take(&mut self.path),
             prompt: served.map(|s| s.name.clone()),
             version: served.map(|s| s.version),
             hash: served.map(|s| s.hash.clone()),
             selection: served.map(|s| s.selection.as_str().to_owned()),
-            experiment: served.and_then(|s| s.experiment.clone()),
+            experiment: served.and_then(|s| s.experiment.as_deref().map(str::to_owned)),
             model,
             status,
-            outcome: outcome.to_owned(),
+            outcome,
             stream,
             latency_ms: latency.as_secs_f64() * 1000.0,
-            ttft_ms,
-            overhead_ms: overhead_us.map(|us| us as f64 / 1000.0),
+            ttft_ms: ttft.map(|t| t.as_secs_f64() * 1000.0),
+            overhead_ms: overhead.map(|o| o.as_micros() as f64 / 1000.0),
             prompt_tokens: usage.map(|u| u.prompt_tokens),
             completion_tokens: usage.map(|u| u.completion_tokens),
             cached_tokens: usage.map(|u| u.cached_tokens),
@@ -402,7 +443,7 @@ impl RequestCtx {
             (None, "ok") => None,
             (None, outcome) => Some(outcome.to_owned()),
         };
-        let azure = self.path.starts_with("/openai/");
+        let azure = event.path.starts_with("/openai/");
         let (address, port) = match &self.upstream_host {
             Some((host, port)) => (Some(host.as_str()), *port),
             None => (None, None),

@@ -1,94 +1,126 @@
-//! Part of step 4 of the request path (inject): how the rendered prompt meets the client's own
+//! Part of step 5 of the request path (inject): how the rendered prompt meets the client's own
 //! system or developer message, per the version's `client_system` (SPEC §2).
 //!
 //! Frameworks send one of their own — LangChain's `SystemMessage`, the AI SDK's `system:`,
 //! pydantic-ai's `instructions`, instructor's JSON modes — so most framework users would get
 //! two system messages, which many self-hosted chat templates refuse. The default merges them.
+//!
+//! Only the client's leading messages are read, and only their `role` (and, to merge, their
+//! `content`); every message is otherwise written upstream as the client wrote it.
 
-use serde_json::{Value, json};
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::prompts::ClientSystem;
 
-/// Puts the rendered prompt and the example pairs at the head of a chat conversation.
+/// Where the parts of a chat conversation go: the one system message promptgate writes,
+/// then the client's messages `kept` as they are, then the example pairs, then the client's
+/// messages from `rest`.
+#[derive(Debug, PartialEq)]
+pub struct Head<'p> {
+    pub system: Cow<'p, str>,
+    pub kept: Range<usize>,
+    pub rest: usize,
+}
+
+/// Plans the head of a conversation whose messages are `items` (as the client wrote them).
 ///
 /// The client's leading `system` / `developer` messages (those before its first other message)
 /// are the ones that meet the prompt: merged into one system message (prompt, blank line, the
 /// client's text), kept after the prompt's, or dropped. A leading message whose content is not
-/// plain text (an image part, say) cannot be merged without loss, so it is kept as it is.
-/// The example pairs follow the system messages, then the rest of the conversation.
-pub fn into_messages(
-    messages: &mut Vec<Value>,
-    rendered: String,
-    examples: Vec<Value>,
-    mode: ClientSystem,
-) {
-    let leading = messages
+/// plain text (an image part, say) cannot be merged without loss, so then they are all kept.
+pub fn plan<'p>(items: &[&RawValue], rendered: &'p str, mode: ClientSystem) -> Head<'p> {
+    let leading = items
         .iter()
-        .take_while(|m| matches!(role(m), Some("system" | "developer")))
+        .take_while(|m| matches!(role(m).as_deref(), Some("system" | "developer")))
         .count();
-    let mut head = Vec::with_capacity(1 + leading + examples.len());
-    match mode {
-        ClientSystem::Merge => {
-            let texts: Option<Vec<String>> = messages[..leading]
-                .iter()
-                .map(|m| m.get("content").and_then(plain_text))
-                .collect();
-            match texts {
-                Some(texts) => {
-                    let mut merged = rendered;
-                    for text in texts.iter().filter(|t| !t.is_empty()) {
-                        merged.push_str("\n\n");
-                        merged.push_str(text);
-                    }
-                    head.push(json!({"role": "system", "content": merged}));
-                    messages.drain(..leading);
-                }
-                None => head.push(json!({"role": "system", "content": rendered})),
-            }
-        }
-        ClientSystem::Separate => head.push(json!({"role": "system", "content": rendered})),
-        ClientSystem::Replace => {
-            head.push(json!({"role": "system", "content": rendered}));
-            messages.drain(..leading);
-        }
-    }
-    // Whatever of the client's leading messages is still there stays before the examples.
-    let kept = messages
-        .iter()
-        .take_while(|m| matches!(role(m), Some("system" | "developer")))
-        .count();
-    head.extend(messages.drain(..kept));
-    head.extend(examples);
-    messages.splice(0..0, head);
-}
-
-/// The Responses API's `instructions` for a request whose own `instructions` are `own`, and
-/// the input item that carries the client's instructions when they are kept apart.
-pub fn into_instructions(
-    rendered: String,
-    own: Option<&Value>,
-    mode: ClientSystem,
-) -> (String, Option<Value>) {
-    let own = match own {
-        Some(Value::String(own)) if !own.is_empty() => own,
-        _ => return (rendered, None),
+    let keep = |system| Head {
+        system,
+        kept: 0..leading,
+        rest: leading,
     };
     match mode {
-        ClientSystem::Merge => (format!("{rendered}\n\n{own}"), None),
-        ClientSystem::Separate => (rendered, Some(json!({"role": "developer", "content": own}))),
-        ClientSystem::Replace => (rendered, None),
+        ClientSystem::Separate => keep(Cow::Borrowed(rendered)),
+        ClientSystem::Replace => Head {
+            system: Cow::Borrowed(rendered),
+            kept: 0..0,
+            rest: leading,
+        },
+        ClientSystem::Merge if leading == 0 => keep(Cow::Borrowed(rendered)),
+        ClientSystem::Merge => {
+            let texts: Option<Vec<String>> =
+                items[..leading].iter().map(|m| content_text(m)).collect();
+            let Some(texts) = texts else {
+                return keep(Cow::Borrowed(rendered));
+            };
+            let mut merged = rendered.to_owned();
+            for text in texts.iter().filter(|t| !t.is_empty()) {
+                merged.push_str("\n\n");
+                merged.push_str(text);
+            }
+            Head {
+                system: Cow::Owned(merged),
+                kept: 0..0,
+                rest: leading,
+            }
+        }
     }
 }
 
-fn role(message: &Value) -> Option<&str> {
-    message.get("role").and_then(Value::as_str)
+/// What the Responses API's `instructions` become, given the client's own (`own`, as written):
+/// the instructions promptgate writes, and the client's, as written, when they become an input
+/// item of their own.
+pub enum Instructions<'a> {
+    /// The rendered prompt, a blank line, the client's instructions.
+    Merged,
+    /// The rendered prompt; the client's go first in `input` as a developer message.
+    Apart(&'a RawValue),
+    /// The rendered prompt only.
+    Alone,
 }
 
-/// A message content that is text only: a string, or an array of text parts (joined by a
-/// newline). `None` for anything else.
-fn plain_text(content: &Value) -> Option<String> {
-    match content {
-        Value::String(s) => Some(s.clone()),
+/// Decides the Responses API's `instructions` for the client's own (a JSON string, if any).
+pub fn instructions(own: Option<&RawValue>, mode: ClientSystem) -> Instructions<'_> {
+    let Some(own) = own.filter(|raw| raw.get().starts_with('"') && raw.get().len() > 2) else {
+        return Instructions::Alone;
+    };
+    match mode {
+        ClientSystem::Merge => Instructions::Merged,
+        ClientSystem::Separate => Instructions::Apart(own),
+        ClientSystem::Replace => Instructions::Alone,
+    }
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Content<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+fn role<'a>(message: &'a RawValue) -> Option<Cow<'a, str>> {
+    serde_json::from_str::<Message<'a>>(message.get())
+        .ok()
+        .and_then(|m| m.role)
+}
+
+/// A message's content when it is text only: a string, or an array of text parts (joined by a
+/// newline). `None` for anything else, or text that is not valid Unicode.
+fn content_text(message: &RawValue) -> Option<String> {
+    let content = serde_json::from_str::<Content<'_>>(message.get())
+        .ok()?
+        .content?;
+    match serde_json::from_str::<Value>(content.get()).ok()? {
+        Value::String(s) => Some(s),
         Value::Array(parts) => {
             let texts: Option<Vec<&str>> = parts
                 .iter()
@@ -107,116 +139,95 @@ fn plain_text(content: &Value) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn conversation() -> Vec<Value> {
-        vec![
-            json!({"role": "system", "content": "Answer in French."}),
-            json!({"role": "user", "content": "Hi"}),
-            json!({"role": "assistant", "content": "Salut"}),
-            json!({"role": "user", "content": "Bye"}),
-        ]
+    fn items(json: &str) -> Vec<&RawValue> {
+        serde_json::from_str(json).unwrap()
     }
 
-    fn pair() -> Vec<Value> {
-        vec![
-            json!({"role": "user", "content": "ex in"}),
-            json!({"role": "assistant", "content": "ex out"}),
-        ]
-    }
+    const CONVERSATION: &str = r#"[{"role":"system","content":"Answer in French."},{"role":"user","content":"Hi"},{"role":"assistant","content":"Salut"}]"#;
 
     #[test]
     fn merge_makes_one_leading_system_message() {
-        let mut m = conversation();
-        into_messages(&mut m, "PROMPT".into(), pair(), ClientSystem::Merge);
-        assert_eq!(
-            m[0],
-            json!({"role": "system", "content": "PROMPT\n\nAnswer in French."})
-        );
-        assert_eq!(m[1]["content"], "ex in");
-        assert_eq!(m[2]["content"], "ex out");
-        assert_eq!(&m[3..], &conversation()[1..]);
+        let m = items(CONVERSATION);
+        let head = plan(&m, "PROMPT", ClientSystem::Merge);
+        assert_eq!(head.system, "PROMPT\n\nAnswer in French.");
+        assert_eq!((head.kept, head.rest), (0..0, 1));
     }
 
     #[test]
     fn merge_takes_developer_messages_and_text_parts() {
-        let mut m = vec![
-            json!({"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}),
-            json!({"role": "system", "content": "c"}),
-            json!({"role": "user", "content": "Hi"}),
-        ];
-        into_messages(&mut m, "P".into(), Vec::new(), ClientSystem::Merge);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0], json!({"role": "system", "content": "P\n\na\nb\n\nc"}));
-        assert_eq!(m[1]["role"], "user");
+        let m = items(
+            r#"[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"system","content":"c"},{"role":"user","content":"Hi"}]"#,
+        );
+        let head = plan(&m, "P", ClientSystem::Merge);
+        assert_eq!(head.system, "P\n\na\nb\n\nc");
+        assert_eq!((head.kept, head.rest), (0..0, 2));
     }
 
     #[test]
-    fn merge_without_a_client_system_message_inserts_one() {
-        let mut m = vec![json!({"role": "user", "content": "Hi"})];
-        into_messages(&mut m, "P".into(), Vec::new(), ClientSystem::Merge);
-        assert_eq!(m[0], json!({"role": "system", "content": "P"}));
-        assert_eq!(m.len(), 2);
+    fn merge_without_a_client_system_message_is_the_prompt() {
+        let m = items(r#"[{"role":"user","content":"Hi"}]"#);
+        let head = plan(&m, "P", ClientSystem::Merge);
+        assert_eq!(head.system, "P");
+        assert_eq!((head.kept, head.rest), (0..0, 0));
     }
 
     #[test]
-    fn merge_keeps_a_message_it_cannot_merge_without_loss() {
-        let image = json!({"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]});
-        let mut m = vec![image.clone(), json!({"role": "user", "content": "Hi"})];
-        into_messages(&mut m, "P".into(), pair(), ClientSystem::Merge);
-        assert_eq!(m[0], json!({"role": "system", "content": "P"}));
-        assert_eq!(m[1], image);
-        assert_eq!(m[2]["content"], "ex in");
+    fn merge_keeps_what_it_cannot_merge_without_loss() {
+        let image = r#"[{"role":"system","content":[{"type":"image_url","image_url":{"url":"x"}}]},{"role":"user","content":"Hi"}]"#;
+        let broken = r#"[{"role":"system","content":"half an emoji \ud83d"},{"role":"user","content":"Hi"}]"#;
+        for json in [image, broken] {
+            let m = items(json);
+            let head = plan(&m, "P", ClientSystem::Merge);
+            assert_eq!(head.system, "P");
+            assert_eq!((head.kept, head.rest), (0..1, 1), "{json}");
+        }
     }
 
     #[test]
-    fn separate_keeps_both_then_examples() {
-        let mut m = conversation();
-        into_messages(&mut m, "P".into(), pair(), ClientSystem::Separate);
-        assert_eq!(m[0], json!({"role": "system", "content": "P"}));
-        assert_eq!(m[1], conversation()[0]);
-        assert_eq!(m[2]["content"], "ex in");
-        assert_eq!(m.len(), 4 + 1 + 2);
+    fn separate_keeps_both() {
+        let m = items(CONVERSATION);
+        let head = plan(&m, "P", ClientSystem::Separate);
+        assert_eq!(head.system, "P");
+        assert_eq!((head.kept, head.rest), (0..1, 1));
     }
 
     #[test]
     fn replace_drops_the_client_system_message() {
-        let mut m = conversation();
-        into_messages(&mut m, "P".into(), Vec::new(), ClientSystem::Replace);
-        assert_eq!(m[0], json!({"role": "system", "content": "P"}));
-        assert_eq!(&m[1..], &conversation()[1..]);
+        let m = items(CONVERSATION);
+        let head = plan(&m, "P", ClientSystem::Replace);
+        assert_eq!((head.kept, head.rest), (0..0, 1));
     }
 
     #[test]
     fn a_later_system_message_is_left_alone() {
-        let mut m = vec![
-            json!({"role": "user", "content": "Hi"}),
-            json!({"role": "system", "content": "late"}),
-        ];
-        into_messages(&mut m, "P".into(), Vec::new(), ClientSystem::Merge);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[2]["content"], "late");
+        let m = items(r#"[{"role":"user","content":"Hi"},{"role":"system","content":"late"}]"#);
+        let head = plan(&m, "P", ClientSystem::Merge);
+        assert_eq!((head.kept, head.rest), (0..0, 0));
     }
 
     #[test]
     fn instructions_follow_the_mode() {
-        let own = json!("Be brief.");
-        assert_eq!(
-            into_instructions("P".into(), Some(&own), ClientSystem::Merge),
-            ("P\n\nBe brief.".to_owned(), None)
-        );
-        assert_eq!(
-            into_instructions("P".into(), Some(&own), ClientSystem::Separate),
-            (
-                "P".to_owned(),
-                Some(json!({"role": "developer", "content": "Be brief."}))
-            )
-        );
-        assert_eq!(
-            into_instructions("P".into(), Some(&own), ClientSystem::Replace),
-            ("P".to_owned(), None)
-        );
-        assert_eq!(
-            into_instructions("P".into(), None, ClientSystem::Separate),
-            ("P".to_owned(), None)
-        );
+        let own: &RawValue = serde_json::from_str(r#""Be brief.""#).unwrap();
+        assert!(matches!(
+            instructions(Some(own), ClientSystem::Merge),
+            Instructions::Merged
+        ));
+        assert!(matches!(
+            instructions(Some(own), ClientSystem::Separate),
+            Instructions::Apart(_)
+        ));
+        assert!(matches!(
+            instructions(Some(own), ClientSystem::Replace),
+            Instructions::Alone
+        ));
+        assert!(matches!(
+            instructions(None, ClientSystem::Separate),
+            Instructions::Alone
+        ));
+        let empty: &RawValue = serde_json::from_str(r#""""#).unwrap();
+        assert!(matches!(
+            instructions(Some(empty), ClientSystem::Merge),
+            Instructions::Alone
+        ));
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod metrics;
+pub mod outcome;
 pub mod pricing;
 pub mod stats;
 pub mod usage;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 pub use events::{Event, EventSink, FeedbackEvent, RequestEvent};
 pub use metrics::Metrics;
+pub use outcome::Outcome;
 pub use pricing::{Pricing, Usage};
 
 use crate::prompts::Prompt;
@@ -173,7 +175,7 @@ impl Recorder {
                     r.experiment.clone().unwrap_or_default(),
                     version,
                 );
-                let ok = r.status < 400 && r.outcome == "ok";
+                let ok = r.status < 400 && r.outcome == Outcome::Ok;
                 stats.add_request(key, ok, r.latency_ms, r.cost_usd);
                 let mut index = lock(&self.inner.index);
                 index.insert(&r.request_id, prompt, version, r.experiment.as_deref());
