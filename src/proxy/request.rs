@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
@@ -38,6 +38,8 @@ pub struct Served {
     pub selection: Selection,
     /// The id of the experiment that assigned the version, when one did.
     pub experiment: Option<Arc<str>>,
+    /// The version's prebuilt `x-prompt-name`, `x-prompt-version`, `x-prompt-hash` values.
+    pub headers: [HeaderValue; 3],
 }
 
 /// The body to send upstream, and the prompt that shaped it (none: forwarded unchanged).
@@ -114,6 +116,7 @@ fn served(chosen: &Chosen<'_>) -> Served {
         version: chosen.version.version,
         hash: chosen.version.hash.clone(),
         selection: chosen.selection,
+        headers: chosen.version.headers.clone(),
         experiment: match chosen.selection {
             Selection::Experiment => chosen.prompt.experiment_id(),
             _ => None,
