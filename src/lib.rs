@@ -16,6 +16,9 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fewshot;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod listener;
 pub mod prompts;
 pub mod proxy;
 pub mod record;
@@ -81,24 +84,9 @@ impl AppState {
                 record::Pricing::with_overrides(&text, path)?
             }
         };
-        let (sink, events_task) = match &config.events {
-            Some(path) => {
-                let (sink, task) = record::EventSink::start(path.clone()).map_err(|e| {
-                    anyhow::anyhow!("cannot open the events file `{}`: {e}", path.display())
-                })?;
-                (Some(sink), Some(task))
-            }
-            None => (None, None),
-        };
-        let recorder =
-            record::Recorder::new(metrics.clone(), pricing, sink, config.feedback_window);
-        if let Some(path) = &config.events {
-            // Statistics and the feedback index survive a restart: rebuild them from the file.
-            let (read, skipped) = recorder.replay(path).map_err(|e| {
-                anyhow::anyhow!("cannot read the events file `{}`: {e}", path.display())
-            })?;
-            tracing::info!(events = read, skipped, file = %path.display(), "statistics rebuilt from the events file");
-        }
+        // Statistics and the feedback index survive a restart: from the checkpoint and the
+        // events after it.
+        let (recorder, events_task) = record::Recorder::start(metrics.clone(), pricing, &config)?;
         let prompts = Arc::new(ArcSwap::from_pointee(prompts));
         let reloader = reload::Reloader::start(
             reload::Target {
@@ -141,6 +129,16 @@ pub fn app(state: AppState) -> Router {
         router
     };
     router.fallback(not_found).with_state(state)
+}
+
+/// Only `/healthz` and `/readyz`, for `--health-listen`: the probes reach these from outside
+/// the pod while the proxy itself listens on 127.0.0.1.
+pub fn health_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
 }
 
 /// The admin API and `/metrics`, for `--admin-listen`.

@@ -44,6 +44,12 @@ pub struct FeedbackLabels {
     pub metric: String,
 }
 
+/// Which state file a write failed on: `events`, `audit` or `checkpoint`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    pub file: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
     pub model: String,
@@ -80,6 +86,8 @@ pub struct Metrics {
     pub feedback_sum: Family<FeedbackLabels, Gauge<f64, AtomicU64>>,
     pub feedback_count: Family<FeedbackLabels, Counter>,
     pub events_dropped: Counter,
+    /// Failed writes of state files (a full disk); serving goes on.
+    pub write_errors: Family<FileLabel, Counter>,
     /// Prompt-set reloads by result (`ok`, `error`).
     pub reloads: Family<ResultLabel, Counter>,
     /// 1 while the files on disk do not validate (the last good set is serving).
@@ -174,8 +182,15 @@ impl Metrics {
             "Events not written because the writer fell behind",
             events_dropped.clone(),
         );
+        let write_errors = Family::<FileLabel, Counter>::default();
+        registry.register(
+            "state_write_errors",
+            "Failed writes of the events file, the audit trail or the statistics checkpoint (a full disk and the like); serving goes on",
+            write_errors.clone(),
+        );
         Metrics {
             registry,
+            write_errors,
             requests,
             latency,
             ttft,
