@@ -69,7 +69,17 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let http = proxy::forward::client(&config)?;
         let metrics = Arc::new(record::Metrics::new());
-        let audit = Arc::new(audit::Audit::open(&config.state_dir)?);
+        let audit = Arc::new(audit::Audit::open_with(
+            &config.state_dir,
+            audit::Rotation {
+                max_bytes: config.audit_max_bytes,
+                kept: config.rotated_kept,
+                errors: metrics
+                    .write_errors
+                    .get_or_create(&record::metrics::FileLabel { file: "audit" })
+                    .clone(),
+            },
+        )?);
         // Changes made while promptgate was not running are recorded now.
         audit
             .record(&prompts, &audit::Actor::disk())
