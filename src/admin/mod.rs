@@ -52,6 +52,15 @@ impl From<WriteError> for ApiError {
                 code: "invalid_change",
             },
             WriteError::NotFound(message) => ApiError::PromptNotFound { message },
+            // Temp file and rename: a write that fails leaves the files as they were.
+            WriteError::Io(ref e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                ApiError::Unavailable {
+                    message: format!(
+                        "cannot write the prompt files: the disk is full ({e}); nothing was changed"
+                    ),
+                    code: "disk_full",
+                }
+            }
             WriteError::Io(_) => ApiError::Internal(err.to_string()),
         }
     }
