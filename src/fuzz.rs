@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("examples_file", examples_file),
     ("pricing_file", pricing_file),
     ("events_replay", events_replay),
+    ("checkpoint", checkpoint),
     ("prompt_ref", prompt_ref),
     ("usage_tap", usage_tap),
 ];
@@ -102,6 +103,26 @@ pub fn events_replay(data: &[u8]) {
     for prompt in fixture_set().prompts() {
         let _ = recorder.experiment_report(prompt);
     }
+}
+
+/// The statistics checkpoint in the state folder, restored into statistics and the feedback
+/// index at start.
+pub fn checkpoint(data: &[u8]) {
+    let events = Path::new("/state/events.jsonl");
+    let Ok(Some(saved)) = record::checkpoint::parse(data, events) else {
+        return;
+    };
+    let stats = record::stats::Stats::restore(saved.stats);
+    for prompt in fixture_set().prompts() {
+        let _ = stats.report(&prompt.name, None);
+    }
+    let recorder = record::Recorder::new(
+        Arc::new(record::Metrics::new()),
+        Pricing::default(),
+        None,
+        16,
+    );
+    recorder.restore_index(saved.index);
 }
 
 /// A request's prompt reference: the `X-Prompt-*` headers and the body, through the same

@@ -329,6 +329,11 @@ impl Recorder {
         Ok((recorder, Some(task)))
     }
 
+    /// Restores the feedback index from a checkpoint's (the fuzzer's entry point).
+    pub fn restore_index(&self, snapshot: checkpoint::IndexSnapshot) {
+        lock(&self.inner.index).restore(snapshot);
+    }
+
     fn replay_file(&self, path: &Path, offset: u64) -> std::io::Result<(u64, u64)> {
         use std::io::{Seek, SeekFrom};
         let mut file = match std::fs::File::open(path) {
