@@ -396,7 +396,9 @@ impl Audit {
             page.extend(in_file.drain(in_file.len() - take..).rev());
         }
         page.reverse();
-        let next = (page.len() >= limit).then(|| page.first().map(|(at, _)| *at)).flatten();
+        let next = (page.len() >= limit)
+            .then(|| page.first().map(|(at, _)| *at))
+            .flatten();
         Ok((page.into_iter().map(|(_, e)| e).collect(), next))
     }
 
@@ -642,12 +644,20 @@ mod tests {
         };
         let audit = Audit::open_with(state.path(), rotation.clone()).unwrap();
         for v in 1..=12 {
-            write(prompts.path(), &format!("p/v{v}.prompt"), &format!("text {v}"));
+            write(
+                prompts.path(),
+                &format!("p/v{v}.prompt"),
+                &format!("text {v}"),
+            );
             let set = crate::prompts::load(prompts.path()).unwrap();
             assert!(!audit.record(&set, &Actor::disk()).unwrap().is_empty());
         }
         let segments = crate::record::events::rotated_segments(&state.path().join("audit.jsonl"));
-        assert_eq!(segments.len(), 2, "only the kept segments remain: {segments:?}");
+        assert_eq!(
+            segments.len(),
+            2,
+            "only the kept segments remain: {segments:?}"
+        );
         for (_, path) in &segments {
             assert!(fs::metadata(path).unwrap().len() <= 600);
         }

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the proxy.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check every prompt file; print every problem and exit 1 if there are any.
     Validate(ValidateArgs),
     /// Print the request that would go upstream for a prompt.
@@ -267,7 +267,7 @@ fn seconds(text: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Validate(args) => validate(&args),
         Command::Render(args) => render(&args),
     }

@@ -17,8 +17,11 @@ use crate::prompts::{self, PromptSet, manifest, template, version};
 use crate::proxy::request::{self, Endpoint};
 use crate::record::{self, Pricing};
 
+/// An entry point: raw bytes in, a panic on a finding.
+pub type Entry = fn(&[u8]);
+
 /// The fuzz targets, by name: what `make fuzz` runs and the corpus test checks.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("version_file", version_file),
     ("manifest_file", manifest_file),
     ("examples_file", examples_file),
@@ -170,8 +173,8 @@ pub fn prompt_ref(data: &[u8]) {
         // A request that names no prompt goes upstream as the client sent it.
         None => assert_eq!(prepared.body, body, "an unnamed request was changed"),
         Some(_) => {
-            let value: serde_json::Value = serde_json::from_slice(&prepared.body)
-                .expect("a rendered body is JSON");
+            let value: serde_json::Value =
+                serde_json::from_slice(&prepared.body).expect("a rendered body is JSON");
             assert!(
                 value.get("prompt").is_none(),
                 "the `prompt` field went upstream"

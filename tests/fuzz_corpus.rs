@@ -37,6 +37,9 @@ fn every_fuzz_target_has_a_libfuzzer_wrapper() {
             wrapper.contains(&format!("promptgate::fuzz::{target}(")),
             "fuzz/fuzz_targets/{target}.rs does not call promptgate::fuzz::{target}"
         );
-        assert!(manifest.contains(&format!("name = \"{target}\"")), "{target} not in fuzz/Cargo.toml");
+        assert!(
+            manifest.contains(&format!("name = \"{target}\"")),
+            "{target} not in fuzz/Cargo.toml"
+        );
     }
 }

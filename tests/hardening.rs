@@ -42,7 +42,13 @@ impl Served {
     /// SIGTERM, then wait for a clean exit.
     fn stop(mut self) {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "stopped within 10 s");
@@ -85,7 +91,12 @@ fn start(mut cmd: Command, health: bool) -> Served {
     while served.base.is_empty() || (health && served.health.is_none()) {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("the server did not start: {:?}", served.logs.lock().unwrap()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the server did not start: {:?}",
+                    served.logs.lock().unwrap()
+                )
+            });
         let Ok(event) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
@@ -131,8 +142,10 @@ async fn served_request(base: &str, prompt: &str) -> String {
     }
     let resp = http()
         .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
-                      "prompt": reference}))
+        .json(
+            &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+                      "prompt": reference}),
+        )
         .send()
         .await
         .unwrap();
@@ -153,7 +166,11 @@ async fn feedback(base: &str, id: &str, metrics: Value) -> (u16, Value) {
 #[tokio::test]
 async fn client_input_cannot_mint_metric_series() {
     let dir = prompts();
-    write(dir.path(), "declared/v1.prompt", "You help customers of {{ company }}.");
+    write(
+        dir.path(),
+        "declared/v1.prompt",
+        "You help customers of {{ company }}.",
+    );
     write(
         dir.path(),
         "declared/prompt.yaml",
@@ -182,7 +199,10 @@ async fn client_input_cannot_mint_metric_series() {
         ["promptgate_unpriced_requests_total{model=\"other\"} 30"]
     );
     let named = app.logs_containing("has no price");
-    assert!((1..=8).contains(&named), "the first few names are logged once each: {named}");
+    assert!(
+        (1..=8).contains(&named),
+        "the first few names are logged once each: {named}"
+    );
 
     // Without a declared list, the first 10 metric names of a prompt are accepted.
     let id = served_request(&app.base, "support").await;
@@ -195,7 +215,10 @@ async fn client_input_cannot_mint_metric_series() {
     assert_eq!(body["error"]["code"], "too_many_metrics");
     assert_eq!(body["error"]["param"], "metrics.m10");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("limit of 10 feedback metrics"), "{message}");
+    assert!(
+        message.contains("limit of 10 feedback metrics"),
+        "{message}"
+    );
     assert!(message.contains("--feedback-metrics-max"), "{message}");
     let (status, _) = feedback(&app.base, &id, json!({"m3": 0.5, "quality_score": 0.9})).await;
     assert_eq!(status, 200, "accepted names and quality_score still are");
@@ -205,8 +228,19 @@ async fn client_input_cannot_mint_metric_series() {
     let (status, body) = feedback(&app.base, &declared, json!({"helpful": 1, "nope": 1})).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "unknown_metric");
-    assert!(body["error"]["message"].as_str().unwrap().contains("declared: `helpful`"), "{body}");
-    let (status, _) = feedback(&app.base, &declared, json!({"helpful": 1, "quality_score": 1})).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("declared: `helpful`"),
+        "{body}"
+    );
+    let (status, _) = feedback(
+        &app.base,
+        &declared,
+        json!({"helpful": 1, "quality_score": 1}),
+    )
+    .await;
     assert_eq!(status, 200);
     let text = metrics(&app.base).await;
     assert!(!text.contains("metric=\"m10\"") && !text.contains("metric=\"nope\""));
@@ -291,7 +325,10 @@ async fn stuck_and_oversized_clients_cannot_starve_the_others() {
     assert!(waited < Duration::from_secs(5), "served after {waited:?}");
     for s in &mut stuck {
         let closed = time_to_close(s, Duration::from_secs(5));
-        assert!(closed.is_some(), "a stuck client is closed by the header timeout");
+        assert!(
+            closed.is_some(),
+            "a stuck client is closed by the header timeout"
+        );
     }
 }
 
@@ -313,7 +350,10 @@ async fn the_health_listener_serves_only_the_probes() {
         let resp = http().get(format!("{health}{path}")).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{path} is not on the health listener");
         let body: Value = resp.json().await.unwrap();
-        assert!(body["error"]["message"].is_string(), "OpenAI-shaped: {body}");
+        assert!(
+            body["error"]["message"].is_string(),
+            "OpenAI-shaped: {body}"
+        );
     }
     let resp = http()
         .post(format!("{health}/v1/chat/completions"))
@@ -321,7 +361,11 @@ async fn the_health_listener_serves_only_the_probes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 404, "the proxy is not on the health listener");
+    assert_eq!(
+        resp.status(),
+        404,
+        "the proxy is not on the health listener"
+    );
     // The proxy listens on loopback unless told otherwise.
     let help = promptgate().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
@@ -354,7 +398,11 @@ async fn history_is_rotated_and_a_restart_reads_only_the_tail() {
     app.stop();
     let events = state.path().join("events.jsonl");
     let segments = promptgate::record::events::rotated_segments(&events);
-    assert_eq!(segments.len(), 2, "older segments are deleted: {segments:?}");
+    assert_eq!(
+        segments.len(),
+        2,
+        "older segments are deleted: {segments:?}"
+    );
     for (_, path) in &segments {
         assert!(std::fs::metadata(path).unwrap().len() <= 8192);
     }
@@ -362,7 +410,10 @@ async fn history_is_rotated_and_a_restart_reads_only_the_tail() {
 
     let app = serve(dir.path(), state.path(), &args);
     let after = report(app.base.clone()).await;
-    assert_eq!(after["variants"], before["variants"], "identical statistics");
+    assert_eq!(
+        after["variants"], before["variants"],
+        "identical statistics"
+    );
     assert_eq!(
         after["variants"]["1"]["count"].as_u64().unwrap()
             + after["variants"]["2"]["count"].as_u64().unwrap(),
@@ -441,7 +492,10 @@ async fn a_full_disk_never_stops_serving() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "disk_full", "{body}");
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("nothing was changed"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was changed"),
         "{body}"
     );
     let folder = format!(

@@ -284,9 +284,10 @@ impl Writer {
                     Message::Flush(done) => flush_waiters.push(done),
                     Message::Checkpoint(write) => {
                         if self.flush()
-                            && let Some(inode) = self.file.as_ref().and_then(|f| {
-                                f.get_ref().metadata().ok().map(|m| m.ino())
-                            })
+                            && let Some(inode) = self
+                                .file
+                                .as_ref()
+                                .and_then(|f| f.get_ref().metadata().ok().map(|m| m.ino()))
                         {
                             write(Position {
                                 segment: self.options.segment,

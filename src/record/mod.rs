@@ -45,9 +45,12 @@ struct FeedbackIndex {
     map: HashMap<u64, u32>,
     order: VecDeque<u64>,
     served: Vec<ServedBy>,
-    slots: HashMap<(Arc<str>, u32, Option<Arc<str>>), u32>,
+    slots: HashMap<ServedKey, u32>,
     capacity: usize,
 }
+
+/// Prompt, version and experiment: what the index's slots tell apart.
+type ServedKey = (Arc<str>, u32, Option<Arc<str>>);
 
 /// Distinct versions the index tells apart; past this, requests are not indexed.
 const MAX_SERVED: usize = 65_536;
@@ -369,7 +372,9 @@ impl Recorder {
 
     /// Sets `--feedback-metrics-max`.
     pub fn set_feedback_metrics_max(&self, max: usize) {
-        self.inner.feedback_metrics_max.store(max, Ordering::Relaxed);
+        self.inner
+            .feedback_metrics_max
+            .store(max, Ordering::Relaxed);
     }
 
     pub fn pricing(&self) -> &Pricing {

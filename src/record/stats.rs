@@ -181,7 +181,11 @@ impl Stats {
                 latencies_seen: v.latencies_seen,
                 cost_sum: v.cost_sum.to_bits(),
                 priced: v.priced,
-                quality: (v.quality.n, v.quality.mean.to_bits(), v.quality.m2.to_bits()),
+                quality: (
+                    v.quality.n,
+                    v.quality.mean.to_bits(),
+                    v.quality.m2.to_bits(),
+                ),
                 feedback_count: v.feedback_count,
                 other: v
                     .other
@@ -489,7 +493,12 @@ mod tests {
         let mut stats = Stats::default();
         for i in 0..(LATENCY_SAMPLES as u64 + 500) {
             let key = ("p".to_owned(), String::new(), 1 + (i % 2) as u32);
-            stats.add_request(key.clone(), i % 7 != 0, 0.1 * i as f64 + 1.0 / 3.0, Some(1e-7 * i as f64));
+            stats.add_request(
+                key.clone(),
+                i % 7 != 0,
+                0.1 * i as f64 + 1.0 / 3.0,
+                Some(1e-7 * i as f64),
+            );
             if i % 3 == 0 {
                 let metrics = BTreeMap::from([
                     ("quality_score".to_owned(), (i % 10) as f64 / 9.0),
