@@ -12,7 +12,7 @@ pub mod pricing;
 pub mod stats;
 pub mod usage;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,14 +38,19 @@ pub struct ServedBy {
 }
 
 /// Request id → what served it, bounded: the oldest ids are forgotten first. Compact, since it
-/// holds `--feedback-window` entries and is part of the checkpoint: an id is kept as a 64-bit
-/// hash (two ids of a window of 100,000 share one with odds of about 1 in 10^9), and what
-/// served it as an index into the few distinct versions seen.
+/// holds `--feedback-window` entries in memory and in the checkpoint: an id is kept as a 64-bit
+/// hash (two ids of a window of 100,000 share one with odds of about 1 in 10^9), what served it
+/// as an index into the few distinct versions seen, both in a ring of the window's size, with a
+/// hash table of ring positions to find them — about 19 bytes an entry.
 struct FeedbackIndex {
-    map: HashMap<u64, u32>,
-    order: VecDeque<u64>,
+    hashes: Vec<u64>,
+    slots: Vec<u32>,
+    /// The oldest entry, once the ring is full.
+    head: usize,
+    /// Ring positions, by id hash.
+    table: hashbrown::HashTable<u32>,
     served: Vec<ServedBy>,
-    slots: HashMap<ServedKey, u32>,
+    by_served: HashMap<ServedKey, u32>,
     capacity: usize,
 }
 
@@ -67,17 +72,19 @@ fn id_hash(id: &str) -> u64 {
 impl FeedbackIndex {
     fn new(capacity: usize) -> Self {
         FeedbackIndex {
-            map: HashMap::new(),
-            order: VecDeque::new(),
+            hashes: Vec::new(),
+            slots: Vec::new(),
+            head: 0,
+            table: hashbrown::HashTable::new(),
             served: Vec::new(),
-            slots: HashMap::new(),
+            by_served: HashMap::new(),
             capacity,
         }
     }
 
     fn slot(&mut self, prompt: &str, version: u32, experiment: Option<&str>) -> Option<u32> {
         let key = (Arc::from(prompt), version, experiment.map(Arc::from));
-        if let Some(slot) = self.slots.get(&key) {
+        if let Some(slot) = self.by_served.get(&key) {
             return Some(*slot);
         }
         if self.served.len() >= MAX_SERVED {
@@ -89,7 +96,7 @@ impl FeedbackIndex {
             version,
             experiment: key.2.clone(),
         });
-        self.slots.insert(key, slot);
+        self.by_served.insert(key, slot);
         Some(slot)
     }
 
@@ -103,20 +110,56 @@ impl FeedbackIndex {
         self.insert_hashed(id_hash(id), slot);
     }
 
+    fn position(&self, hash: u64) -> Option<usize> {
+        let hashes = &self.hashes;
+        self.table
+            .find(hash, |&p| hashes[p as usize] == hash)
+            .map(|&p| p as usize)
+    }
+
     fn insert_hashed(&mut self, hash: u64, slot: u32) {
-        if self.map.insert(hash, slot).is_none() {
-            self.order.push_back(hash);
+        if let Some(p) = self.position(hash) {
+            self.slots[p] = slot;
+            return;
         }
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+        let position = if self.hashes.len() < self.capacity {
+            self.hashes.push(hash);
+            self.slots.push(slot);
+            if self.hashes.len() == self.capacity {
+                // Full for good: no room to spare from the growth by doubling.
+                self.hashes.shrink_to_fit();
+                self.slots.shrink_to_fit();
             }
-        }
+            self.hashes.len() - 1
+        } else {
+            // Forget the oldest, then reuse its place.
+            let oldest = self.head;
+            let old_hash = self.hashes[oldest];
+            if let Ok(entry) = self.table.find_entry(old_hash, |&p| p as usize == oldest) {
+                entry.remove();
+            }
+            self.hashes[oldest] = hash;
+            self.slots[oldest] = slot;
+            self.head = (oldest + 1) % self.capacity;
+            oldest
+        };
+        let hashes = &self.hashes;
+        self.table
+            .insert_unique(hash, position as u32, |&p| hashes[p as usize]);
+    }
+
+    /// Entries oldest first.
+    fn entries(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let n = self.hashes.len();
+        (0..n).map(move |i| {
+            let p = (self.head + i) % n;
+            (self.hashes[p], self.slots[p])
+        })
     }
 
     fn get(&self, id: &str) -> Option<&ServedBy> {
-        let slot = self.map.get(&id_hash(id))?;
-        self.served.get(*slot as usize)
+        let p = self.position(id_hash(id))?;
+        self.served.get(self.slots[p] as usize)
     }
 
     fn snapshot(&self) -> checkpoint::IndexSnapshot {
@@ -132,11 +175,7 @@ impl FeedbackIndex {
                     )
                 })
                 .collect(),
-            entries: self
-                .order
-                .iter()
-                .filter_map(|h| self.map.get(h).map(|slot| (*h, *slot)))
-                .collect(),
+            entries: self.entries().collect(),
         }
     }
 
@@ -146,6 +185,10 @@ impl FeedbackIndex {
             .iter()
             .map(|(prompt, version, experiment)| self.slot(prompt, *version, experiment.as_deref()))
             .collect();
+        let keep = snapshot.entries.len().min(self.capacity);
+        self.hashes.reserve_exact(keep);
+        self.slots.reserve_exact(keep);
+        self.table.reserve(keep, |_| 0);
         for (hash, slot) in snapshot.entries {
             if let Some(Some(slot)) = slots.get(slot as usize) {
                 self.insert_hashed(hash, *slot);
@@ -705,7 +748,15 @@ mod tests {
         assert_eq!(index.get("b").unwrap().experiment.as_deref(), Some("exp1"));
         assert_eq!(index.get("c").unwrap().version, 1);
         assert_eq!(index.served.len(), 2, "versions are shared, not copied");
-        assert_eq!(index.order.len(), 2);
+        assert_eq!(index.hashes.len(), 2);
+        for i in 0..1000 {
+            index.insert(&format!("x{i}"), "support", 1, None);
+        }
+        assert!(index.get("x998").is_some() && index.get("x999").is_some());
+        assert!(index.get("x997").is_none() && index.get("c").is_none());
+        assert_eq!(index.table.len(), 2);
+        index.insert("b", "support", 2, Some("exp1"));
+        index.insert("c", "support", 1, None);
 
         let mut restored = FeedbackIndex::new(2);
         restored.restore(index.snapshot());
