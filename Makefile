@@ -6,7 +6,7 @@ UPSTREAM ?= echo
 PROMPTS  ?= prompts
 ADMIN_TOKEN ?= $(PROMPTGATE_ADMIN_TOKEN)
 
-.PHONY: run test models lint unit e2e deploy-check bench
+.PHONY: run test models lint unit e2e deploy-check bench fuzz
 
 ## Build, then serve ./prompts on 127.0.0.1:8080 with the built-in echo upstream
 ## (UPSTREAM=https://api.openai.com/v1 make run for a real one).
@@ -39,6 +39,14 @@ e2e:
 deploy-check:
 	$(CARGO) build
 	scripts/check-deploy.sh target/debug/promptgate
+
+## Every libFuzzer target (fuzz/) for FUZZ_SECONDS each (default 60), JOBS at a time (cargo-fuzz,
+## on the stable toolchain via RUSTC_BOOTSTRAP). `make test` feeds the committed corpus
+## (fuzz/seeds) to the same entry points as an ordinary test.
+FUZZ_SECONDS ?= 60
+JOBS ?= 1
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh
 
 ## Benchmarks (release build): the load test (direct-to-mock vs through promptgate) and the
 ## criterion micro-benchmarks.

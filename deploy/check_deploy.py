@@ -11,6 +11,9 @@ any. Checks:
   flags    every flag and PROMPTGATE_* variable given to promptgate (manifests and the
            Dockerfile) is one the binary's `serve --help` lists; values of flags with a fixed
            set of values, or numeric ones, are checked too.
+  exposure the proxy listens on loopback only and no port, Service or hostNetwork publishes
+           it; an admin/metrics port reachable from outside the pod is limited by a
+           NetworkPolicy that names where it may be reached from.
   wiring   references resolve (volumes, ConfigMaps, Secrets, probe and metrics ports), the
            paths promptgate writes are on writable volumes (the root filesystem is
            read-only) and every mount is used, the security settings are in place, and the
@@ -341,21 +344,83 @@ def check_workload(name: str, workload: dict, objects: dict, image_env: dict[str
                 check_env(f"{where} envFrom {ref.get('name')}", src.get("prefix", "") + key, value, by_env)
         check_argv(where, (c.get("command") or []) + (c.get("args") or []), options)
 
-        listen = port_of(env.get("PROMPTGATE_LISTEN", "127.0.0.1:8080"))
+        # Flags given as arguments win over the environment.
+        argv = (c.get("command") or []) + (c.get("args") or [])
+        for flag in ("--listen", "--admin-listen", "--health-listen"):
+            key = "PROMPTGATE_" + flag[2:].upper().replace("-", "_")
+            for i, token in enumerate(argv):
+                if token == flag and i + 1 < len(argv):
+                    env[key] = argv[i + 1]
+                elif token.startswith(flag + "="):
+                    env[key] = token.split("=", 1)[1]
+        listen_addr = env.get("PROMPTGATE_LISTEN", "127.0.0.1:8080")
+        listen = port_of(listen_addr)
         admin = port_of(env.get("PROMPTGATE_ADMIN_LISTEN", "")) or listen
-        host = env.get("PROMPTGATE_LISTEN", "127.0.0.1:8080").rsplit(":", 1)[0].strip("[]")
+        health = port_of(env.get("PROMPTGATE_HEALTH_LISTEN", "")) or listen
+        host = listen_addr.rsplit(":", 1)[0].strip("[]")
+        # exposure: the proxy spends the app's provider key for whoever reaches it, and pod
+        # IPs are routable across the cluster: it must listen on loopback only, and nothing
+        # may publish its port.
         try:
-            if ipaddress.ip_address(host).is_loopback and any(k in c for k in ("livenessProbe", "readinessProbe", "startupProbe")):
-                fail("wiring", f"{where}: listens on loopback ({host}) but has HTTP probes, which the kubelet sends to the pod IP")
+            loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
-            pass
+            loopback = host == "localhost"
+        if not loopback:
+            fail("exposure", f"{where}: the proxy listens on {listen_addr}, reachable from outside the pod; "
+                             f"listen on 127.0.0.1 and give the probes --health-listen")
+        for p in c.get("ports", []):
+            if p.get("containerPort") == listen:
+                fail("exposure", f"{where}: the proxy port {listen} is declared as a containerPort "
+                                 f"({p.get('name')}); it must stay inside the pod")
+            if p.get("hostPort"):
+                fail("exposure", f"{where}: port {p.get('containerPort')} has hostPort {p['hostPort']}, "
+                                 f"which publishes it on the node")
+        if pod.get("hostNetwork"):
+            fail("exposure", f"{where}: hostNetwork puts the proxy's loopback on the node's")
+        for (k, _), svc in objects.items():
+            if k != "Service":
+                continue
+            labels = workload["spec"]["template"]["metadata"].get("labels") or {}
+            selector = (svc.get("spec") or {}).get("selector") or {}
+            if not selector or not selector.items() <= labels.items():
+                continue
+            for sp in (svc.get("spec") or {}).get("ports") or []:
+                if resolve_port(pod, sp.get("targetPort", sp.get("port"))) == listen:
+                    fail("exposure", f"{name}: Service {svc['metadata']['name']} publishes the proxy port {listen}")
+        # The admin port beyond the pod: only with a NetworkPolicy that admits it from a named
+        # source (the scraper), not from everywhere.
+        admin_addr = env.get("PROMPTGATE_ADMIN_LISTEN", listen_addr)
+        try:
+            admin_loopback = ipaddress.ip_address(admin_addr.rsplit(":", 1)[0].strip("[]")).is_loopback
+        except ValueError:
+            admin_loopback = False
+        if not admin_loopback:
+            labels = workload["spec"]["template"]["metadata"].get("labels") or {}
+            policies = [o for (k, _), o in objects.items() if k == "NetworkPolicy"
+                        and ((o["spec"].get("podSelector") or {}).get("matchLabels") or {}).items() <= labels.items()
+                        and "Ingress" in (o["spec"].get("policyTypes") or ["Ingress"])]
+            if not policies:
+                fail("exposure", f"{where}: the admin/metrics port {admin} is reachable from outside the pod "
+                                 f"and no NetworkPolicy selecting the pod limits it to the scraper")
+            for pol in policies:
+                for rule in pol["spec"].get("ingress") or []:
+                    ports = [resolve_port(pod, q.get("port")) for q in rule.get("ports") or []]
+                    if (not ports or admin in ports) and not rule.get("from"):
+                        fail("exposure", f"{name}: NetworkPolicy {pol['metadata']['name']} admits the admin/metrics "
+                                         f"port {admin} from anywhere; name the scraper in `from`")
+            if policies:
+                info(f"{name}: admin/metrics port {admin} limited by NetworkPolicy "
+                     f"{', '.join(p['metadata']['name'] for p in policies)}")
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             get = (c.get(probe) or {}).get("httpGet")
             if not get:
                 continue
-            if resolve_port(pod, get.get("port")) != listen:
-                fail("wiring", f"{where}: {probe} port {get.get('port')} is not the proxy port {listen} "
-                               f"(where /healthz and /readyz are served)")
+            if resolve_port(pod, get.get("port")) != health:
+                fail("wiring", f"{where}: {probe} port {get.get('port')} is not the health port {health} "
+                               f"(--health-listen, where /healthz and /readyz are served)")
+            if health == listen and loopback:
+                fail("wiring", f"{where}: {probe} goes to the proxy port, which listens on loopback; "
+                               f"the kubelet sends probes to the pod IP: use --health-listen")
             if get.get("path") not in ("/healthz", "/readyz"):
                 fail("wiring", f"{where}: {probe} path {get.get('path')} is neither /healthz nor /readyz")
         if annotations.get("prometheus.io/scrape") == "true":

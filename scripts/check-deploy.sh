@@ -11,8 +11,10 @@
 #      (ServiceMonitor) are reported as skipped and their wiring is checked instead;
 #  (c) flags: every flag and PROMPTGATE_* variable given to promptgate by the manifests or the
 #      Dockerfile is one that `BINARY serve --help` lists;
-#  (d) wiring: references, ports, writable paths, security settings, and the prompt
-#      ConfigMaps against prompts/ (deploy/check_deploy.py says what exactly).
+#  (d) wiring and exposure: references, ports, writable paths, security settings, the prompt
+#      ConfigMaps against prompts/, and that the proxy is reachable only from inside the pod
+#      (deploy/check_deploy.py says what exactly);
+#  (e) self-test: the exposure check fails on deploy/kubernetes/testdata/exposed-proxy.
 #
 # Needs kubectl (with its built-in kustomize) and Python 3. Creates .venv/check-deploy/
 # (git-ignored) and installs deploy/requirements.txt into it when that file changed since the
@@ -107,6 +109,33 @@ if ! timeout 300 "$venv/bin/python" -B "$root/deploy/check_deploy.py" \
     --binary "$bin_abs" --dockerfile "$root/deploy/Dockerfile" --prompts "$root/prompts" \
     "${version_args[@]}" "${renders[@]}"; then
     status=1
+fi
+
+# --- (e) the exposure check catches a bad manifest ---------------------------------------------
+# deploy/kubernetes/testdata/exposed-proxy publishes the proxy three ways and opens the admin
+# port to everyone: the check must fail, naming each.
+echo "== (e) self-test: the exposure check fails on testdata/exposed-proxy"
+bad="$work/exposed-proxy.yaml"
+if ! timeout 60 "$kubectl" kustomize --load-restrictor LoadRestrictionsNone "$kube/testdata/exposed-proxy" >"$bad" 2>"$work/err"; then
+    echo "FAIL self-test: cannot render testdata/exposed-proxy:"
+    sed 's/^/    /' "$work/err"
+    status=1
+elif timeout 300 "$venv/bin/python" -B "$root/deploy/check_deploy.py" \
+    --binary "$bin_abs" --dockerfile "$root/deploy/Dockerfile" --prompts "$root/prompts" \
+    "${version_args[@]}" "exposed-proxy=$bad" >"$work/bad.out" 2>&1; then
+    echo "FAIL self-test: check_deploy.py passed a manifest that exposes the proxy"
+    status=1
+else
+    for expected in "the proxy listens on 0.0.0.0:8080" "declared as a containerPort" \
+        "Service example-app-proxy publishes the proxy port 8080" "admits the admin/metrics port 9090 from anywhere"; do
+        if grep -q "FAIL exposure: .*$expected" "$work/bad.out"; then
+            echo "  ok   refused: $expected"
+        else
+            echo "FAIL self-test: no \"FAIL exposure\" line saying \"$expected\":"
+            sed 's/^/    /' "$work/bad.out"
+            status=1
+        fi
+    done
 fi
 
 if [[ $status -eq 0 ]]; then

@@ -6,6 +6,13 @@
 //! new prompt set against that state, so changes made while promptgate was down are recorded
 //! at the next start, versions get a created-at time (first seen), and a version number is
 //! never handed out twice.
+//!
+//! The file is rotated by size (`--audit-max-bytes`) into numbered segments
+//! (`audit.jsonl.000001`, …; `--rotated-kept` of them are kept). Before each rotation the
+//! replayed state is saved (`audit-state.json`), so what was seen survives the segments
+//! deleted later. `GET /admin/audit` pages back through the kept segments. A write that fails
+//! (a full disk) is counted and logged at most once a minute and never stops a reload; its
+//! changes are recorded by the next write that succeeds.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -69,7 +76,7 @@ pub struct Entry {
 }
 
 /// What the audit trail last saw of one prompt.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Seen {
     present: bool,
     /// version → (hash, first seen).
@@ -83,17 +90,108 @@ struct Seen {
 /// The audit file and the state replayed from it.
 pub struct Audit {
     path: PathBuf,
+    options: Rotation,
     inner: Mutex<Inner>,
+}
+
+/// How the trail is kept bounded and how failed writes are counted.
+#[derive(Clone)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    pub kept: usize,
+    pub errors: prometheus_client::metrics::counter::Counter,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: u64::MAX,
+            kept: 3,
+            errors: Default::default(),
+        }
+    }
 }
 
 struct Inner {
     file: File,
+    /// Bytes in the live file.
+    written: u64,
+    /// The number the live file gets when rotated.
+    segment: u64,
+    /// A write failed part-way: the next one starts on a fresh line.
+    torn: bool,
+    last_error_log: Option<std::time::Instant>,
     seen: BTreeMap<String, Seen>,
 }
 
+/// The state saved before each rotation.
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    /// The last rotated segment the state includes.
+    segment: u64,
+    seen: BTreeMap<String, Seen>,
+}
+
+const STATE_FILE: &str = "audit-state.json";
+
+/// A place in the trail for paging: segment and line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub segment: u64,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.segment, self.line)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not an audit cursor (from the `x-audit-next` header)");
+        let (segment, line) = text.split_once('-').ok_or_else(bad)?;
+        Ok(Cursor {
+            segment: segment.parse().map_err(|_| bad())?,
+            line: line.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+fn replay_into(seen: &mut BTreeMap<String, Seen>, path: &Path) -> std::io::Result<()> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Entry>(&line) {
+            Ok(entry) => apply(seen, &entry),
+            // A torn last line (a crash mid-write) must not stop the server.
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                line = i + 1,
+                "skipping an unreadable audit line: {e}"
+            ),
+        }
+    }
+    Ok(())
+}
+
 impl Audit {
-    /// Opens (or creates) `state_dir/audit.jsonl` and replays it.
+    /// Opens (or creates) `state_dir/audit.jsonl` and replays it, never rotating.
     pub fn open(state_dir: &Path) -> anyhow::Result<Audit> {
+        Self::open_with(state_dir, Rotation::default())
+    }
+
+    /// Opens (or creates) `state_dir/audit.jsonl`, rotated by size, and replays the saved
+    /// state and the segments after it.
+    pub fn open_with(state_dir: &Path, options: Rotation) -> anyhow::Result<Audit> {
         fs::create_dir_all(state_dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create the state folder `{}`: {e}",
@@ -101,38 +199,39 @@ impl Audit {
             )
         })?;
         let path = state_dir.join("audit.jsonl");
-        let mut seen = BTreeMap::new();
-        if path.exists() {
-            let reader = BufReader::new(File::open(&path)?);
-            for (i, line) in reader.lines().enumerate() {
-                let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<Entry>(&line) {
-                    Ok(entry) => apply(&mut seen, &entry),
-                    // A torn last line (a crash mid-write) must not stop the server.
-                    Err(e) => tracing::warn!(
-                        file = %path.display(),
-                        line = i + 1,
-                        "skipping an unreadable audit line: {e}"
-                    ),
-                }
-            }
+        let saved: Option<SavedState> = fs::read(state_dir.join(STATE_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let after = saved.as_ref().map_or(0, |s| s.segment);
+        let mut seen = saved.map(|s| s.seen).unwrap_or_default();
+        let segments = crate::record::events::rotated_segments(&path);
+        for (_, segment) in segments.iter().filter(|(n, _)| *n > after) {
+            replay_into(&mut seen, segment)?;
         }
+        replay_into(&mut seen, &path)?;
+        let segment = segments.last().map_or(1, |(n, _)| n + 1).max(after + 1);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open `{}`: {e}", path.display()))?;
         // After a torn last line, start on a fresh one so the next entry stays readable.
-        let text_len = file.metadata()?.len();
-        if text_len > 0 && !fs::read(&path)?.ends_with(b"\n") {
-            file.write_all(b"\n")?;
+        let written = file.metadata()?.len();
+        let torn = written > 0 && !fs::read(&path)?.ends_with(b"\n");
+        if torn && let Err(e) = file.write_all(b"\n") {
+            tracing::warn!(file = %path.display(), "cannot end the torn audit line: {e}");
         }
         Ok(Audit {
             path,
-            inner: Mutex::new(Inner { file, seen }),
+            options,
+            inner: Mutex::new(Inner {
+                file,
+                written,
+                segment,
+                torn: false,
+                last_error_log: None,
+                seen,
+            }),
         })
     }
 
@@ -143,7 +242,8 @@ impl Audit {
     }
 
     /// Compares `set` with what was last seen, appends an entry per change and returns them.
-    /// Blocking: call it off the reactor.
+    /// A write that fails is counted and logged, not returned: the changes are recorded by
+    /// the next write that succeeds. Blocking: call it off the reactor.
     pub fn record(&self, set: &PromptSet, actor: &Actor) -> std::io::Result<Vec<Entry>> {
         let mut inner = self.lock();
         let time = now();
@@ -152,13 +252,29 @@ impl Audit {
             return Ok(entries);
         }
         let mut text = String::new();
+        if inner.torn {
+            text.push('\n');
+        }
         for entry in &entries {
             text.push_str(&serde_json::to_string(entry).map_err(std::io::Error::other)?);
             text.push('\n');
         }
-        inner.file.write_all(text.as_bytes())?;
-        inner.file.flush()?;
-        inner.file.sync_data()?;
+        if inner.written > 0 && inner.written + text.len() as u64 > self.options.max_bytes {
+            self.rotate(&mut inner);
+        }
+        let written = (|| {
+            inner.file.write_all(text.as_bytes())?;
+            inner.file.flush()?;
+            inner.file.sync_data()
+        })();
+        if let Err(e) = written {
+            inner.torn = true;
+            inner.written = inner.file.metadata().map_or(inner.written, |m| m.len());
+            self.failed(&mut inner, "cannot write the audit trail", &e);
+            return Ok(entries);
+        }
+        inner.written += text.len() as u64;
+        inner.torn = false;
         for entry in &entries {
             apply(&mut inner.seen, entry);
         }
@@ -176,20 +292,114 @@ impl Audit {
         Ok(entries)
     }
 
-    /// Every entry, oldest first, optionally for one prompt. Blocking.
-    pub fn read(&self, prompt: Option<&str>) -> std::io::Result<Vec<Entry>> {
-        let reader = BufReader::new(File::open(&self.path)?);
-        let mut out = Vec::new();
-        for line in reader.lines() {
-            let line = line?;
-            let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
-                continue;
-            };
-            if prompt.is_none_or(|p| p == entry.prompt) {
-                out.push(entry);
-            }
+    fn failed(&self, inner: &mut Inner, what: &str, e: &std::io::Error) {
+        self.options.errors.inc();
+        if inner
+            .last_error_log
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60))
+        {
+            inner.last_error_log = Some(std::time::Instant::now());
+            tracing::error!(
+                file = %self.path.display(),
+                "{what}: {e}; serving goes on, the changes are recorded by the next write that succeeds (failures counted in promptgate_state_write_errors_total{{file=\"audit\"}})"
+            );
         }
-        Ok(out)
+    }
+
+    /// Saves the state, renames the live file to the next segment, deletes segments beyond
+    /// those kept and starts a new live file.
+    fn rotate(&self, inner: &mut Inner) {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let saved = SavedState {
+            segment: inner.segment,
+            seen: inner.seen.clone(),
+        };
+        let saved = serde_json::to_string(&saved).map_err(std::io::Error::other);
+        if let Err(e) =
+            saved.and_then(|text| crate::admin::write::write_atomic(&dir.join(STATE_FILE), &text))
+        {
+            return self.failed(inner, "cannot save the audit state before rotating", &e);
+        }
+        let target = crate::record::events::segment_path(&self.path, inner.segment);
+        if let Err(e) = fs::rename(&self.path, &target) {
+            return self.failed(inner, "cannot rotate the audit trail", &e);
+        }
+        inner.segment += 1;
+        let segments = crate::record::events::rotated_segments(&self.path);
+        let excess = segments.len().saturating_sub(self.options.kept);
+        for (_, old) in &segments[..excess] {
+            let _ = fs::remove_file(old);
+        }
+        match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
+            Ok(file) => {
+                inner.file = file;
+                inner.written = 0;
+                inner.torn = false;
+            }
+            Err(e) => self.failed(inner, "cannot open a new audit file", &e),
+        }
+    }
+
+    /// Every kept entry, oldest first, optionally for one prompt. Blocking.
+    pub fn read(&self, prompt: Option<&str>) -> std::io::Result<Vec<Entry>> {
+        Ok(self.page(prompt, None, usize::MAX)?.0)
+    }
+
+    /// Up to `limit` entries before `before` (the newest without it), oldest first, and the
+    /// cursor of the next older page when this one is full. Blocking.
+    pub fn page(
+        &self,
+        prompt: Option<&str>,
+        before: Option<Cursor>,
+        limit: usize,
+    ) -> std::io::Result<(Vec<Entry>, Option<Cursor>)> {
+        let live = self.lock().segment;
+        let mut files = crate::record::events::rotated_segments(&self.path);
+        files.push((live, self.path.clone()));
+        let mut page: Vec<(Cursor, Entry)> = Vec::new();
+        for (segment, path) in files.iter().rev() {
+            if page.len() >= limit {
+                break;
+            }
+            if before.is_some_and(|b| *segment > b.segment) {
+                continue;
+            }
+            let file = match File::open(path) {
+                Ok(f) => f,
+                // Rotated away while reading: the entries are in the next segment.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut in_file = Vec::new();
+            for (line_no, line) in BufReader::new(file).split(b'\n').enumerate() {
+                let line = line?;
+                let at = Cursor {
+                    segment: *segment,
+                    line: line_no,
+                };
+                if before.is_some_and(|b| at >= b) {
+                    break;
+                }
+                let Ok(entry) = serde_json::from_slice::<Entry>(&line) else {
+                    continue;
+                };
+                if prompt.is_none_or(|p| p == entry.prompt) {
+                    in_file.push((at, entry));
+                }
+            }
+            let room = limit - page.len();
+            let take = in_file.len().min(room);
+            page.extend(in_file.drain(in_file.len() - take..).rev());
+        }
+        page.reverse();
+        let next = (page.len() >= limit)
+            .then(|| page.first().map(|(at, _)| *at))
+            .flatten();
+        Ok((page.into_iter().map(|(_, e)| e).collect(), next))
     }
 
     /// When a version was first seen.
@@ -421,6 +631,56 @@ mod tests {
         assert_eq!(audit.highest_version("p"), 2);
         assert_eq!(audit.read(Some("p")).unwrap().len(), 8);
         assert!(audit.read(Some("other")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_trail_rotates_pages_back_and_keeps_its_memory() {
+        let prompts = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_bytes: 600,
+            kept: 2,
+            errors: Default::default(),
+        };
+        let audit = Audit::open_with(state.path(), rotation.clone()).unwrap();
+        for v in 1..=12 {
+            write(
+                prompts.path(),
+                &format!("p/v{v}.prompt"),
+                &format!("text {v}"),
+            );
+            let set = crate::prompts::load(prompts.path()).unwrap();
+            assert!(!audit.record(&set, &Actor::disk()).unwrap().is_empty());
+        }
+        let segments = crate::record::events::rotated_segments(&state.path().join("audit.jsonl"));
+        assert_eq!(
+            segments.len(),
+            2,
+            "only the kept segments remain: {segments:?}"
+        );
+        for (_, path) in &segments {
+            assert!(fs::metadata(path).unwrap().len() <= 600);
+        }
+        // Paging walks back through the kept segments without gaps or repeats.
+        let all = audit.read(Some("p")).unwrap();
+        let mut pages = Vec::new();
+        let mut before = None;
+        loop {
+            let (page, next) = audit.page(Some("p"), before, 3).unwrap();
+            assert!(page.len() <= 3);
+            pages.splice(0..0, page);
+            let Some(next) = next else { break };
+            before = Some(next);
+        }
+        assert_eq!(pages, all);
+        assert_eq!(all.last().unwrap().to_version, Some(12));
+        // The first versions' entries were rotated away, but not forgotten.
+        drop(audit);
+        let audit = Audit::open_with(state.path(), rotation).unwrap();
+        assert_eq!(audit.highest_version("p"), 12);
+        assert!(audit.first_seen("p", 1).is_some());
+        let set = crate::prompts::load(prompts.path()).unwrap();
+        assert!(audit.record(&set, &Actor::disk()).unwrap().is_empty());
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the proxy.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check every prompt file; print every problem and exit 1 if there are any.
     Validate(ValidateArgs),
     /// Print the request that would go upstream for a prompt.
@@ -167,6 +167,57 @@ struct ServeArgs {
     /// honoured. Off by default.
     #[arg(long, env = "PROMPTGATE_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Distinct feedback metric names accepted per prompt whose prompt.yaml declares no
+    /// `feedback_metrics`; further names are refused with 400.
+    #[arg(
+        long,
+        env = "PROMPTGATE_FEEDBACK_METRICS_MAX",
+        default_value = "10",
+        value_name = "N"
+    )]
+    feedback_metrics_max: usize,
+    /// Seconds a client connection may take to send a request's headers before it is closed.
+    #[arg(long, env = "PROMPTGATE_HEADER_READ_TIMEOUT", default_value = "10", value_name = "SECONDS", value_parser = seconds)]
+    header_read_timeout: Duration,
+    /// Client connections served at once per listener; further ones wait to be accepted.
+    #[arg(long, env = "PROMPTGATE_MAX_CONNECTIONS", default_value = "1024", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Largest request head (request line and headers) in bytes; larger ones get 431.
+    #[arg(long, env = "PROMPTGATE_MAX_HEADER_BYTES", default_value = "65536", value_name = "BYTES", value_parser = clap::value_parser!(u64).range(8192..=16_777_216))]
+    max_header_bytes: u64,
+    /// Serve only /healthz and /readyz on this address too, for probes from outside the
+    /// pod while --listen stays on 127.0.0.1.
+    #[arg(long, env = "PROMPTGATE_HEALTH_LISTEN", value_name = "ADDR")]
+    health_listen: Option<SocketAddr>,
+    /// Rotate the events file when it passes this size in bytes; statistics are checkpointed
+    /// to the state folder, so a restart reads only the checkpoint and what came after it.
+    #[arg(
+        long,
+        env = "PROMPTGATE_EVENTS_MAX_BYTES",
+        default_value = "67108864",
+        value_name = "BYTES",
+        value_parser = clap::value_parser!(u64).range(4096..)
+    )]
+    events_max_bytes: u64,
+    /// Rotate the audit trail when it passes this size in bytes.
+    #[arg(
+        long,
+        env = "PROMPTGATE_AUDIT_MAX_BYTES",
+        default_value = "16777216",
+        value_name = "BYTES",
+        value_parser = clap::value_parser!(u64).range(4096..)
+    )]
+    audit_max_bytes: u64,
+    /// Rotated files kept of the events file and of the audit trail each; older ones are
+    /// deleted.
+    #[arg(
+        long,
+        env = "PROMPTGATE_ROTATED_KEPT",
+        default_value = "3",
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=1000)
+    )]
+    rotated_kept: u64,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -224,7 +275,7 @@ fn seconds(text: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Validate(args) => validate(&args),
         Command::Render(args) => render(&args),
     }
@@ -267,6 +318,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         embedding_model: args.model.embedding_model,
         onnxruntime: args.model.onnxruntime,
         otlp: crate::otel::OtlpConfig::from_flag_and_env(args.otlp_endpoint.as_deref()),
+        feedback_metrics_max: args.feedback_metrics_max,
+        limits: crate::config::Limits {
+            header_read_timeout: args.header_read_timeout,
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            max_header_bytes: usize::try_from(args.max_header_bytes).unwrap_or(usize::MAX),
+        },
+        health_listen: args.health_listen,
+        events_max_bytes: args.events_max_bytes,
+        audit_max_bytes: args.audit_max_bytes,
+        rotated_kept: usize::try_from(args.rotated_kept).unwrap_or(1000),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -80,6 +80,39 @@ pub struct Config {
     pub onnxruntime: PathBuf,
     /// OTLP trace export; `None`: no tracing at all.
     pub otlp: Option<crate::otel::OtlpConfig>,
+    /// Distinct feedback metric names a prompt without `feedback_metrics` accepts.
+    pub feedback_metrics_max: usize,
+    /// The server's own limits on client connections.
+    pub limits: Limits,
+    /// A listener serving only `/healthz` and `/readyz`, for probes from outside the pod.
+    pub health_listen: Option<SocketAddr>,
+    /// The events file and the audit trail are rotated past these sizes.
+    pub events_max_bytes: u64,
+    pub audit_max_bytes: u64,
+    /// Rotated files kept of each.
+    pub rotated_kept: usize,
+}
+
+/// Limits on what clients of the listeners may hold, so one stuck or runaway client cannot
+/// starve the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A connection that has not sent a whole request head within this time is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once per listener; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); larger ones get 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+        }
+    }
 }
 
 impl Config {
@@ -106,6 +139,12 @@ impl Config {
             embedding_model: PathBuf::from("models/all-MiniLM-L6-v2"),
             onnxruntime: PathBuf::from("models/onnxruntime/libonnxruntime.so"),
             otlp: None,
+            feedback_metrics_max: crate::record::DEFAULT_FEEDBACK_METRICS_MAX,
+            limits: Limits::default(),
+            health_listen: None,
+            events_max_bytes: 64 * 1024 * 1024,
+            audit_max_bytes: 16 * 1024 * 1024,
+            rotated_kept: 3,
         }
     }
 }

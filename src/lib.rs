@@ -17,6 +17,9 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fewshot;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod listener;
 pub mod otel;
 pub mod prompts;
 pub mod proxy;
@@ -70,7 +73,17 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let http = proxy::forward::client(&config)?;
         let metrics = Arc::new(record::Metrics::new());
-        let audit = Arc::new(audit::Audit::open(&config.state_dir)?);
+        let audit = Arc::new(audit::Audit::open_with(
+            &config.state_dir,
+            audit::Rotation {
+                max_bytes: config.audit_max_bytes,
+                kept: config.rotated_kept,
+                errors: metrics
+                    .write_errors
+                    .get_or_create(&record::metrics::FileLabel { file: "audit" })
+                    .clone(),
+            },
+        )?);
         // Changes made while promptgate was not running are recorded now.
         audit
             .record(&prompts, &audit::Actor::disk())
@@ -85,24 +98,9 @@ impl AppState {
                 record::Pricing::with_overrides(&text, path)?
             }
         };
-        let (sink, events_task) = match &config.events {
-            Some(path) => {
-                let (sink, task) = record::EventSink::start(path.clone()).map_err(|e| {
-                    anyhow::anyhow!("cannot open the events file `{}`: {e}", path.display())
-                })?;
-                (Some(sink), Some(task))
-            }
-            None => (None, None),
-        };
-        let recorder =
-            record::Recorder::new(metrics.clone(), pricing, sink, config.feedback_window);
-        if let Some(path) = &config.events {
-            // Statistics and the feedback index survive a restart: rebuild them from the file.
-            let (read, skipped) = recorder.replay(path).map_err(|e| {
-                anyhow::anyhow!("cannot read the events file `{}`: {e}", path.display())
-            })?;
-            tracing::info!(events = read, skipped, file = %path.display(), "statistics rebuilt from the events file");
-        }
+        // Statistics and the feedback index survive a restart: from the checkpoint and the
+        // events after it.
+        let (recorder, events_task) = record::Recorder::start(metrics.clone(), pricing, &config)?;
         let telemetry = match &config.otlp {
             Some(otlp) => {
                 let (telemetry, _task) =
@@ -192,6 +190,16 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(fallback)
         .method_not_allowed_fallback(proxy::method_not_allowed)
+        .with_state(state)
+}
+
+/// Only `/healthz` and `/readyz`, for `--health-listen`: the probes reach these from outside
+/// the pod while the proxy itself listens on 127.0.0.1.
+pub fn health_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
         .with_state(state)
 }
 

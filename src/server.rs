@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -14,12 +13,13 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::fewshot::{self, ModelSlot};
 use crate::prompts::watch::WatchGuard;
-use crate::{AppState, admin_app, app, prompts};
+use crate::{AppState, admin_app, app, health_app, prompts};
 
 /// A server running in the background.
 pub struct Server {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    health_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     state: AppState,
@@ -73,6 +73,14 @@ impl Server {
             ),
             None => None,
         };
+        let health_listener = match config.health_listen {
+            Some(health) => Some(
+                TcpListener::bind(health)
+                    .await
+                    .with_context(|| format!("cannot listen on {health} (--health-listen)"))?,
+            ),
+            None => None,
+        };
         let state = AppState::new(config, set, model, degraded)?;
         let watch_guard = if state.config.watch {
             let reloader = state.reloader.clone();
@@ -86,22 +94,14 @@ impl Server {
             None
         };
         let (stop, stopped) = watch::channel(false);
+        let limits = state.config.limits;
         let serve = |listener: TcpListener, router: axum::Router| {
-            let mut stopped = stopped.clone();
-            // Without TCP_NODELAY, a body written after its head waits for the client's
-            // delayed ACK (~40 ms) whenever upstream sends the two in separate segments.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!("cannot set TCP_NODELAY: {e}");
-                }
-            });
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
-            })
+            tokio::spawn(crate::listener::serve(
+                listener,
+                router,
+                limits,
+                stopped.clone(),
+            ))
         };
         let mut tasks = vec![serve(listener, app(state.clone()))];
         let mut admin_addr = None;
@@ -111,9 +111,16 @@ impl Server {
             let router = admin_app(state.clone()).with_state(state.clone());
             tasks.push(serve(admin_listener, router));
         }
+        let mut health_addr = None;
+        if let Some(health_listener) = health_listener {
+            health_addr = Some(health_listener.local_addr()?);
+            tracing::info!(addr = %health_addr.unwrap_or(addr), "health probes listening");
+            tasks.push(serve(health_listener, health_app(state.clone())));
+        }
         Ok(Server {
             addr,
             admin_addr,
+            health_addr,
             stop,
             tasks,
             state,
@@ -128,6 +135,11 @@ impl Server {
     /// The admin listener's address, with `--admin-listen`.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The health listener's address, with `--health-listen`.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     pub fn state(&self) -> &AppState {

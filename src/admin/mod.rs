@@ -55,6 +55,15 @@ impl From<WriteError> for ApiError {
                 code: "invalid_change",
             },
             WriteError::NotFound(message) => ApiError::PromptNotFound { message },
+            // Temp file and rename: a write that fails leaves the files as they were.
+            WriteError::Io(ref e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                ApiError::Unavailable {
+                    message: format!(
+                        "cannot write the prompt files: the disk is full ({e}); nothing was changed"
+                    ),
+                    code: "disk_full",
+                }
+            }
             WriteError::Io(_) => ApiError::Internal(err.to_string()),
         }
     }
@@ -375,19 +384,47 @@ async fn end_experiment(
 #[derive(Debug, Deserialize)]
 struct AuditQuery {
     prompt: Option<String>,
+    /// Entries per page (default 1,000, at most 10,000).
+    limit: Option<usize>,
+    /// The `x-audit-next` header of the previous page.
+    before: Option<String>,
 }
 
-/// `GET /admin/audit[?prompt=NAME]`
+/// `GET /admin/audit[?prompt=NAME][&limit=N][&before=CURSOR]`: the newest `limit` entries
+/// (oldest first); when there are older ones, the `x-audit-next` header holds the cursor to
+/// pass as `before` for the page before.
 async fn audit(
     State(state): State<AppState>,
     Query(query): Query<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    const MAX_LIMIT: usize = 10_000;
+    let limit = query.limit.unwrap_or(1_000);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(
+            format!("`limit` must be between 1 and {MAX_LIMIT}, not {limit}"),
+            Some("limit".to_owned()),
+        ));
+    }
+    let before = match &query.before {
+        None => None,
+        Some(text) => Some(
+            text.parse::<crate::audit::Cursor>()
+                .map_err(|e| ApiError::bad_request(e, Some("before".to_owned())))?,
+        ),
+    };
     let audit = state.audit.clone();
-    let entries = tokio::task::spawn_blocking(move || audit.read(query.prompt.as_deref()))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(format!("cannot read the audit trail: {e}")))?;
-    Ok(Json(serde_json::to_value(entries).unwrap_or(Value::Null)))
+    let (entries, next) =
+        tokio::task::spawn_blocking(move || audit.page(query.prompt.as_deref(), before, limit))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(format!("cannot read the audit trail: {e}")))?;
+    let mut response = Json(serde_json::to_value(entries).unwrap_or(Value::Null)).into_response();
+    if let Some(next) = next
+        && let Ok(value) = axum::http::HeaderValue::from_str(&next.to_string())
+    {
+        response.headers_mut().insert("x-audit-next", value);
+    }
+    Ok(response)
 }
 
 /// `GET /admin/status`

@@ -325,6 +325,9 @@ fn load_prompt(
             .collect(),
         experiment,
         examples_config: raw_manifest.examples,
+        feedback_metrics: raw_manifest
+            .feedback_metrics
+            .map(|names| names.into_iter().map(|n| n.value).collect()),
         examples,
         example_vectors: Vec::new(),
         versions,

@@ -21,6 +21,9 @@ pub struct RawManifest {
     pub labels: BTreeMap<String, Spanned<u32>>,
     pub experiment: Option<RawExperiment>,
     pub examples: Option<ExamplesConfig>,
+    /// The feedback metrics this prompt accepts (besides `quality_score`); without the key,
+    /// the first `--feedback-metrics-max` names sent are accepted.
+    pub feedback_metrics: Option<Vec<Spanned<String>>>,
 }
 
 /// The `experiment` block, either the seed form (`version_a`, `version_b`, `traffic_split`) or
@@ -207,6 +210,24 @@ pub fn check(
             ),
         ));
     }
+    let mut declared: Vec<&str> = Vec::new();
+    for name in raw.feedback_metrics.iter().flatten() {
+        if !valid_metric_name(&name.value) {
+            problems.push((
+                line_of(name),
+                format!(
+                    "`feedback_metrics` holds `{}`, which is not a valid metric name: use 1 to 64 letters, digits, `_`, `-` and `.`",
+                    name.value
+                ),
+            ));
+        } else if declared.contains(&name.value.as_str()) {
+            problems.push((
+                line_of(name),
+                format!("`feedback_metrics` names `{}` twice", name.value),
+            ));
+        }
+        declared.push(&name.value);
+    }
     let exp = raw.experiment.as_ref()?;
     let before = problems.len();
     let split = match (&exp.version_a, &exp.version_b, &exp.variants) {
@@ -279,6 +300,15 @@ pub fn check(
         split,
         salt: exp.salt.clone(),
     })
+}
+
+/// A feedback metric name: short, and safe as a Prometheus label value and a JSON key.
+pub fn valid_metric_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// A label may be any short name that cannot be mistaken for a version number.
@@ -393,6 +423,34 @@ mod tests {
     fn unknown_strategy_is_refused() {
         let err = parse("examples:\n  strategy: semntic\n").unwrap_err();
         assert_eq!(err.0, Some(2));
+    }
+
+    #[test]
+    fn feedback_metrics_are_checked_with_lines() {
+        let raw = parse("feedback_metrics: [helpful, thumbs_up]\n").unwrap();
+        let names: Vec<&str> = raw
+            .feedback_metrics
+            .iter()
+            .flatten()
+            .map(|n| n.value.as_str())
+            .collect();
+        assert_eq!(names, ["helpful", "thumbs_up"]);
+        let problems = problems_of(
+            "description: x\nfeedback_metrics:\n  - helpful\n  - \"not ok\"\n  - helpful\n",
+            &[1],
+        );
+        assert_eq!(
+            problems,
+            vec![
+                (
+                    Some(4),
+                    "`feedback_metrics` holds `not ok`, which is not a valid metric name: use 1 to 64 letters, digits, `_`, `-` and `.`".into()
+                ),
+                (Some(5), "`feedback_metrics` names `helpful` twice".into()),
+            ]
+        );
+        let err = parse("feedback_metrics: helpful\n").unwrap_err();
+        assert_eq!(err.0, Some(1), "a list is required: {err:?}");
     }
 
     #[test]

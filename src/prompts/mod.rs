@@ -46,6 +46,9 @@ pub struct Prompt {
     pub labels: BTreeMap<String, u32>,
     pub experiment: Option<Experiment>,
     pub examples_config: Option<ExamplesConfig>,
+    /// The feedback metrics declared in the manifest (`None`: any, up to the cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback_metrics: Option<Vec<String>>,
     #[serde(skip)]
     pub examples: Vec<Example>,
     /// Unit vectors of the examples' inputs, for `semantic` and `mmr` (empty otherwise).

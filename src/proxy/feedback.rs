@@ -27,6 +27,16 @@ impl From<FeedbackError> for ApiError {
                 param: Some(format!("metrics.{name}")),
                 code: "invalid_metric",
             },
+            FeedbackError::Undeclared { ref metric, .. } => ApiError::BadRequest {
+                message: err.to_string(),
+                param: Some(format!("metrics.{metric}")),
+                code: "unknown_metric",
+            },
+            FeedbackError::TooManyMetrics { ref metric, .. } => ApiError::BadRequest {
+                message: err.to_string(),
+                param: Some(format!("metrics.{metric}")),
+                code: "too_many_metrics",
+            },
             FeedbackError::Empty => ApiError::BadRequest {
                 message: err.to_string(),
                 param: Some("metrics".to_owned()),
@@ -40,7 +50,10 @@ pub async fn feedback(
     State(state): State<AppState>,
     Json(req): Json<FeedbackRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let recorded = state.recorder.feedback(&req.request_id, &req.metrics)?;
+    let prompts = state.prompts.load();
+    let recorded = state
+        .recorder
+        .feedback(&req.request_id, &req.metrics, &prompts)?;
     Ok(Json(json!({
         "request_id": recorded.request_id,
         "prompt": recorded.prompt,

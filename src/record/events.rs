@@ -79,6 +79,43 @@ enum Message {
     Line(Box<Event>),
     /// Flush everything queued so far, then answer.
     Flush(oneshot::Sender<()>),
+    /// Flush, then hand the position reached (every event queued before this one is in the
+    /// file) to the checkpoint writer.
+    Checkpoint(Box<dyn FnOnce(Position) + Send>),
+}
+
+/// A place in the events history: byte `offset` of segment `segment`. The live file is the
+/// segment that its next rotation will number; rotated segments are `FILE.NNNNNN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+    /// The file's inode, to notice a file replaced by hand (then it is read whole).
+    pub inode: u64,
+}
+
+/// How the writer keeps the file bounded and reports failures.
+#[derive(Clone)]
+pub struct WriterOptions {
+    /// Rotate before a line would take the live file past this size.
+    pub max_bytes: u64,
+    /// Rotated segments kept; older ones are deleted.
+    pub kept: usize,
+    /// The number the live file gets when it is rotated.
+    pub segment: u64,
+    /// Counts failed writes (a full disk): serving goes on, the lines are lost.
+    pub errors: prometheus_client::metrics::counter::Counter,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            max_bytes: u64::MAX,
+            kept: 3,
+            segment: 1,
+            errors: Default::default(),
+        }
+    }
 }
 
 /// The sending side: cheap to clone, never blocks.
@@ -95,11 +132,30 @@ pub enum SendError {
 }
 
 impl EventSink {
-    /// Starts the writer on `path`. Returns the sink and the writer task.
+    /// Starts the writer on `path`, never rotating. Returns the sink and the writer task.
     pub fn start(path: PathBuf) -> std::io::Result<(EventSink, tokio::task::JoinHandle<()>)> {
+        Self::start_with(path, WriterOptions::default())
+    }
+
+    /// Starts the writer on `path` with rotation and error counting.
+    pub fn start_with(
+        path: PathBuf,
+        options: WriterOptions,
+    ) -> std::io::Result<(EventSink, tokio::task::JoinHandle<()>)> {
         let file = open(&path)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let task = tokio::task::spawn_blocking(move || write_loop(path, file, rx));
+        let task = tokio::task::spawn_blocking(move || {
+            Writer {
+                written: file.get_ref().metadata().map(|m| m.len()).unwrap_or(0),
+                file: Some(file),
+                current: identity(&path),
+                path,
+                options,
+                torn: false,
+                last_error_log: None,
+            }
+            .run(rx)
+        });
         Ok((EventSink { tx }, task))
     }
 
@@ -107,10 +163,15 @@ impl EventSink {
     pub fn send(&self, event: Event) -> Result<(), SendError> {
         self.tx
             .try_send(Message::Line(Box::new(event)))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::Full,
-                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-            })
+            .map_err(send_error)
+    }
+
+    /// Queues a checkpoint: `write` runs on the writer's thread with the position that
+    /// follows every event queued before it.
+    pub fn checkpoint(&self, write: Box<dyn FnOnce(Position) + Send>) -> Result<(), SendError> {
+        self.tx
+            .try_send(Message::Checkpoint(write))
+            .map_err(send_error)
     }
 
     /// Waits until every event queued before this call is written and flushed.
@@ -119,6 +180,13 @@ impl EventSink {
         if self.tx.send(Message::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+fn send_error<T>(e: mpsc::error::TrySendError<T>) -> SendError {
+    match e {
+        mpsc::error::TrySendError::Full(_) => SendError::Full,
+        mpsc::error::TrySendError::Closed(_) => SendError::Closed,
     }
 }
 
@@ -150,77 +218,227 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// The path of rotated segment `n` of `path`: `events.jsonl.000007`.
+pub fn segment_path(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n:06}"));
+    PathBuf::from(name)
+}
+
+/// The rotated segments of `path` on disk, oldest first.
+pub fn rotated_segments(path: &Path) -> Vec<(u64, PathBuf)> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_owned(),
+        None => PathBuf::from("."),
+    };
+    let Some(base) = path.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let name = entry.file_name();
+            let digits = name.to_str()?.strip_prefix(base)?.strip_prefix('.')?;
+            if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((digits.parse().ok()?, entry.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// The writer: blocking, on its own thread from the blocking pool.
-fn write_loop(path: PathBuf, file: BufWriter<File>, mut rx: mpsc::Receiver<Message>) {
-    let mut file = Some(file);
-    let mut current = identity(&path);
-    let mut last_check = Instant::now();
-    let mut line = Vec::with_capacity(1024);
-    while let Some(first) = rx.blocking_recv() {
-        let mut flush_waiters = Vec::new();
-        let mut next = Some(first);
-        // Write everything queued, then flush once.
-        while let Some(message) = next.take() {
-            match message {
-                Message::Line(event) => {
-                    line.clear();
-                    if serde_json::to_writer(&mut line, &event).is_ok() {
-                        line.push(b'\n');
-                        if let Some(f) = file.as_mut()
-                            && let Err(e) = f.write_all(&line)
+struct Writer {
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+    current: Option<(u64, u64)>,
+    /// Bytes in the live file.
+    written: u64,
+    options: WriterOptions,
+    /// A write failed part-way: the next line starts on a fresh one.
+    torn: bool,
+    last_error_log: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut last_check = Instant::now();
+        let mut line = Vec::with_capacity(1024);
+        while let Some(first) = rx.blocking_recv() {
+            let mut flush_waiters = Vec::new();
+            let mut next = Some(first);
+            // Write everything queued, then flush once.
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Line(event) => {
+                        line.clear();
+                        if self.torn {
+                            line.push(b'\n');
+                        }
+                        if serde_json::to_writer(&mut line, &event).is_ok() {
+                            line.push(b'\n');
+                            self.write(&line);
+                        }
+                    }
+                    Message::Flush(done) => flush_waiters.push(done),
+                    Message::Checkpoint(write) => {
+                        if self.flush()
+                            && let Some(inode) = self
+                                .file
+                                .as_ref()
+                                .and_then(|f| f.get_ref().metadata().ok().map(|m| m.ino()))
                         {
-                            tracing::error!(file = %path.display(), "cannot write an event: {e}");
+                            write(Position {
+                                segment: self.options.segment,
+                                offset: self.written,
+                                inode,
+                            });
                         }
                     }
                 }
-                Message::Flush(done) => flush_waiters.push(done),
+                next = rx.try_recv().ok();
             }
-            next = rx.try_recv().ok();
-        }
-        if let Some(f) = file.as_mut()
-            && let Err(e) = f.flush()
-        {
-            tracing::error!(file = %path.display(), "cannot flush the events file: {e}");
-        }
-        if last_check.elapsed() >= Duration::from_millis(500) || !flush_waiters.is_empty() {
-            last_check = Instant::now();
-            let now = identity(&path);
-            if now.is_none() || now != current {
-                match open(&path) {
-                    Ok(f) => {
-                        tracing::info!(file = %path.display(), "events file rotated; reopened");
-                        file = Some(f);
-                        current = identity(&path);
-                    }
-                    Err(e) => {
-                        tracing::error!(file = %path.display(), "cannot reopen the events file: {e}")
+            self.flush();
+            if last_check.elapsed() >= Duration::from_millis(500) || !flush_waiters.is_empty() {
+                last_check = Instant::now();
+                let now = identity(&self.path);
+                if now.is_none() || now != self.current {
+                    match open(&self.path) {
+                        Ok(f) => {
+                            tracing::info!(file = %self.path.display(), "events file rotated; reopened");
+                            self.written = f.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
+                            self.file = Some(f);
+                            self.current = identity(&self.path);
+                        }
+                        Err(e) => self.failed("cannot reopen the events file", &e),
                     }
                 }
             }
+            let waited = !flush_waiters.is_empty();
+            for done in flush_waiters {
+                let _ = done.send(());
+            }
+            if !waited {
+                std::thread::sleep(COALESCE);
+            }
         }
-        let waited = !flush_waiters.is_empty();
-        for done in flush_waiters {
-            let _ = done.send(());
+        self.flush();
+    }
+
+    fn write(&mut self, line: &[u8]) {
+        if self.written > 0 && self.written + line.len() as u64 > self.options.max_bytes {
+            self.rotate();
         }
-        if !waited {
-            std::thread::sleep(COALESCE);
+        let Some(f) = self.file.as_mut() else {
+            return;
+        };
+        match f.write_all(line) {
+            Ok(()) => {
+                self.written += line.len() as u64;
+                self.torn = false;
+            }
+            Err(e) => {
+                self.drop_buffer();
+                self.failed("cannot write an event", &e);
+            }
         }
     }
-    if let Some(mut f) = file {
-        let _ = f.flush();
+
+    /// Flushes; false (counted and logged) when the disk refused.
+    fn flush(&mut self) -> bool {
+        let Some(f) = self.file.as_mut() else {
+            return false;
+        };
+        match f.flush() {
+            Ok(()) => true,
+            Err(e) => {
+                self.drop_buffer();
+                self.failed("cannot write to the events file", &e);
+                false
+            }
+        }
+    }
+
+    /// After a failed write the buffered lines are dropped (they are counted as failed), so
+    /// the buffer cannot grow while the disk is full; what reached the file is measured again.
+    fn drop_buffer(&mut self) {
+        if let Some(f) = self.file.take() {
+            let (file, _lost) = f.into_parts();
+            self.written = file.metadata().map(|m| m.len()).unwrap_or(self.written);
+            self.file = Some(BufWriter::with_capacity(256 * 1024, file));
+        }
+        self.torn = true;
+    }
+
+    fn failed(&mut self, what: &str, e: &std::io::Error) {
+        self.options.errors.inc();
+        // A full disk fails every write: say so once a minute, not once a line.
+        if self
+            .last_error_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.last_error_log = Some(Instant::now());
+            tracing::error!(
+                file = %self.path.display(),
+                "{what}: {e}; serving goes on, failed writes are counted in promptgate_state_write_errors_total{{file=\"events\"}}"
+            );
+        }
+    }
+
+    /// Renames the live file to the next segment, deletes segments beyond those kept, and
+    /// starts a new live file.
+    fn rotate(&mut self) {
+        if !self.flush() {
+            return;
+        }
+        let target = segment_path(&self.path, self.options.segment);
+        if let Err(e) = std::fs::rename(&self.path, &target) {
+            self.failed("cannot rotate the events file", &e);
+            return;
+        }
+        self.options.segment += 1;
+        let segments = rotated_segments(&self.path);
+        let excess = segments.len().saturating_sub(self.options.kept);
+        for (_, old) in &segments[..excess] {
+            let _ = std::fs::remove_file(old);
+        }
+        match open(&self.path) {
+            Ok(f) => {
+                self.file = Some(f);
+                self.current = identity(&self.path);
+                self.written = 0;
+                self.torn = false;
+            }
+            Err(e) => {
+                self.file = None;
+                self.failed("cannot open a new events file", &e);
+            }
+        }
     }
 }
 
 /// Reads every event of a file, skipping (and counting) lines that do not parse, such as a
 /// line torn by a crash. Blocking.
-pub fn replay(path: &Path, mut each: impl FnMut(Event)) -> std::io::Result<(u64, u64)> {
+pub fn replay(path: &Path, each: impl FnMut(Event)) -> std::io::Result<(u64, u64)> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
         Err(e) => return Err(e),
     };
+    replay_from(BufReader::new(file), each)
+}
+
+/// [`replay`] from any reader: the parser of the events file, also fed by the fuzzer.
+pub fn replay_from(
+    reader: impl BufRead,
+    mut each: impl FnMut(Event),
+) -> std::io::Result<(u64, u64)> {
     let (mut read, mut skipped) = (0, 0);
-    for line in BufReader::new(file).lines() {
+    for line in reader.lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;

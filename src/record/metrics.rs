@@ -44,6 +44,12 @@ pub struct FeedbackLabels {
     pub metric: String,
 }
 
+/// Which state file a write failed on: `events`, `audit` or `checkpoint`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    pub file: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
     pub model: String,
@@ -83,6 +89,8 @@ pub struct Metrics {
     /// Trace spans not exported: the queue was full or the collector failed.
     pub otel_spans_dropped: Counter,
     pub otel_spans_exported: Counter,
+    /// Failed writes of state files (a full disk); serving goes on.
+    pub write_errors: Family<FileLabel, Counter>,
     /// Prompt-set reloads by result (`ok`, `error`).
     pub reloads: Family<ResultLabel, Counter>,
     /// 1 while the files on disk do not validate (the last good set is serving).
@@ -189,8 +197,15 @@ impl Metrics {
             "Trace spans the collector accepted",
             otel_spans_exported.clone(),
         );
+        let write_errors = Family::<FileLabel, Counter>::default();
+        registry.register(
+            "state_write_errors",
+            "Failed writes of the events file, the audit trail or the statistics checkpoint (a full disk and the like); serving goes on",
+            write_errors.clone(),
+        );
         Metrics {
             registry,
+            write_errors,
             requests,
             latency,
             ttft,

@@ -112,8 +112,18 @@ impl Pricing {
     /// The price of `model`: an exact entry, else the longest entry that `model` extends with
     /// a dated or tagged suffix (`gpt-4o-2024-08-06` → `gpt-4o`).
     pub fn price(&self, model: &str) -> Option<Price> {
-        if let Some(p) = self.models.get(model) {
-            return Some(*p);
+        self.entry(model).map(|(_, p)| *p)
+    }
+
+    /// The metric label for `model`: its entry in the table (`gpt-4o-2024-08-06` → `gpt-4o`),
+    /// or `other`. Label values come only from the table, so clients cannot mint series.
+    pub fn label(&self, model: &str) -> &str {
+        self.entry(model).map_or("other", |(name, _)| name.as_str())
+    }
+
+    fn entry(&self, model: &str) -> Option<(&String, &Price)> {
+        if let Some(entry) = self.models.get_key_value(model) {
+            return Some(entry);
         }
         self.models
             .iter()
@@ -123,7 +133,6 @@ impl Pricing {
                     .is_some_and(|rest| rest.starts_with('-') && is_snapshot_suffix(&rest[1..]))
             })
             .max_by_key(|(name, _)| name.len())
-            .map(|(_, p)| *p)
     }
 
     /// Cost in USD, or `None` for a model without a price (never a made-up number).
@@ -183,6 +192,15 @@ mod tests {
         assert_ne!(pricing.price("gpt-4o-mini"), pricing.price("gpt-4o"));
         assert_eq!(pricing.price("gpt-4o-audio-preview"), None);
         assert_eq!(pricing.cost("my-local-llama", &usage(10, 10, 0)), None);
+    }
+
+    #[test]
+    fn labels_come_from_the_table_only() {
+        let pricing = Pricing::default();
+        assert_eq!(pricing.label("gpt-4o"), "gpt-4o");
+        assert_eq!(pricing.label("gpt-4o-2024-08-06"), "gpt-4o");
+        assert_eq!(pricing.label("my-local-llama"), "other");
+        assert_eq!(pricing.label("gpt-4o-\u{0}evil"), "other");
     }
 
     #[test]

@@ -4,15 +4,16 @@
 //! Built from the same records as the events file, so replaying that file at start rebuilds
 //! them exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use statrs::distribution::{ChiSquared, ContinuousCDF, StudentsT};
 
 use crate::prompts::{Experiment, Split};
 
 /// Latencies kept per variant for percentiles; beyond this, a uniform reservoir sample.
-const LATENCY_SAMPLES: usize = 100_000;
+const LATENCY_SAMPLES: usize = 20_000;
 
 /// Where a request's numbers go: prompt, experiment id ("" when not assigned by an
 /// experiment) and version.
@@ -67,7 +68,9 @@ impl VariantStats {
         if self.latencies.len() < LATENCY_SAMPLES {
             self.latencies.push(latency_ms);
         } else {
-            let slot = fastrand::u64(0..self.latencies_seen) as usize;
+            // The slot is a function of the count, not of a random draw, so replaying the
+            // same events after a restart rebuilds the very same sample.
+            let slot = (splitmix64(self.latencies_seen) % self.latencies_seen) as usize;
             if slot < LATENCY_SAMPLES {
                 self.latencies[slot] = latency_ms;
             }
@@ -130,6 +133,106 @@ impl VariantStats {
     }
 }
 
+/// A well-mixed hash of a counter (SplitMix64's finaliser).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// [`Stats`] as the checkpoint stores it: every float as its bit pattern, so a restart
+/// restores the exact sums, means and samples (a decimal round trip may not).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    variants: Vec<VariantSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VariantSnapshot {
+    prompt: String,
+    experiment: String,
+    version: u32,
+    count: u64,
+    errors: u64,
+    latency_sum_ms: u64,
+    latencies: Vec<u64>,
+    latencies_seen: u64,
+    cost_sum: u64,
+    priced: u64,
+    quality: (u64, u64, u64),
+    feedback_count: u64,
+    other: BTreeMap<String, (u64, u64)>,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut variants: Vec<VariantSnapshot> = self
+            .variants
+            .iter()
+            .map(|((prompt, experiment, version), v)| VariantSnapshot {
+                prompt: prompt.clone(),
+                experiment: experiment.clone(),
+                version: *version,
+                count: v.count,
+                errors: v.errors,
+                latency_sum_ms: v.latency_sum_ms.to_bits(),
+                latencies: v.latencies.iter().map(|x| x.to_bits()).collect(),
+                latencies_seen: v.latencies_seen,
+                cost_sum: v.cost_sum.to_bits(),
+                priced: v.priced,
+                quality: (
+                    v.quality.n,
+                    v.quality.mean.to_bits(),
+                    v.quality.m2.to_bits(),
+                ),
+                feedback_count: v.feedback_count,
+                other: v
+                    .other
+                    .iter()
+                    .map(|(k, (sum, n))| (k.clone(), (sum.to_bits(), *n)))
+                    .collect(),
+            })
+            .collect();
+        variants.sort_by(|a, b| {
+            (&a.prompt, &a.experiment, a.version).cmp(&(&b.prompt, &b.experiment, b.version))
+        });
+        StatsSnapshot { variants }
+    }
+
+    pub fn restore(snapshot: StatsSnapshot) -> Stats {
+        let mut stats = Stats::default();
+        for v in snapshot.variants {
+            let names = stats.metric_names.entry(v.prompt.clone()).or_default();
+            names.extend(v.other.keys().cloned());
+            let variant = VariantStats {
+                count: v.count,
+                errors: v.errors,
+                latency_sum_ms: f64::from_bits(v.latency_sum_ms),
+                latencies: v.latencies.into_iter().map(f64::from_bits).collect(),
+                latencies_seen: v.latencies_seen,
+                cost_sum: f64::from_bits(v.cost_sum),
+                priced: v.priced,
+                quality: Moments {
+                    n: v.quality.0,
+                    mean: f64::from_bits(v.quality.1),
+                    m2: f64::from_bits(v.quality.2),
+                },
+                feedback_count: v.feedback_count,
+                other: v
+                    .other
+                    .into_iter()
+                    .map(|(k, (sum, n))| (k, (f64::from_bits(sum), n)))
+                    .collect(),
+            };
+            stats
+                .variants
+                .insert((v.prompt, v.experiment, v.version), variant);
+        }
+        stats
+    }
+}
+
 /// Two-sided 95% confidence interval of the mean (Student's t).
 pub fn confidence_interval(m: &Moments) -> Option<(f64, f64)> {
     let var = m.variance()?;
@@ -187,9 +290,18 @@ pub fn chi_square(observed: &[u64], shares: &[f64]) -> Option<(f64, f64)> {
 #[derive(Debug, Default)]
 pub struct Stats {
     variants: HashMap<Key, VariantStats>,
+    /// Per prompt, the feedback metric names (other than `quality_score`) it has accepted:
+    /// what `--feedback-metrics-max` counts.
+    metric_names: HashMap<String, BTreeSet<String>>,
 }
 
 impl Stats {
+    /// The feedback metric names (other than `quality_score`) a prompt has accepted so far.
+    pub fn metric_names(&self, prompt: &str) -> &BTreeSet<String> {
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        self.metric_names.get(prompt).unwrap_or(&NONE)
+    }
+
     pub fn add_request(&mut self, key: Key, ok: bool, latency_ms: f64, cost: Option<f64>) {
         self.variants
             .entry(key)
@@ -198,6 +310,13 @@ impl Stats {
     }
 
     pub fn add_feedback(&mut self, key: Key, metrics: &BTreeMap<String, f64>) {
+        let others = metrics.keys().filter(|n| *n != "quality_score");
+        let names = self.metric_names.entry(key.0.clone()).or_default();
+        for name in others {
+            if !names.contains(name) {
+                names.insert(name.clone());
+            }
+        }
         self.variants.entry(key).or_default().add_feedback(metrics);
     }
 
@@ -367,6 +486,40 @@ mod tests {
         assert!(p < 0.001, "a broken split is flagged");
         assert_eq!(chi_square(&[10, 1], &[1.0, 0.0]).unwrap().1, 0.0);
         assert!(chi_square(&[0, 0], &[0.5, 0.5]).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_exact_figures() {
+        let mut stats = Stats::default();
+        for i in 0..(LATENCY_SAMPLES as u64 + 500) {
+            let key = ("p".to_owned(), String::new(), 1 + (i % 2) as u32);
+            stats.add_request(
+                key.clone(),
+                i % 7 != 0,
+                0.1 * i as f64 + 1.0 / 3.0,
+                Some(1e-7 * i as f64),
+            );
+            if i % 3 == 0 {
+                let metrics = BTreeMap::from([
+                    ("quality_score".to_owned(), (i % 10) as f64 / 9.0),
+                    ("helpful".to_owned(), 1.0 / (1 + i) as f64),
+                ]);
+                stats.add_feedback(key, &metrics);
+            }
+        }
+        let json = serde_json::to_string(&stats.snapshot()).unwrap();
+        let restored = Stats::restore(serde_json::from_str(&json).unwrap());
+        assert_eq!(restored.report("p", None), stats.report("p", None));
+        assert_eq!(restored.metric_names("p"), stats.metric_names("p"));
+        // Past the sample size the reservoir is a function of the events alone.
+        let mut again = Stats::default();
+        let mut twice = Stats::default();
+        for i in 0..(LATENCY_SAMPLES as u64 * 2) {
+            let key = ("p".to_owned(), String::new(), 1);
+            again.add_request(key.clone(), true, i as f64, None);
+            twice.add_request(key, true, i as f64, None);
+        }
+        assert_eq!(again.report("p", None), twice.report("p", None));
     }
 
     #[test]
