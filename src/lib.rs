@@ -14,6 +14,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod fewshot;
 pub mod prompts;
@@ -145,7 +146,9 @@ pub fn app(state: AppState) -> Router {
 
 /// The admin API and `/metrics`, for `--admin-listen`.
 pub fn admin_app(state: AppState) -> Router<AppState> {
-    admin::routes(state).route("/metrics", get(metrics))
+    admin::routes(state.clone())
+        .merge(console::routes(state))
+        .route("/metrics", get(metrics))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -91,7 +91,7 @@ fn actor(headers: &HeaderMap, created_by: Option<&str>) -> Actor {
 }
 
 /// Runs blocking file work off the reactor.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WriteError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -102,7 +102,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Picks a write up now. The files are written either way; if the set as a whole does not
 /// validate (another prompt is broken on disk), the answer says the change is not serving yet.
-async fn reload_after_write(state: &AppState, actor: Actor) -> Value {
+pub(crate) async fn reload_after_write(state: &AppState, actor: Actor) -> Value {
     match state.reloader.reload(actor).await {
         Ok(_) => json!({"serving": true}),
         Err(ReloadError::Invalid(problems)) => json!({
@@ -184,16 +184,16 @@ async fn version(
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RenderRequest {
-    version: Option<Value>,
+pub(crate) struct RenderRequest {
+    pub(crate) version: Option<Value>,
     #[serde(default)]
-    variables: Map<String, Value>,
+    pub(crate) variables: Map<String, Value>,
     #[serde(default)]
-    messages: Vec<Value>,
-    user: Option<String>,
-    model: Option<String>,
+    pub(crate) messages: Vec<Value>,
+    pub(crate) user: Option<String>,
+    pub(crate) model: Option<String>,
 }
 
 /// `POST /admin/prompts/{name}/render` → the exact request that would go upstream.
@@ -202,28 +202,7 @@ async fn render(
     Path(name): Path<String>,
     Json(req): Json<RenderRequest>,
 ) -> Result<Response, ApiError> {
-    checked_name(&name)?;
-    let mut prompt = json!({"id": name, "variables": req.variables});
-    if let Some(version) = req.version {
-        prompt["version"] = version;
-    }
-    let mut body = json!({"messages": req.messages, "prompt": prompt});
-    if let Some(model) = req.model {
-        body["model"] = json!(model);
-    }
-    if let Some(user) = req.user {
-        body["user"] = json!(user);
-    }
-    let prompts = state.prompts.load_full();
-    let prepared = request::prepare(
-        &prompts,
-        &state.model,
-        Endpoint::ChatCompletions,
-        &HeaderMap::new(),
-        Bytes::from(body.to_string()),
-        chrono::Utc::now(),
-    )
-    .await?;
+    let prepared = preview(&state, &name, req).await?;
     let sent: Value =
         serde_json::from_slice(&prepared.body).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut response = Json(sent).into_response();
@@ -241,6 +220,37 @@ async fn render(
         }
     }
     Ok(response)
+}
+
+/// The exact request a render preview would send upstream (the admin render and the console
+/// playground).
+pub(crate) async fn preview(
+    state: &AppState,
+    name: &str,
+    req: RenderRequest,
+) -> Result<request::Prepared, ApiError> {
+    checked_name(name)?;
+    let mut prompt = json!({"id": name, "variables": req.variables});
+    if let Some(version) = req.version {
+        prompt["version"] = version;
+    }
+    let mut body = json!({"messages": req.messages, "prompt": prompt});
+    if let Some(model) = req.model {
+        body["model"] = json!(model);
+    }
+    if let Some(user) = req.user {
+        body["user"] = json!(user);
+    }
+    let prompts = state.prompts.load_full();
+    request::prepare(
+        &prompts,
+        &state.model,
+        Endpoint::ChatCompletions,
+        &HeaderMap::new(),
+        Bytes::from(body.to_string()),
+        chrono::Utc::now(),
+    )
+    .await
 }
 
 /// `POST /admin/prompts/{name}/versions` → 201 `{version, hash}`.

@@ -8,6 +8,7 @@
 pub mod events;
 pub mod metrics;
 pub mod pricing;
+pub mod recent;
 pub mod stats;
 pub mod usage;
 
@@ -105,6 +106,8 @@ struct Inner {
     events: Option<EventSink>,
     /// Rate limit for the "events dropped" warning.
     last_drop_warning: Mutex<Option<Instant>>,
+    /// Requests and errors per prompt in the last hour (the console's list).
+    recent: recent::Recent,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,6 +139,7 @@ impl Recorder {
                 }),
                 events,
                 last_drop_warning: Mutex::new(None),
+                recent: recent::Recent::default(),
             }),
         }
     }
@@ -245,6 +249,10 @@ impl Recorder {
             }
             _ => {}
         }
+        if let Some(prompt) = &event.prompt {
+            let ok = event.status < 400 && event.outcome == "ok";
+            self.inner.recent.add(prompt, !ok);
+        }
         let event = Event::Request(Box::new(event));
         self.apply_and_write(event);
     }
@@ -317,6 +325,11 @@ impl Recorder {
         let mut report = lock(&self.inner.stats).report(&prompt.name, exp);
         report["experiment"] = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
         report
+    }
+
+    /// Requests and errors of a prompt in the last hour.
+    pub fn last_hour(&self, prompt: &str) -> (u64, u64) {
+        self.inner.recent.last_hour(prompt)
     }
 
     /// Waits until every queued event is written.
