@@ -32,6 +32,7 @@ unit:
 e2e:
 	$(CARGO) build
 	scripts/e2e.sh target/debug/promptgate
+	scripts/console-e2e.sh target/debug/promptgate
 
 ## The container and Kubernetes files: kustomize renders, schemas validate, flags exist.
 deploy-check:

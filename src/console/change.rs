@@ -269,7 +269,10 @@ pub fn check(state: &AppState, p: &Prompt, draft: &Draft) -> Checked {
             .collect(),
     };
     let (preview, preview_error) = if problems.iter().any(|p| p.field == "template") {
-        (None, None)
+        (
+            None,
+            Some("Fix the template's problems to see the preview.".to_owned()),
+        )
     } else {
         preview(
             p,

@@ -70,6 +70,15 @@ fn num(v: &Value) -> Option<f64> {
     v.as_f64().filter(|x| x.is_finite())
 }
 
+/// A p-value as people read it: three significant digits, or "< 0.001".
+fn p_text(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".to_owned()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
 /// The standard deviation behind a 95% interval of a mean of `n` samples.
 fn sd_from_ci(lo: f64, hi: f64, n: u64) -> Option<f64> {
     if n < 2 {
@@ -257,10 +266,10 @@ fn render(state: &AppState, viewer: &Viewer, p: &Prompt, error: Option<String>) 
             salt => p.experiment.as_ref().and_then(|e| e.salt.clone()).unwrap_or_default(),
             experiment_id => report["experiment_id"].as_str(),
             rows => rows, chart => chart(&rows, winner),
-            p_value => num(&comparison["p_value"]), winner => winner,
+            p_value => num(&comparison["p_value"]).map(p_text), winner => winner,
             needed => needed,
             srm_mismatch => srm["mismatch"].as_bool().unwrap_or(false),
-            srm_p => num(&srm["p_value"]), srm_note => srm["note"].as_str(),
+            srm_p => num(&srm["p_value"]).map(p_text), srm_note => srm["note"].as_str(),
             weights => weights(p), error => error,
             write_block => write_block(state, viewer),
         },
@@ -363,7 +372,7 @@ struct Running {
     summary: String,
     requests: u64,
     winner: Option<String>,
-    p_value: Option<f64>,
+    p_value: Option<String>,
     srm_mismatch: bool,
 }
 
@@ -386,7 +395,7 @@ pub async fn overview(
                     .map(|v| v.values().filter_map(|v| v["count"].as_u64()).sum())
                     .unwrap_or(0),
                 winner: report["comparison"]["winner"].as_str().map(str::to_owned),
-                p_value: num(&report["comparison"]["p_value"]),
+                p_value: num(&report["comparison"]["p_value"]).map(p_text),
                 srm_mismatch: report["srm"]["mismatch"].as_bool().unwrap_or(false),
             })
         })

@@ -6,6 +6,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::session::Viewer;
 use super::{PageError, page, short_time};
@@ -63,28 +64,54 @@ fn describe(e: &Entry) -> (String, Option<String>) {
             },
         ),
         "labels_changed" => (
-            format!(
-                "labels → {}",
-                e.value
-                    .as_ref()
-                    .map_or("none".to_owned(), ToString::to_string)
-            ),
+            format!("labels → {}", labels_text(e.value.as_ref())),
             Some(base),
         ),
         "experiment_changed" => (
-            format!(
-                "experiment → {}",
-                e.value
-                    .as_ref()
-                    .filter(|v| !v.is_null())
-                    .map_or("ended".to_owned(), ToString::to_string)
-            ),
+            format!("experiment → {}", experiment_text(e.value.as_ref())),
             Some(format!("{base}/experiment")),
         ),
         "prompt_added" => ("prompt added".to_owned(), Some(base)),
         "prompt_removed" => ("prompt removed".to_owned(), None),
         other => (other.replace('_', " "), Some(base)),
     }
+}
+
+/// `stable → v2, canary → v3`
+fn labels_text(value: Option<&Value>) -> String {
+    match value.and_then(Value::as_object) {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(k, v)| format!("{k} → v{v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".to_owned(),
+    }
+}
+
+/// `v2 50% · v3 50%`, as the manifest's experiment block reads.
+fn experiment_text(value: Option<&Value>) -> String {
+    let Some(v) = value.filter(|v| !v.is_null()) else {
+        return "ended".to_owned();
+    };
+    let mut parts: Vec<String> = match (v.get("variants"), v.get("version_a")) {
+        (Some(Value::Array(variants)), _) => variants
+            .iter()
+            .map(|x| format!("v{} {}%", x["version"], x["weight"]))
+            .collect(),
+        (_, Some(a)) => {
+            let split = v["traffic_split"].as_f64().unwrap_or(0.0);
+            vec![
+                format!("v{a} {}%", ((1.0 - split) * 100.0).round()),
+                format!("v{} {}%", v["version_b"], (split * 100.0).round()),
+            ]
+        }
+        _ => vec![v.to_string()],
+    };
+    if let Some(salt) = v.get("salt").and_then(Value::as_str) {
+        parts.push(format!("salt {salt}"));
+    }
+    parts.join(" · ")
 }
 
 /// `GET /console/audit?prompt=&actor=`
@@ -144,4 +171,50 @@ pub async fn page_get(
             prompt => query.prompt, actor => query.actor,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(action: &str, value: Option<Value>) -> Entry {
+        Entry {
+            time: "2026-12-03T08:00:00.000Z".into(),
+            actor: "ana".into(),
+            source: "console".into(),
+            action: action.into(),
+            prompt: "support".into(),
+            version: Some(3),
+            hash: None,
+            previous_hash: None,
+            from_version: Some(2),
+            to_version: Some(1),
+            value,
+        }
+    }
+
+    #[test]
+    fn entries_read_as_sentences_with_their_diff() {
+        let (what, link) = describe(&entry("version_added", None));
+        assert_eq!(what, "added v3");
+        assert_eq!(
+            link.as_deref(),
+            Some("/console/prompts/support/diff?a=2&b=3")
+        );
+        let (what, link) = describe(&entry("active_changed", None));
+        assert_eq!(what, "active v2 → v1");
+        assert_eq!(
+            link.as_deref(),
+            Some("/console/prompts/support/diff?a=2&b=1")
+        );
+        let (what, _) = describe(&entry("labels_changed", Some(json!({"stable": 2}))));
+        assert_eq!(what, "labels → stable → v2");
+        let exp = json!({"variants": [{"version": 1, "weight": 70}, {"version": 2, "weight": 30}], "salt": "s"});
+        let (what, _) = describe(&entry("experiment_changed", Some(exp)));
+        assert_eq!(what, "experiment → v1 70% · v2 30% · salt s");
+        let ab = json!({"version_a": 1, "version_b": 2, "traffic_split": 0.25});
+        assert_eq!(experiment_text(Some(&ab)), "v1 75% · v2 25%");
+        assert_eq!(experiment_text(Some(&Value::Null)), "ended");
+    }
 }
