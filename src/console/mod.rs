@@ -233,7 +233,8 @@ fn find(
 
 /// Whether the prompts folder can be written. A folder without write permission bits (a
 /// ConfigMap or git-sync mount, or one made read-only on purpose) counts as read-only even for
-/// root, and so does one where a probe file cannot be created.
+/// root, and so does one on a read-only filesystem. Nothing is written to find out: a probe file
+/// would wake the watcher and reload the whole set.
 fn folder_writable(dir: &std::path::Path) -> bool {
     let Ok(meta) = std::fs::metadata(dir) else {
         return false;
@@ -241,20 +242,13 @@ fn folder_writable(dir: &std::path::Path) -> bool {
     if meta.permissions().readonly() {
         return false;
     }
-    let probe = dir.join(format!(
-        ".promptgate-console-probe-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
+    #[cfg(unix)]
     {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            true
-        }
-        Err(_) => false,
+        rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
+    }
+    #[cfg(not(unix))]
+    {
+        true
     }
 }
 
