@@ -841,3 +841,83 @@ async fn the_list_filters_by_search_and_tag() {
     let html = c.page("/console/?q=nothing-like-this").await;
     assert!(html.contains("No prompts match."));
 }
+
+#[tokio::test]
+async fn the_playground_lists_the_examples_it_picks() {
+    let dir = prompts();
+    write(
+        dir.path(),
+        "faq/v1.prompt",
+        "You answer questions for Acme.",
+    );
+    write(
+        dir.path(),
+        "faq/prompt.yaml",
+        "examples: {strategy: quality, count: 2, format: messages}\n",
+    );
+    write(
+        dir.path(),
+        "faq/examples.jsonl",
+        "{\"input\": \"How do I reset my password?\", \"output\": \"Use the <reset> link.\", \"quality_score\": 0.9}\n\
+         {\"input\": \"Can I pay by invoice?\", \"output\": \"Yes, on the annual plan.\", \"quality_score\": 0.8}\n\
+         {\"input\": \"Low quality\", \"output\": \"meh\", \"quality_score\": 0.1}\n",
+    );
+    let c = Console::signed_in(dir.path()).await;
+    let resp = c
+        .post(
+            "/console/prompts/faq/playground",
+            &[("message", "password?"), ("action", "preview")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("Examples it picks"));
+    assert!(html.contains("How do I reset my password?"));
+    assert!(html.contains("Use the &lt;reset&gt; link."));
+    assert!(html.contains("Can I pay by invoice?"));
+    assert!(!html.contains("Low quality"));
+}
+
+#[tokio::test]
+async fn a_sample_ratio_mismatch_is_a_clear_warning() {
+    let dir = prompts();
+    let c = Console::signed_in(dir.path()).await;
+    let experiment = c
+        .app
+        .server
+        .state()
+        .prompts
+        .load()
+        .get("ab")
+        .unwrap()
+        .experiment
+        .clone()
+        .unwrap();
+    // Only users the 50/50 split sends to v1: a broken split, as the check sees it.
+    let users: Vec<String> = (0..2000)
+        .map(|i| format!("user-{i}"))
+        .filter(|u| promptgate::select::assign("ab", &experiment, Some(u)) == 1)
+        .take(60)
+        .collect();
+    for user in &users {
+        let resp = c
+            .app
+            .post_json(
+                "/v1/chat/completions",
+                &json!({"model": "echo", "user": user, "messages": [{"role": "user", "content": "hi"}],
+                        "prompt": {"id": "ab"}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let html = c.page("/console/prompts/ab/experiment").await;
+    assert!(html.contains("id=\"srm\""), "{html}");
+    assert!(html.contains("Sample ratio mismatch"));
+    assert!(
+        c.page("/console/experiments")
+            .await
+            .contains("sample ratio mismatch")
+    );
+}
