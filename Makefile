@@ -43,4 +43,5 @@ deploy-check:
 ## criterion micro-benchmarks.
 bench: models
 	bench/run.sh
+	bench/console.sh target/release/promptgate
 	$(CARGO) bench

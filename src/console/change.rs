@@ -560,7 +560,7 @@ impl LabelForm {
                 viewer,
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "`{}` is not a valid label: use lowercase letters, digits, `_`, `-` and `.`",
+                    "`{}` is not a valid label: use letters, digits, `_`, `-` and `.` (up to 64, not only digits)",
                     self.label
                 ),
             ));
