@@ -6,8 +6,8 @@
 //! [`proxy::forward`] sends it upstream → [`proxy::relay`] streams the answer back →
 //! [`record`] records the request.
 //! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
-//! the files change, recording each change in the [`audit`] trail; [`admin`] is the admin API;
-//! [`record`] holds the metrics. [`server`] runs the listeners and shutdown; [`cli`] is the
+//! the files change, recording each change in the [`audit`] trail; [`admin`] is the admin API
+//! and [`console`] the web console beside it; [`record`] holds the metrics. [`server`] runs the listeners and shutdown; [`cli`] is the
 //! command line.
 
 pub mod admin;
