@@ -14,6 +14,7 @@ fn event(i: u64) -> RequestEvent {
     RequestEvent {
         time: "2026-11-25T00:00:00.000Z".into(),
         request_id: format!("req-{i}"),
+        upstream_request_id: None,
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
         prompt: Some("customer_support".into()),
@@ -23,7 +24,7 @@ fn event(i: u64) -> RequestEvent {
         experiment: Some("a1b2c3d4".into()),
         model: Some("gpt-4o-2024-08-06".into()),
         status: 200,
-        outcome: "ok".into(),
+        outcome: promptgate::record::Outcome::Ok,
         stream: false,
         latency_ms: 420.0 + (i % 100) as f64,
         ttft_ms: None,

@@ -1,18 +1,19 @@
 //! The command line: `serve`, `validate`, `render`. Every `serve` flag is also an environment
 //! variable `PROMPTGATE_<FLAG>`.
 
+use std::borrow::Cow;
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue};
-use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 
 use crate::config::{Config, Upstream};
 use crate::prompts;
+use crate::proxy::parse::{self, PromptRef};
 use crate::proxy::request::{self, Endpoint};
 
 #[derive(Debug, Parser)]
@@ -159,6 +160,13 @@ struct ServeArgs {
         value_name = "N"
     )]
     feedback_window: usize,
+    /// Export a trace span per request and per upstream call over OTLP/HTTP (protobuf) to this
+    /// collector (`http://collector:4318`; `/v1/traces` is added). Without it, the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` turn tracing on;
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` and `OTEL_SERVICE_NAME` are
+    /// honoured. Off by default.
+    #[arg(long, env = "PROMPTGATE_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -258,6 +266,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         state_dir: args.state_dir,
         embedding_model: args.model.embedding_model,
         onnxruntime: args.model.onnxruntime,
+        otlp: crate::otel::OtlpConfig::from_flag_and_env(args.otlp_endpoint.as_deref()),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -281,7 +290,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not into a log file.
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -369,26 +380,42 @@ fn render(args: &RenderArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut prompt = json!({"id": args.name, "variables": variables});
-    if let Some(version) = &args.version {
-        prompt["version"] = json!(version);
-    }
-    let mut messages = Vec::new();
-    if let Some(message) = &args.message {
-        messages.push(json!({"role": "user", "content": message}));
-    }
-    let mut body = json!({"model": args.model, "messages": messages, "prompt": prompt});
-    if let Some(user) = &args.user {
-        body["user"] = json!(user);
-    }
-    let mut headers = HeaderMap::new();
-    if let Some(user) = args
-        .user
+    let version = match args
+        .version
         .as_deref()
-        .and_then(|u| HeaderValue::from_str(u).ok())
+        .map(|v| parse::version_ref(&json!(v)))
     {
-        headers.insert("x-user-id", user);
+        None => None,
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let reference = PromptRef {
+        name: args.name.clone(),
+        version,
+        variables,
+        examples: None,
+    };
+    let messages = match &args.message {
+        Some(message) => json!([{"role": "user", "content": message}]),
+        None => json!([]),
+    };
+    let raw = |v: &Value| serde_json::value::to_raw_value(v).expect("a JSON value serialises");
+    let (model, messages, user) = (
+        raw(&json!(args.model)),
+        raw(&messages),
+        args.user.as_ref().map(|u| raw(&json!(u))),
+    );
+    let mut fields = vec![
+        (Cow::Borrowed("model"), model.as_ref()),
+        (Cow::Borrowed("messages"), messages.as_ref()),
+    ];
+    if let Some(user) = &user {
+        fields.push((Cow::Borrowed("user"), user.as_ref()));
     }
+    let body = parse::Body::from_fields(fields);
     let runtime = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -396,12 +423,13 @@ fn render(args: &RenderArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let prepared = runtime.block_on(request::prepare(
+    let prepared = runtime.block_on(request::apply(
         &set,
         &slot,
         Endpoint::ChatCompletions,
-        &headers,
-        Bytes::from(body.to_string()),
+        &body,
+        &reference,
+        args.user.as_deref(),
         chrono::Utc::now(),
     ));
     match prepared {

@@ -9,6 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::prompts::RenderError;
+use crate::proxy::ReadError;
+use crate::proxy::forward::UpstreamError;
+use crate::proxy::inject::InjectError;
+use crate::proxy::parse::ParseError;
 use crate::select::SelectError;
 
 /// An error that ends a request before anything reached the client.
@@ -32,6 +36,8 @@ pub enum ApiError {
     NotFoundResource { message: String, code: &'static str },
     #[error("no route for `{method} {path}`")]
     NotFound { method: String, path: String },
+    #[error("method `{method}` is not allowed on `{path}`")]
+    MethodNotAllowed { method: String, path: String },
     #[error("upstream `{url}` is unreachable: {reason}")]
     UpstreamUnreachable { url: String, reason: String },
     #[error("upstream `{url}` did not answer within {seconds} s")]
@@ -86,6 +92,11 @@ impl ApiError {
                 "invalid_request_error",
                 "unknown_url",
             ),
+            ApiError::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
             ApiError::UpstreamUnreachable { .. } => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
@@ -115,6 +126,11 @@ impl ApiError {
                 "internal_error",
             ),
         }
+    }
+
+    /// The OpenAI `code` this error is answered with (`missing_variables`, …).
+    pub fn code(&self) -> &'static str {
+        self.parts().2
     }
 
     /// The HTTP status this error is answered with.
@@ -214,6 +230,52 @@ impl From<RenderError> for ApiError {
             message: err.to_string(),
             param: Some("prompt.variables".to_owned()),
             code,
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::TooLarge { limit } => ApiError::PayloadTooLarge { limit },
+            ReadError::Failed(_) => ApiError::bad_request(err.to_string(), None),
+        }
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(err: ParseError) -> Self {
+        let param = match &err {
+            ParseError::Json { .. } | ParseError::NotAnObject => None,
+            ParseError::PromptJson { .. } => Some("prompt".to_owned()),
+            ParseError::Field { param, .. } => Some(param.clone()),
+            ParseError::Header { header, .. } => Some((*header).to_owned()),
+        };
+        ApiError::bad_request(err.to_string(), param)
+    }
+}
+
+impl From<InjectError> for ApiError {
+    fn from(err: InjectError) -> Self {
+        match err {
+            InjectError::MessagesNotArray => {
+                ApiError::bad_request(err.to_string(), Some("messages".to_owned()))
+            }
+        }
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(err: UpstreamError) -> Self {
+        match err {
+            UpstreamError::Unreachable { url, reason } => {
+                ApiError::UpstreamUnreachable { url, reason }
+            }
+            UpstreamError::Timeout { url, seconds } => ApiError::UpstreamTimeout { url, seconds },
+            UpstreamError::ClientBody(_) => ApiError::bad_request(err.to_string(), None),
+            UpstreamError::BadApiKey => {
+                ApiError::Internal("the upstream API key is not a valid header value".into())
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
 //! promptgate: an OpenAI-compatible proxy that injects managed, versioned prompts.
 //!
 //! A request's path through the code:
-//! [`proxy`] reads it → [`proxy::request`] parses the prompt reference, [`select`] chooses the
-//! version, [`fewshot`] picks the examples, [`prompts`] renders it and the body is rewritten →
+//! [`proxy`] reads it → [`proxy::parse`] reads the prompt reference, [`select`] chooses the
+//! version, [`fewshot`] picks the examples, [`prompts`] renders it and [`proxy::inject`]
+//! rewrites the body (the phases in [`proxy::request`]) →
 //! [`proxy::forward`] sends it upstream → [`proxy::relay`] streams the answer back →
 //! [`record`] records the request.
 //! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
@@ -17,6 +18,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod fewshot;
+pub mod otel;
 pub mod prompts;
 pub mod proxy;
 pub mod record;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub recorder: record::Recorder,
     /// The embedding model, loaded when a prompt needs it.
     pub model: Arc<fewshot::ModelSlot>,
+    /// Trace export, with `--otlp-endpoint`.
+    pub telemetry: Option<otel::Telemetry>,
     /// The events writer, joined at shutdown.
     pub events_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -100,6 +104,15 @@ impl AppState {
             })?;
             tracing::info!(events = read, skipped, file = %path.display(), "statistics rebuilt from the events file");
         }
+        let telemetry = match &config.otlp {
+            Some(otlp) => {
+                let (telemetry, _task) =
+                    otel::Telemetry::start(otlp, metrics.clone(), config.log_content)?;
+                tracing::info!(endpoint = ?otlp.endpoint, "exporting traces over OTLP/HTTP");
+                Some(telemetry)
+            }
+            None => None,
+        };
         let prompts = Arc::new(ArcSwap::from_pointee(prompts));
         let reloader = reload::Reloader::start(
             reload::Target {
@@ -121,6 +134,7 @@ impl AppState {
             reloader,
             recorder,
             model,
+            telemetry,
             events_task: Arc::new(std::sync::Mutex::new(events_task)),
         })
     }
@@ -130,10 +144,45 @@ impl AppState {
 /// the admin API and metrics.
 pub fn app(state: AppState) -> Router {
     let router = Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/responses", post(proxy::responses))
+        // Other methods on the injecting paths (`GET /v1/chat/completions` lists stored
+        // completions) are forwarded like every other `/v1/` call.
+        .route(
+            "/v1/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::passthrough),
+        )
+        .route(
+            "/v1/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
         .route("/v1/feedback", post(proxy::feedback::feedback))
         .route("/v1/{*rest}", any(proxy::passthrough))
+        // Base URLs without `/v1` (the rest of OpenAI's paths: see `fallback`).
+        .route(
+            "/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::passthrough),
+        )
+        .route(
+            "/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
+        // Azure OpenAI clients: deployment paths and the `/openai/v1/` API.
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::passthrough),
+        )
+        .route(
+            "/openai/v1/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::passthrough),
+        )
+        .route(
+            "/openai/v1/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
+        .route(
+            "/openai/responses",
+            post(proxy::responses).fallback(proxy::passthrough),
+        )
+        .route("/openai/{*rest}", any(proxy::passthrough))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let router = if state.config.admin_listen.is_none() {
@@ -141,7 +190,10 @@ pub fn app(state: AppState) -> Router {
     } else {
         router
     };
-    router.fallback(not_found).with_state(state)
+    router
+        .fallback(fallback)
+        .method_not_allowed_fallback(proxy::method_not_allowed)
+        .with_state(state)
 }
 
 /// The admin API and `/metrics`, for `--admin-listen`.
@@ -149,6 +201,7 @@ pub fn admin_app(state: AppState) -> Router<AppState> {
     admin::routes(state.clone())
         .merge(console::routes(state))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(proxy::method_not_allowed)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -182,6 +235,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// OpenAI's paths from a base URL without `/v1` are forwarded; anything else is a 404.
+async fn fallback(State(state): State<AppState>, req: Request) -> Response {
+    if proxy::is_openai_path(req.uri().path()) {
+        return proxy::passthrough(State(state), req).await;
+    }
+    not_found(req).await
 }
 
 async fn not_found(req: Request) -> Response {

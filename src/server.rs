@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -87,6 +88,13 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let serve = |listener: TcpListener, router: axum::Router| {
             let mut stopped = stopped.clone();
+            // Without TCP_NODELAY, a body written after its head waits for the client's
+            // delayed ACK (~40 ms) whenever upstream sends the two in separate segments.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+            });
             tokio::spawn(async move {
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
@@ -137,6 +145,9 @@ impl Server {
                 }
                 // Every request has finished; write out what they recorded.
                 self.state.recorder.flush().await;
+                if let Some(telemetry) = &self.state.telemetry {
+                    telemetry.flush(Duration::from_secs(5)).await;
+                }
                 tracing::info!("stopped");
             }
             Err(_) => {

@@ -253,7 +253,9 @@ async fn requests_never_fail_during_repeated_reloads() {
         }));
     }
     for i in 0..25 {
-        write(
+        // Saved by rename: a plain write truncates first, and a reload that reads the empty
+        // file in between would serve it (correctly) — not what this test is about.
+        write_atomic(
             dir.path(),
             "greet/v1.prompt",
             &format!("Edit {i} for {{{{ name }}}}."),

@@ -8,19 +8,22 @@
 pub mod auth;
 pub mod write;
 
+use std::borrow::Cow;
+
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::audit::Actor;
 use crate::error::{ApiError, Json};
 use crate::prompts::{Prompt, valid_prompt_name};
+use crate::proxy::parse::{self, PromptRef};
 use crate::proxy::request::{self, Endpoint};
 use crate::reload::ReloadError;
 use write::{NewVersion, WriteError};
@@ -190,8 +193,8 @@ pub(crate) struct RenderRequest {
     pub(crate) version: Option<Value>,
     #[serde(default)]
     pub(crate) variables: Map<String, Value>,
-    #[serde(default)]
-    pub(crate) messages: Vec<Value>,
+    /// Kept as the client wrote them, as a proxied request's are.
+    pub(crate) messages: Option<Box<RawValue>>,
     pub(crate) user: Option<String>,
     pub(crate) model: Option<String>,
 }
@@ -203,9 +206,14 @@ async fn render(
     Json(req): Json<RenderRequest>,
 ) -> Result<Response, ApiError> {
     let prepared = preview(&state, &name, req).await?;
-    let sent: Value =
-        serde_json::from_slice(&prepared.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut response = Json(sent).into_response();
+    let mut response = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        prepared.body,
+    )
+        .into_response();
     if let Some(served) = prepared.served {
         let h = response.headers_mut();
         for (k, v) in [
@@ -230,24 +238,49 @@ pub(crate) async fn preview(
     req: RenderRequest,
 ) -> Result<request::Prepared, ApiError> {
     checked_name(name)?;
-    let mut prompt = json!({"id": name, "variables": req.variables});
-    if let Some(version) = req.version {
-        prompt["version"] = version;
+    let reference = PromptRef {
+        version: match &req.version {
+            Some(v) => parse::version_ref(v)?,
+            None => None,
+        },
+        name: name.to_owned(),
+        variables: req.variables,
+        examples: None,
+    };
+    let empty =
+        RawValue::from_string("[]".to_owned()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let model = req
+        .model
+        .as_ref()
+        .map(serde_json::value::to_raw_value)
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let user = req
+        .user
+        .as_ref()
+        .map(serde_json::value::to_raw_value)
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut fields = Vec::new();
+    if let Some(model) = &model {
+        fields.push((Cow::Borrowed("model"), model.as_ref()));
     }
-    let mut body = json!({"messages": req.messages, "prompt": prompt});
-    if let Some(model) = req.model {
-        body["model"] = json!(model);
+    fields.push((
+        Cow::Borrowed("messages"),
+        req.messages.as_deref().unwrap_or(&empty),
+    ));
+    if let Some(user) = &user {
+        fields.push((Cow::Borrowed("user"), user.as_ref()));
     }
-    if let Some(user) = req.user {
-        body["user"] = json!(user);
-    }
+    let body = parse::Body::from_fields(fields);
     let prompts = state.prompts.load_full();
-    request::prepare(
+    request::apply(
         &prompts,
         &state.model,
         Endpoint::ChatCompletions,
-        &HeaderMap::new(),
-        Bytes::from(body.to_string()),
+        &body,
+        &reference,
+        req.user.as_deref(),
         chrono::Utc::now(),
     )
     .await

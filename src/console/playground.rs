@@ -90,10 +90,12 @@ pub async fn upstream_request(
         .get("user")
         .map(|u| u.trim().to_owned())
         .filter(|u| !u.is_empty());
+    let messages = serde_json::value::to_raw_value(&json!([{"role": "user", "content": message}]))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let request = RenderRequest {
         version,
         variables,
-        messages: vec![json!({"role": "user", "content": message})],
+        messages: Some(messages),
         user,
         model: None,
     };
@@ -117,7 +119,7 @@ pub async fn upstream_request(
         version: served.version,
         hash: served.hash,
         selection: served.selection.as_str().to_owned(),
-        experiment: served.experiment,
+        experiment: served.experiment.map(|e| e.to_string()),
         examples,
     })
 }
@@ -161,11 +163,11 @@ async fn send(state: AppState, mut body: Value, tx: mpsc::Sender<Said>) {
     let upstream = match sent {
         Ok(u) => u,
         Err(e) => {
-            let message = e.body()["error"]["message"]
-                .as_str()
-                .unwrap_or("upstream failed")
-                .to_owned();
-            let _ = tx.send(Said::Error { message }).await;
+            let _ = tx
+                .send(Said::Error {
+                    message: e.to_string(),
+                })
+                .await;
             return;
         }
     };

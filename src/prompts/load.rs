@@ -242,6 +242,7 @@ fn load_prompt(
                 created_by: raw.front.created_by,
                 created_at: raw.front.created_at,
                 notes: raw.front.notes,
+                client_system: raw.front.client_system.unwrap_or_default(),
                 template: raw.body,
                 declared,
                 uses: compiled.uses,
@@ -300,7 +301,11 @@ fn load_prompt(
         .active
         .map(|a| a.value)
         .or_else(|| numbers.last().copied())?;
+    let experiment_id = experiment
+        .as_ref()
+        .map(|e| Arc::from(crate::record::experiment_id(e)));
     Some(Prompt {
+        experiment_id,
         name: name.to_owned(),
         description: raw_manifest.description.unwrap_or_default(),
         tags: raw_manifest.tags,

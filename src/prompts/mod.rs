@@ -25,6 +25,7 @@ pub use load::{Overlay, check_prompt, load, valid_prompt_name};
 pub use manifest::{ExamplesConfig, ExamplesFormat, Experiment, Split, Strategy, Variant};
 pub use problem::{Problem, Problems};
 pub use template::{Builtins, RenderError};
+pub use version::ClientSystem;
 
 /// Every prompt of a folder, validated and compiled. Immutable: a reload builds a new one.
 pub struct PromptSet {
@@ -52,6 +53,16 @@ pub struct Prompt {
     pub example_vectors: Vec<Arc<[f32]>>,
     #[serde(skip)]
     pub versions: BTreeMap<u32, Version>,
+    /// The experiment's id ([`crate::record::experiment_id`]), computed once at load.
+    #[serde(skip)]
+    pub experiment_id: Option<Arc<str>>,
+}
+
+impl Prompt {
+    /// The id of the running experiment, shared.
+    pub fn experiment_id(&self) -> Option<Arc<str>> {
+        self.experiment_id.clone()
+    }
 }
 
 /// One version of a prompt.
@@ -68,6 +79,8 @@ pub struct Version {
     pub created_by: Option<String>,
     pub created_at: Option<String>,
     pub notes: Option<String>,
+    /// How the rendered prompt meets the client's own system message (SPEC §1).
+    pub client_system: ClientSystem,
     #[serde(skip)]
     pub template: String,
     #[serde(skip)]
@@ -82,6 +95,11 @@ impl Version {
     /// True when the template places `{{ examples }}` itself.
     pub fn places_examples(&self) -> bool {
         self.uses.contains("examples")
+    }
+
+    /// True when the template reads the variable `name` (a built-in like `today` included).
+    pub fn reads(&self, name: &str) -> bool {
+        self.uses.contains(name)
     }
 }
 

@@ -8,8 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::forward::{OutBody, UpstreamResponse};
-use crate::error::ApiError;
+use super::forward::{OutBody, UpstreamError, UpstreamResponse};
 
 /// Characters of assistant text per streamed chunk.
 const CHUNK_CHARS: usize = 48;
@@ -18,13 +17,21 @@ pub async fn answer(
     method: &Method,
     path_and_query: &str,
     body: OutBody,
-) -> Result<UpstreamResponse, ApiError> {
+) -> Result<UpstreamResponse, UpstreamError> {
     let path = path_and_query.split('?').next().unwrap_or_default();
+    // Azure OpenAI's paths (`/openai/deployments/{d}/chat/completions`, `/openai/v1/responses`)
+    // end like OpenAI's.
+    let path = match path.strip_prefix('/') {
+        Some(azure) if azure.ends_with("/chat/completions") => "chat/completions",
+        Some(azure) if azure.ends_with("/responses") || azure == "openai/responses" => "responses",
+        Some(azure) if azure.ends_with("/models") => "models",
+        _ => path,
+    };
     let bytes = match body {
         OutBody::Full(bytes) => bytes,
         OutBody::Stream(body) => axum::body::to_bytes(body, 16 * 1024 * 1024)
             .await
-            .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}"), None))?,
+            .map_err(|e| UpstreamError::ClientBody(e.to_string()))?,
     };
     match (method.as_str(), path) {
         ("POST", "chat/completions") => Ok(chat(&bytes)),

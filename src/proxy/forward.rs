@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use super::echo;
 use crate::config::{Config, Upstream};
-use crate::error::ApiError;
 
 /// A failure while the response body was streaming.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,10 +44,26 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Why a request did not get an answer from upstream.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection (refused, no route, or not within `--connect-timeout`), or the
+    /// connection failed before an answer: 502.
+    #[error("upstream `{url}` is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// Connected, but no answer within `--upstream-timeout`: 504.
+    #[error("upstream `{url}` did not answer within {seconds} s")]
+    Timeout { url: String, seconds: f64 },
+    #[error("the upstream API key is not a valid header value")]
+    BadApiKey,
+    /// The client's body could not be read while it was being sent.
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
+}
+
 /// Headers of ours, or recomputed for the upstream hop, that are never forwarded.
-const NOT_FORWARDED: [&str; 6] = [
+const NOT_FORWARDED: [&str; 5] = [
     "host",
-    "content-length",
     // Responses must stay readable for usage and stream handling; compression is for the
     // upstream hop's own negotiation, not the client's.
     "accept-encoding",
@@ -59,6 +74,11 @@ const NOT_FORWARDED: [&str; 6] = [
 
 /// Copies `src` without hop-by-hop headers (and those the `Connection` header names).
 pub fn end_to_end_headers(src: &HeaderMap) -> HeaderMap {
+    copy_headers(src, &[])
+}
+
+/// Copies `src` without hop-by-hop headers, those the `Connection` header names and `skip`.
+fn copy_headers(src: &HeaderMap, skip: &[&str]) -> HeaderMap {
     let named: Vec<String> = src
         .get_all(header::CONNECTION)
         .iter()
@@ -69,7 +89,7 @@ pub fn end_to_end_headers(src: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(src.len());
     for (name, value) in src {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || named.iter().any(|c| c == n) {
+        if HOP_BY_HOP.contains(&n) || skip.contains(&n) || named.iter().any(|c| c == n) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -85,7 +105,7 @@ pub async fn send(
     path_and_query: &str,
     headers: &HeaderMap,
     body: OutBody,
-) -> Result<UpstreamResponse, ApiError> {
+) -> Result<UpstreamResponse, UpstreamError> {
     let base = match &config.upstream {
         Upstream::Echo => return echo::answer(&method, path_and_query, body).await,
         Upstream::Url(base) => base,
@@ -96,36 +116,53 @@ pub async fn send(
         Some((path, query)) => (path, Some(query)),
         None => (path_and_query, None),
     };
-    url.set_path(&format!("{}/{path}", base.path().trim_end_matches('/')));
-    url.set_query(query);
-    let mut out = end_to_end_headers(headers);
-    for name in NOT_FORWARDED {
-        out.remove(name);
+    if path.starts_with('/') {
+        // Azure OpenAI's `/openai/…` paths: from the upstream's origin.
+        url.set_path(path);
+    } else {
+        let mut full_path = String::with_capacity(base.path().len() + path.len() + 1);
+        full_path.push_str(base.path().trim_end_matches('/'));
+        full_path.push('/');
+        full_path.push_str(path);
+        url.set_path(&full_path);
     }
+    url.set_query(query);
+    let mut out = copy_headers(headers, &NOT_FORWARDED);
     if let Some(key) = &config.upstream_api_key {
-        let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-            ApiError::Internal("the upstream API key is not a valid header value".into())
-        })?;
-        out.insert(header::AUTHORIZATION, value);
+        if out.contains_key("api-key") {
+            // An Azure OpenAI client authenticates with `api-key`; replace that one.
+            out.insert(
+                "api-key",
+                HeaderValue::from_str(key).map_err(|_| UpstreamError::BadApiKey)?,
+            );
+        } else {
+            let value = HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| UpstreamError::BadApiKey)?;
+            out.insert(header::AUTHORIZATION, value);
+        }
     }
     let body = match body {
-        OutBody::Full(bytes) => reqwest::Body::from(bytes),
+        OutBody::Full(bytes) => {
+            // The length of the body promptgate wrote, not the client's.
+            out.remove(header::CONTENT_LENGTH);
+            reqwest::Body::from(bytes)
+        }
+        // A streamed body keeps the client's framing: with its `content-length` when it
+        // came with one (hyper then sends it as is), chunked otherwise.
         OutBody::Stream(body) => reqwest::Body::wrap_stream(body.into_data_stream()),
     };
     let sent = http
-        .request(method, url.clone())
+        .request(method, url)
         .headers(out)
         .timeout(config.upstream_timeout)
         .body(body)
         .send()
         .await;
-    let response = sent.map_err(|e| classify(&e, url.as_str(), config.upstream_timeout))?;
+    let response = sent.map_err(|e| classify(&e, base, config))?;
     let status = response.status();
-    let mut headers = end_to_end_headers(response.headers());
-    // The request id promptgate returns is its own; keep upstream's under another name.
-    if let Some(id) = headers.remove("x-request-id") {
-        headers.insert(HeaderName::from_static("x-upstream-request-id"), id);
-    }
+    // The upstream's `x-request-id` (OpenAI's `req_…`) passes through untouched: the SDKs show
+    // it as `_request_id`, and it is the id the provider's support asks for (SPEC §2).
+    let headers = end_to_end_headers(response.headers());
     let timeout = config.upstream_timeout;
     let body = response
         .bytes_stream()
@@ -147,15 +184,30 @@ pub async fn send(
     })
 }
 
-fn classify(err: &reqwest::Error, url: &str, timeout: Duration) -> ApiError {
-    if err.is_timeout() {
-        ApiError::UpstreamTimeout {
-            url: url.to_owned(),
-            seconds: timeout.as_secs_f64(),
+/// 502 for anything short of an answer — a refused connection, a connect timeout, a reset —
+/// and 504 only for an upstream that connected and did not answer in time.
+fn classify(err: &reqwest::Error, base: &reqwest::Url, config: &Config) -> UpstreamError {
+    let url = err
+        .url()
+        .map_or_else(|| base.to_string(), ToString::to_string);
+    if err.is_connect() {
+        let reason = if err.is_timeout() {
+            format!(
+                "could not connect within {} s (`--connect-timeout`)",
+                config.connect_timeout.as_secs_f64()
+            )
+        } else {
+            error_chain(err)
+        };
+        UpstreamError::Unreachable { url, reason }
+    } else if err.is_timeout() {
+        UpstreamError::Timeout {
+            url,
+            seconds: config.upstream_timeout.as_secs_f64(),
         }
     } else {
-        ApiError::UpstreamUnreachable {
-            url: url.to_owned(),
+        UpstreamError::Unreachable {
+            url,
             reason: error_chain(err),
         }
     }

@@ -1,17 +1,24 @@
-//! The request path, one phase a module, carrying one [`RequestCtx`] through:
+//! The request path, one phase a function, carrying one [`RequestCtx`] through:
 //!
-//! 1. read the body (bounded) — here;
-//! 2. parse the prompt reference, choose the version, render, inject — [`request`];
-//! 3. send upstream — [`forward`] (or the built-in [`echo`]);
-//! 4. relay the answer back as it streams, and record the request once it is over — [`relay`].
+//! read the body (bounded) → [`parse`] the prompt reference → [`inject::choose`] the version →
+//! [`inject::pick`] the examples → [`inject::render`] → [`inject::inject`] (the last five in
+//! [`request::prepare`]) → [`forward::send`] upstream (or the built-in [`echo`]) →
+//! [`relay::relay`] the answer as it streams → record the request when it is over
+//! ([`RequestCtx::finish`]).
+//!
+//! Each phase has its own error type; `error.rs` turns them into HTTP answers.
 
 pub mod echo;
 pub mod feedback;
 pub mod forward;
+pub mod inject;
+pub mod parse;
 pub mod relay;
 pub mod request;
+pub mod system;
 
-use std::time::Instant;
+use std::fmt;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -24,7 +31,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::record::usage::Observed;
-use crate::record::{Recorder, RequestEvent};
+use crate::record::{Outcome, Recorder, RequestEvent};
 use forward::{OutBody, UpstreamResponse};
 use request::{Endpoint, Served};
 
@@ -38,24 +45,29 @@ pub async fn responses(State(state): State<AppState>, req: Request) -> Response 
     inject(state, Endpoint::Responses, req).await
 }
 
-/// Every other `/v1/*` call: forwarded unchanged, body streamed through.
+/// Every other method and path under `/v1/`: forwarded unchanged, body streamed through
+/// with the client's framing.
 pub async fn passthrough(State(state): State<AppState>, req: Request) -> Response {
     let mut ctx = RequestCtx::start(&state, req.method(), req.uri().path(), req.headers());
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = upstream_path(&parts.uri);
     ctx.upstream_started = Some(Instant::now());
+    ctx.operation = Some(crate::otel::operation_of(&path));
+    if let Some(trace) = &mut ctx.trace {
+        trace.inject(&mut parts.headers);
+    }
     let sent = forward::send(
         &state.http,
         &state.config,
         parts.method,
-        &path,
+        &upstream_path(&parts.uri),
         &parts.headers,
         OutBody::Stream(body),
     )
     .await;
     match sent {
         Ok(upstream) => relay::relay(upstream, ctx),
-        Err(err) => ctx.fail(err),
+        Err(err) => ctx.fail(err.into()),
     }
 }
 
@@ -74,7 +86,7 @@ async fn run(
     req: Request,
     ctx: &mut RequestCtx,
 ) -> Result<UpstreamResponse, ApiError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bytes = read_body(body, &parts.headers, state.config.max_body_bytes).await?;
     // One snapshot per request: a reload mid-request does not mix two prompt sets.
     let prompts = state.prompts.load_full();
@@ -94,50 +106,132 @@ async fn run(
         ctx.content = serde_json::from_slice(&prepared.body).ok();
     }
     ctx.upstream_started = Some(Instant::now());
-    forward::send(
+    let path = upstream_path(&parts.uri);
+    ctx.operation = Some(crate::otel::operation_of(&path));
+    if let Some(trace) = &mut ctx.trace {
+        trace.inject(&mut parts.headers);
+    }
+    let upstream = forward::send(
         &state.http,
         &state.config,
         Method::POST,
-        &upstream_path(&parts.uri),
+        &path,
         &parts.headers,
         OutBody::Full(prepared.body),
     )
-    .await
+    .await?;
+    Ok(upstream)
 }
 
-/// `/v1/chat/completions?x=1` → `chat/completions?x=1`.
+/// The upstream path of a request, with its query.
+///
+/// `/v1/chat/completions?x=1` → `chat/completions?x=1` (relative to `--upstream`), and the
+/// same for a base URL without `/v1` (`/chat/completions`). Azure OpenAI's paths
+/// (`/openai/deployments/{d}/chat/completions?api-version=…`, `/openai/v1/…`) keep their whole
+/// path from the upstream's origin: `/openai/…`, leading slash and all.
 fn upstream_path(uri: &axum::http::Uri) -> String {
-    let path = uri.path().strip_prefix("/v1/").unwrap_or(uri.path());
+    let full = uri.path();
+    let path = if full.starts_with("/openai/") {
+        full
+    } else {
+        full.strip_prefix("/v1/")
+            .or_else(|| full.strip_prefix('/'))
+            .unwrap_or(full)
+    };
     match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with a 413.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// The first path segments of OpenAI's API, for clients whose base URL has no `/v1`: these are
+/// forwarded as if they had it, everything else unknown is a 404.
+pub const OPENAI_ROOTS: [&str; 20] = [
+    "assistants",
+    "audio",
+    "batches",
+    "chat",
+    "completions",
+    "containers",
+    "conversations",
+    "embeddings",
+    "evals",
+    "files",
+    "fine_tuning",
+    "images",
+    "models",
+    "moderations",
+    "organization",
+    "realtime",
+    "responses",
+    "threads",
+    "uploads",
+    "vector_stores",
+];
+
+/// True when `path` (no `/v1`) starts with one of [`OPENAI_ROOTS`].
+pub fn is_openai_path(path: &str) -> bool {
+    let first = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    OPENAI_ROOTS.contains(&first)
+}
+
+/// The body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    Failed(String),
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ReadError> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
+        return Err(ReadError::TooLarge { limit });
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit })
+            Err(ReadError::TooLarge { limit })
         }
-        Err(e) => Err(ApiError::bad_request(
-            format!("could not read the request body: {e}"),
-            None,
-        )),
+        Err(e) => Err(ReadError::Failed(e.to_string())),
+    }
+}
+
+/// `GET /v1/feedback` and the like: promptgate's own routes answer other methods with
+/// OpenAI's error shape.
+pub async fn method_not_allowed(req: Request) -> Response {
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+    }
+    .into_response()
+}
+
+/// Milliseconds with three decimals, for the log line.
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        write!(f, "{}.{:03}", us / 1000, us % 1000)
     }
 }
 
 /// What one request carries through the phases, and records when it is over.
 pub struct RequestCtx {
+    /// promptgate's id for the request: the client's `X-Request-Id`, or a new UUID.
     pub request_id: HeaderValue,
+    /// The upstream's `x-request-id`, when it sent one.
+    pub upstream_request_id: Option<String>,
     pub method: Method,
     pub path: String,
     pub started: Instant,
@@ -148,6 +242,15 @@ pub struct RequestCtx {
     pub strip_usage_chunk: bool,
     /// The upstream request, with `--log-content`.
     pub content: Option<serde_json::Value>,
+    /// The request's place in its trace, with `--otlp-endpoint`.
+    pub trace: Option<crate::otel::RequestTrace>,
+    /// The GenAI operation of the upstream call (`chat`, `embeddings`), once there is one.
+    pub operation: Option<&'static str>,
+    /// promptgate's own error code, when it answered with an error.
+    pub error_code: Option<&'static str>,
+    telemetry: Option<crate::otel::Telemetry>,
+    /// The upstream's host and port, for the CLIENT span (with tracing only).
+    upstream_host: Option<(String, Option<u16>)>,
     recorder: Recorder,
 }
 
@@ -164,6 +267,7 @@ impl RequestCtx {
             });
         RequestCtx {
             request_id,
+            upstream_request_id: None,
             method: method.clone(),
             path: path.to_owned(),
             started: Instant::now(),
@@ -172,16 +276,43 @@ impl RequestCtx {
             model: None,
             strip_usage_chunk: false,
             content: None,
+            trace: state.telemetry.as_ref().map(|t| t.begin(headers)),
+            operation: None,
+            error_code: None,
+            telemetry: state.telemetry.clone(),
+            upstream_host: match (&state.telemetry, &state.config.upstream) {
+                (Some(_), crate::config::Upstream::Url(url)) => url
+                    .host_str()
+                    .map(|h| (h.to_owned(), url.port_or_known_default())),
+                _ => None,
+            },
             recorder: state.recorder.clone(),
         }
     }
 
-    /// Adds promptgate's response headers.
-    pub fn stamp(&self, headers: &mut HeaderMap) {
+    /// Adds promptgate's response headers. `x-request-id` stays the upstream's when it sent
+    /// one (the id the SDKs show and the provider knows); promptgate's own id is always in
+    /// `x-promptgate-request-id`. `/v1/feedback` accepts either.
+    pub fn stamp(&mut self, headers: &mut HeaderMap) {
         headers.insert(
-            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-promptgate-request-id"),
             self.request_id.clone(),
         );
+        match headers.get("x-request-id") {
+            Some(upstream) => {
+                self.upstream_request_id = upstream
+                    .to_str()
+                    .ok()
+                    .filter(|id| !id.is_empty() && id.len() <= 200)
+                    .map(str::to_owned);
+            }
+            None => {
+                headers.insert(
+                    HeaderName::from_static("x-request-id"),
+                    self.request_id.clone(),
+                );
+            }
+        }
         let Some(served) = &self.served else {
             return;
         };
@@ -198,84 +329,173 @@ impl RequestCtx {
         }
     }
 
-    /// Answers with an error before anything was relayed, and records the request.
-    pub fn fail(self, err: ApiError) -> Response {
+    /// Answers with an error before anything was relayed, and records the request; the log
+    /// line carries the error.
+    pub fn fail(mut self, err: ApiError) -> Response {
         let status = err.status().as_u16();
+        self.error_code = Some(err.code());
+        let outcome = Outcome::of_status(status);
+        let cause = err.to_string();
         let mut response = err.into_response();
         self.stamp(response.headers_mut());
-        let outcome = match status {
-            502 => "upstream_unreachable",
-            504 => "upstream_timeout",
-            500..=599 => "error",
-            _ => "rejected",
-        };
-        self.finish(status, outcome, None, Observed::default(), false);
+        self.finish(
+            status,
+            outcome,
+            None,
+            Observed::default(),
+            false,
+            Some(&cause),
+        );
         response
     }
 
-    /// The request is over: its one log line, and its record.
+    /// The request is over: its one log line, and its record. `cause`: what went wrong.
     pub fn finish(
-        self,
+        mut self,
         status: u16,
-        outcome: &str,
+        outcome: Outcome,
         first_byte: Option<Instant>,
-        observed: Observed,
+        mut observed: Observed,
         stream: bool,
+        cause: Option<&str>,
     ) {
+        let observed_extra = (
+            observed.id.take(),
+            std::mem::take(&mut observed.finish_reasons),
+        );
         let latency = self.started.elapsed();
-        let overhead_us = self
+        let overhead = self
             .upstream_started
-            .map(|u| u.duration_since(self.started).as_micros() as u64);
-        let ttft_ms = first_byte.map(|t| t.duration_since(self.started).as_secs_f64() * 1000.0);
+            .map(|u| u.duration_since(self.started));
+        let ttft = first_byte.map(|t| t.duration_since(self.started));
         let model = observed.model.or_else(|| self.model.clone());
         let usage = observed.usage;
         let cost = usage
             .zip(model.as_deref())
             .and_then(|(u, m)| self.recorder.pricing().cost(m, &u));
         let served = self.served.as_ref();
+        let request_id = self.request_id.to_str().unwrap_or_default();
         tracing::info!(
             target: "promptgate::request",
-            request_id = self.request_id.to_str().unwrap_or_default(),
-            method = %self.method,
-            path = %self.path,
+            request_id,
+            method = self.method.as_str(),
+            path = self.path.as_str(),
             status,
-            outcome,
+            outcome = outcome.as_str(),
             prompt = served.map(|s| s.name.as_str()),
             version = served.map(|s| s.version),
             hash = served.map(|s| s.hash.as_str()),
             selection = served.map(|s| s.selection.as_str()),
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            ttft_ms,
-            overhead_us,
+            latency_ms = %Millis(latency),
+            ttft_ms = ttft.map(|t| tracing::field::display(Millis(t))),
+            overhead_us = overhead.map(|o| o.as_micros() as u64),
             model = model.as_deref(),
             prompt_tokens = usage.map(|u| u.prompt_tokens),
             completion_tokens = usage.map(|u| u.completion_tokens),
             cost_usd = cost,
+            error = cause,
             "request"
         );
         let event = RequestEvent {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
+            request_id: request_id.to_owned(),
+            upstream_request_id: self.upstream_request_id.clone(),
             method: self.method.to_string(),
-            path: self.path.clone(),
+            path: std::mem::take(&mut self.path),
             prompt: served.map(|s| s.name.clone()),
             version: served.map(|s| s.version),
             hash: served.map(|s| s.hash.clone()),
             selection: served.map(|s| s.selection.as_str().to_owned()),
-            experiment: served.and_then(|s| s.experiment.clone()),
+            experiment: served.and_then(|s| s.experiment.as_deref().map(str::to_owned)),
             model,
             status,
-            outcome: outcome.to_owned(),
+            outcome,
             stream,
             latency_ms: latency.as_secs_f64() * 1000.0,
-            ttft_ms,
-            overhead_ms: overhead_us.map(|us| us as f64 / 1000.0),
+            ttft_ms: ttft.map(|t| t.as_secs_f64() * 1000.0),
+            overhead_ms: overhead.map(|o| o.as_micros() as f64 / 1000.0),
             prompt_tokens: usage.map(|u| u.prompt_tokens),
             completion_tokens: usage.map(|u| u.completion_tokens),
             cached_tokens: usage.map(|u| u.cached_tokens),
             cost_usd: cost,
-            content: self.content,
+            content: self.content.take(),
         };
+        if let (Some(telemetry), Some(trace)) = (&self.telemetry, self.trace.take()) {
+            self.trace_spans(telemetry, trace, &event, observed_extra, first_byte);
+        }
         self.recorder.record(event);
+    }
+
+    /// The request's SERVER span and its upstream call's CLIENT span.
+    fn trace_spans(
+        &self,
+        telemetry: &crate::otel::Telemetry,
+        trace: crate::otel::RequestTrace,
+        event: &RequestEvent,
+        (response_id, finish_reasons): (Option<String>, Vec<String>),
+        first_byte: Option<Instant>,
+    ) {
+        use crate::otel::{Finished, PromptAttrs};
+        let served = self.served.as_ref();
+        let error_type = match (self.error_code, event.outcome.as_str()) {
+            (Some(code), _) => Some(code.to_owned()),
+            (None, "ok") if event.status >= 400 => Some(event.status.to_string()),
+            (None, "ok") => None,
+            (None, outcome) => Some(outcome.to_owned()),
+        };
+        let azure = event.path.starts_with("/openai/");
+        let (address, port) = match &self.upstream_host {
+            Some((host, port)) => (Some(host.as_str()), *port),
+            None => (None, None),
+        };
+        let content = event.content.as_ref().filter(|_| telemetry.log_content);
+        let picked = served.and_then(|s| s.fewshot.as_ref());
+        let strategy = picked.map(|(s, _)| format!("{s:?}").to_ascii_lowercase());
+        telemetry.finish(
+            trace,
+            Finished {
+                method: &event.method,
+                path: &event.path,
+                route: &event.path,
+                request_id: &event.request_id,
+                status: event.status,
+                error_type: error_type.as_deref(),
+                operation: self.operation,
+                provider: if azure { "azure.ai.openai" } else { "openai" },
+                server_address: address,
+                server_port: port,
+                request_model: self.model.as_deref(),
+                response_model: event.model.as_deref(),
+                response_id: response_id.as_deref(),
+                finish_reasons: &finish_reasons,
+                input_tokens: event.prompt_tokens,
+                output_tokens: event.completion_tokens,
+                cached_tokens: event.cached_tokens,
+                time_to_first_chunk: first_byte
+                    .zip(self.upstream_started)
+                    .map(|(f, u)| f.saturating_duration_since(u)),
+                overhead: self
+                    .upstream_started
+                    .map(|u| u.saturating_duration_since(self.started)),
+                cost_usd: event.cost_usd,
+                prompt: served.map(|s| PromptAttrs {
+                    name: &s.name,
+                    version: s.version,
+                    hash: &s.hash,
+                    selection: s.selection.as_str(),
+                    experiment: s.experiment.as_deref(),
+                    arm: s.arm.as_deref(),
+                    fewshot_strategy: strategy.as_deref(),
+                    fewshot_picked: picked.map(|(_, p)| p.as_slice()),
+                }),
+                input_messages: content
+                    .and_then(|c| c.get("messages").or_else(|| c.get("input")))
+                    .map(|m| m.to_string()),
+                system_instructions: content
+                    .and_then(|c| c.get("instructions"))
+                    .and_then(|i| i.as_str())
+                    .map(str::to_owned),
+            },
+        );
     }
 }

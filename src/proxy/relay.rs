@@ -15,10 +15,11 @@ use serde_json::json;
 
 use super::RequestCtx;
 use super::forward::{BodyError, UpstreamResponse};
+use crate::record::Outcome;
 use crate::record::usage::UsageTap;
 
 /// Turns the upstream response into the client's response, with promptgate's headers.
-pub fn relay(upstream: UpstreamResponse, ctx: RequestCtx) -> Response {
+pub fn relay(upstream: UpstreamResponse, mut ctx: RequestCtx) -> Response {
     let sse = upstream
         .headers
         .get(header::CONTENT_TYPE)
@@ -80,10 +81,17 @@ struct Relayed {
 }
 
 impl Relayed {
-    fn finish(&mut self, outcome: &str) {
+    fn finish(&mut self, outcome: Outcome, cause: Option<&str>) {
         if let Some(ctx) = self.ctx.take() {
             let observed = self.tap.take().map(UsageTap::finish).unwrap_or_default();
-            ctx.finish(self.status, outcome, self.first_byte, observed, self.sse);
+            ctx.finish(
+                self.status,
+                outcome,
+                self.first_byte,
+                observed,
+                self.sse,
+                cause,
+            );
         }
     }
 }
@@ -110,7 +118,7 @@ impl Stream for Relayed {
                     if let Some(remaining) = self.remaining.as_mut() {
                         *remaining = remaining.saturating_sub(upstream_len);
                         if *remaining == 0 {
-                            self.finish("ok");
+                            self.finish(Outcome::Ok, None);
                         }
                     }
                     if out.is_empty() {
@@ -121,11 +129,12 @@ impl Stream for Relayed {
                 }
                 Poll::Ready(Some(Err(err))) => {
                     self.finished = true;
-                    self.finish(if err.timeout {
-                        "upstream_timeout"
+                    let outcome = if err.timeout {
+                        Outcome::UpstreamTimeout
                     } else {
-                        "upstream_error"
-                    });
+                        Outcome::UpstreamError
+                    };
+                    self.finish(outcome, Some(&err.message));
                     if self.sse {
                         // The status is already sent: end the stream with one error event.
                         let code = if err.timeout {
@@ -143,7 +152,7 @@ impl Stream for Relayed {
                 Poll::Ready(None) => {
                     self.finished = true;
                     let rest = self.tap.as_mut().and_then(UsageTap::remainder);
-                    self.finish("ok");
+                    self.finish(Outcome::Ok, None);
                     match rest {
                         Some(rest) => Poll::Ready(Some(Ok(rest))),
                         None => Poll::Ready(None),
@@ -156,6 +165,6 @@ impl Stream for Relayed {
 
 impl Drop for Relayed {
     fn drop(&mut self) {
-        self.finish("client_closed");
+        self.finish(Outcome::ClientClosed, None);
     }
 }

@@ -80,6 +80,9 @@ pub struct Metrics {
     pub feedback_sum: Family<FeedbackLabels, Gauge<f64, AtomicU64>>,
     pub feedback_count: Family<FeedbackLabels, Counter>,
     pub events_dropped: Counter,
+    /// Trace spans not exported: the queue was full or the collector failed.
+    pub otel_spans_dropped: Counter,
+    pub otel_spans_exported: Counter,
     /// Prompt-set reloads by result (`ok`, `error`).
     pub reloads: Family<ResultLabel, Counter>,
     /// 1 while the files on disk do not validate (the last good set is serving).
@@ -174,6 +177,18 @@ impl Metrics {
             "Events not written because the writer fell behind",
             events_dropped.clone(),
         );
+        let otel_spans_dropped = Counter::default();
+        registry.register(
+            "otel_spans_dropped",
+            "Trace spans dropped: the export queue was full or the collector failed",
+            otel_spans_dropped.clone(),
+        );
+        let otel_spans_exported = Counter::default();
+        registry.register(
+            "otel_spans_exported",
+            "Trace spans the collector accepted",
+            otel_spans_exported.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -186,6 +201,8 @@ impl Metrics {
             feedback_sum,
             feedback_count,
             events_dropped,
+            otel_spans_dropped,
+            otel_spans_exported,
             reloads,
             reload_error,
             prompts_loaded,

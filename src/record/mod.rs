@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod metrics;
+pub mod outcome;
 pub mod pricing;
 pub mod recent;
 pub mod stats;
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 pub use events::{Event, EventSink, FeedbackEvent, RequestEvent};
 pub use metrics::Metrics;
+pub use outcome::Outcome;
 pub use pricing::{Pricing, Usage};
 
 use crate::prompts::Prompt;
@@ -177,14 +179,14 @@ impl Recorder {
                     r.experiment.clone().unwrap_or_default(),
                     version,
                 );
-                let ok = r.status < 400 && r.outcome == "ok";
+                let ok = r.status < 400 && r.outcome == Outcome::Ok;
                 stats.add_request(key, ok, r.latency_ms, r.cost_usd);
-                lock(&self.inner.index).insert(
-                    &r.request_id,
-                    prompt,
-                    version,
-                    r.experiment.as_deref(),
-                );
+                let mut index = lock(&self.inner.index);
+                index.insert(&r.request_id, prompt, version, r.experiment.as_deref());
+                // Feedback may name the id the client saw as `x-request-id`: the upstream's.
+                if let Some(upstream) = &r.upstream_request_id {
+                    index.insert(upstream, prompt, version, r.experiment.as_deref());
+                }
             }
             Event::Feedback(f) => {
                 let key = (
@@ -250,7 +252,7 @@ impl Recorder {
             _ => {}
         }
         if let Some(prompt) = &event.prompt {
-            let ok = event.status < 400 && event.outcome == "ok";
+            let ok = event.status < 400 && event.outcome == Outcome::Ok;
             self.inner.recent.add(prompt, !ok);
         }
         let event = Event::Request(Box::new(event));

@@ -16,6 +16,35 @@ pub struct Observed {
     pub usage: Option<Usage>,
     /// The model the upstream says answered.
     pub model: Option<String>,
+    /// The answer's id (`chatcmpl-…`, `resp_…`), for traces.
+    pub id: Option<String>,
+    /// Why the answer ended, per choice (`stop`, `length`, `tool_calls`; on the Responses API
+    /// its `status`), for traces.
+    pub finish_reasons: Vec<String>,
+}
+
+/// The answer's id and finish reasons, from a chat completion (or chunk) or a response.
+fn observe_ending(value: &Value, observed: &mut Observed) {
+    if observed.id.is_none()
+        && let Some(id) = value.get("id").and_then(Value::as_str)
+    {
+        observed.id = Some(id.to_owned());
+    }
+    match value.get("choices").and_then(Value::as_array) {
+        Some(choices) => observed.finish_reasons.extend(
+            choices
+                .iter()
+                .filter_map(|c| c.get("finish_reason").and_then(Value::as_str))
+                .map(str::to_owned),
+        ),
+        None => {
+            if let Some(status) = value.get("status").and_then(Value::as_str)
+                && matches!(status, "completed" | "incomplete" | "failed" | "cancelled")
+            {
+                observed.finish_reasons = vec![status.to_owned()];
+            }
+        }
+    }
 }
 
 /// Usage from an OpenAI `usage` object, chat (`prompt_tokens`) or responses (`input_tokens`).
@@ -150,6 +179,7 @@ impl UsageTap {
             && let Ok(value) = serde_json::from_slice::<Value>(copy)
         {
             self.observed.usage = usage_of(&value);
+            observe_ending(&value, &mut self.observed);
             self.observed.model = value
                 .get("model")
                 .and_then(Value::as_str)
@@ -194,6 +224,7 @@ fn observe_event(event: &[u8], observed: &mut Observed) -> bool {
     if let Some(model) = carrier.get("model").and_then(Value::as_str) {
         observed.model = Some(model.to_owned());
     }
+    observe_ending(carrier, observed);
     match usage_of(carrier) {
         Some(usage) => {
             observed.usage = Some(usage);

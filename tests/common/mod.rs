@@ -21,6 +21,20 @@ pub fn write(root: &Path, file: &str, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Writes `file` the way an editor that saves by rename does: a reader sees the old text or
+/// the new, never a truncated file in between.
+pub fn write_atomic(root: &Path, file: &str, text: &str) {
+    let path = root.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // A hidden name: promptgate passes over dot files.
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
 /// A prompts folder with a `support` prompt (v1, v2 active with overrides, label `stable`) and
 /// an `ab` prompt running a 50/50 experiment.
 pub fn prompts() -> TempDir {

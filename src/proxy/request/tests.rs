@@ -2,10 +2,11 @@ use std::path::Path;
 
 use axum::http::HeaderValue;
 use chrono::TimeZone;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::*;
 use crate::fewshot::ModelSlot;
+use crate::select;
 
 fn write(root: &Path, file: &str, text: &str) {
     let path = root.join(file);
@@ -342,27 +343,4 @@ async fn bad_variables_header_is_400() {
         .await
         .unwrap_err();
     assert_eq!(err.body()["error"]["param"], "X-Prompt-Variables");
-}
-
-#[test]
-fn user_message_reads_text_parts_and_responses_input() {
-    let body = json!({"messages": [
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "x"},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "b"}]}
-    ]});
-    let Value::Object(map) = body else {
-        unreachable!()
-    };
-    assert_eq!(user_message(Endpoint::ChatCompletions, &map), "a\nb");
-    let Value::Object(map) =
-        json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": "q"}]}]})
-    else {
-        unreachable!()
-    };
-    assert_eq!(user_message(Endpoint::Responses, &map), "q");
-    let Value::Object(map) = json!({"input": "plain"}) else {
-        unreachable!()
-    };
-    assert_eq!(user_message(Endpoint::Responses, &map), "plain");
 }
