@@ -7,7 +7,8 @@
 # Instructions are counted after a warm-up: the counters are zeroed (callgrind_control -z), a
 # fixed run of keep-alive requests is sent over one connection, and the counters are dumped.
 # Knobs (environment): REQUESTS (callgrind, default 400), STRACE_REQUESTS (default 2000),
-# CPU_SECONDS (default 5).
+# CPU_SECONDS (default 5), PROFILES (a folder to keep the callgrind and strace outputs in, for
+# callgrind_annotate), CASES (default "nginx proxy prompt").
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-400}
@@ -184,11 +185,14 @@ measure() { # KEY CASE WITH_PROMPT
     callgrind_control -z "$server_pid" >/dev/null
     send "$(url_of)" "$with" "$REQUESTS"
     callgrind_control -d "$server_pid" >/dev/null
-    total=$(cat "$work"/callgrind."$key".* | awk '/^summary:|^totals:/ {s += $2} END {print s}')
     # The dump holds the zeroed-then-counted part; the final dump at exit is ignored.
     total=$(for f in "$work"/callgrind."$key".*.[0-9]*; do awk '/^(summary|totals):/ {print $2; exit}' "$f"; done | sort -n | tail -1)
     INSTR[$key]=$((total / REQUESTS))
     stop "$server_pid"
+    if [ -n "${PROFILES:-}" ]; then
+        mkdir -p "$PROFILES"
+        cp "$work"/callgrind."$key".*.[0-9]* "$PROFILES/" 2>/dev/null || true
+    fi
     rm -f "$work"/callgrind."$key".*
 
     # CPU time per request: the server's utime + stime over a c=1 wrk run, natively.
@@ -210,13 +214,18 @@ measure() { # KEY CASE WITH_PROMPT
     kill -INT "$strace_pid" 2>/dev/null || true
     wait "$strace_pid" 2>/dev/null || true
     SYSCALLS[$key]=$(awk -v n="$STRACE_REQUESTS" '$NF == "total" {printf "%.1f", $(NF-2) / n}' "$work/strace.$key")
-    cp "$work/strace.$key" "${COST_KEEP:-/dev/null}" 2>/dev/null || true
+    [ -n "${PROFILES:-}" ] && cp "$work/strace.$key" "$PROFILES/"
     stop "$server_pid"
 }
 
-measure nginx nginx 0
-measure proxy promptgate 0
-measure prompt promptgate 1
+CASES=${CASES:-nginx proxy prompt}
+for key in $CASES; do
+    case $key in
+        nginx) measure nginx nginx 0 ;;
+        proxy) measure proxy promptgate 0 ;;
+        prompt) measure prompt promptgate 1 ;;
+    esac
+done
 
 # --- report -------------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "-" }'; }
@@ -224,16 +233,18 @@ echo
 echo "cost per proxied request (POST /v1/chat/completions, ~400 B body, one keep-alive connection)"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (instructions do not depend on it; CPU time does)"
 printf '%-28s %14s %8s %12s %8s %14s %8s\n' case 'instructions' '× nginx' 'CPU µs' '× nginx' 'syscalls' '× nginx'
-for key in nginx proxy prompt; do
+for key in $CASES; do
     case $key in
         nginx) label="nginx proxy_pass" ;;
         proxy) label="promptgate, no prompt" ;;
         prompt) label="promptgate, with prompt" ;;
     esac
-    printf '%-28s %14s %8s %12s %8s %14s %8s\n' "$label" "${INSTR[$key]}" "$(ratio "${INSTR[$key]}" "${INSTR[nginx]}")" \
-        "${CPU[$key]}" "$(ratio "${CPU[$key]}" "${CPU[nginx]}")" \
-        "${SYSCALLS[$key]}" "$(ratio "${SYSCALLS[$key]}" "${SYSCALLS[nginx]}")"
+    printf '%-28s %14s %8s %12s %8s %14s %8s\n' "$label" "${INSTR[$key]}" "$(ratio "${INSTR[$key]}" "${INSTR[nginx]:-0}")" \
+        "${CPU[$key]}" "$(ratio "${CPU[$key]}" "${CPU[nginx]:-0}")" \
+        "${SYSCALLS[$key]}" "$(ratio "${SYSCALLS[$key]}" "${SYSCALLS[nginx]:-0}")"
 done
 echo
-echo "target: instructions with a prompt ≤ 3 × nginx: $(awk -v a="${INSTR[prompt]}" -v b="${INSTR[nginx]}" \
-    'BEGIN { print (a <= 3 * b) ? "met" : "NOT met" }')"
+if [ -n "${INSTR[prompt]:-}" ] && [ -n "${INSTR[nginx]:-}" ]; then
+    echo "target: instructions with a prompt ≤ 3 × nginx: $(awk -v a="${INSTR[prompt]}" -v b="${INSTR[nginx]}" \
+        'BEGIN { print (a <= 3 * b) ? "met" : "NOT met" }')"
+fi

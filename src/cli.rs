@@ -293,6 +293,7 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not into a log file.
         .with_ansi(std::io::stderr().is_terminal());
+    crate::proxy::log_as_text(matches!(format, LogFormat::Text));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::fewshot;
 use crate::prompts::{Example, Prompt};
 use crate::proxy::forward::{self, OutBody};
-use crate::record::usage::usage_of;
+use crate::record::usage::read_answer;
 
 /// Answer text kept for the page without script; the streamed answer is not kept at all.
 const MAX_ANSWER: usize = 1024 * 1024;
@@ -203,7 +203,7 @@ async fn send(state: AppState, mut body: Value, tx: mpsc::Sender<Said>) {
             let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
                 continue;
             };
-            if let Some(u) = usage_of(&event) {
+            if let Some(u) = read_answer(data.trim().as_bytes()).and_then(|o| o.usage) {
                 usage = Some(u);
             }
             if let Some(m) = event["model"].as_str() {

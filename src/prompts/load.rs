@@ -229,11 +229,19 @@ fn load_prompt(
                 .cloned()
                 .collect(),
         };
+        let hash = version::hash(&raw.body);
+        // A valid prompt name and a hex hash are valid header values.
+        let header = |text: &str| {
+            axum::http::HeaderValue::from_str(text)
+                .unwrap_or_else(|_| axum::http::HeaderValue::from_static(""))
+        };
+        let headers = [header(name), header(&number.to_string()), header(&hash)];
         versions.insert(
             number,
             Version {
                 version: number,
-                hash: version::hash(&raw.body),
+                hash,
+                headers,
                 model: raw.front.model,
                 temperature: raw.front.temperature,
                 max_tokens: raw.front.max_tokens,

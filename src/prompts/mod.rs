@@ -89,6 +89,10 @@ pub struct Version {
     pub(crate) uses: BTreeSet<String>,
     #[serde(skip)]
     pub(crate) key: String,
+    /// `x-prompt-name`, `x-prompt-version`, `x-prompt-hash` of this version, built once at
+    /// load and shared by every response it serves.
+    #[serde(skip)]
+    pub headers: [axum::http::HeaderValue; 3],
 }
 
 impl Version {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
@@ -46,6 +46,8 @@ pub struct Served {
     pub arm: Option<String>,
     /// The few-shot strategy and the examples it picked (by line index), when it ran.
     pub fewshot: Option<(crate::prompts::Strategy, Vec<usize>)>,
+    /// The version's prebuilt `x-prompt-name`, `x-prompt-version`, `x-prompt-hash` values.
+    pub headers: [HeaderValue; 3],
 }
 
 /// The body to send upstream, and the prompt that shaped it (none: forwarded unchanged).
@@ -130,6 +132,7 @@ fn served(chosen: &Chosen<'_>, fewshot: Option<(crate::prompts::Strategy, Vec<us
         version: chosen.version.version,
         hash: chosen.version.hash.clone(),
         selection: chosen.selection,
+        headers: chosen.version.headers.clone(),
         experiment: match chosen.selection {
             Selection::Experiment => chosen.prompt.experiment_id(),
             _ => None,

@@ -2,8 +2,10 @@
 //! client receives — except for the one usage-only chunk promptgate asked for on a stream whose
 //! client did not.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::pricing::Usage;
 
@@ -19,60 +21,135 @@ pub struct Observed {
     /// The answer's id (`chatcmpl-…`, `resp_…`), for traces.
     pub id: Option<String>,
     /// Why the answer ended, per choice (`stop`, `length`, `tool_calls`; on the Responses API
-    /// its `status`), for traces.
+    /// its final `status`), for traces.
     pub finish_reasons: Vec<String>,
 }
 
-/// The answer's id and finish reasons, from a chat completion (or chunk) or a response.
-fn observe_ending(value: &Value, observed: &mut Observed) {
-    if observed.id.is_none()
-        && let Some(id) = value.get("id").and_then(Value::as_str)
-    {
-        observed.id = Some(id.to_owned());
-    }
-    match value.get("choices").and_then(Value::as_array) {
-        Some(choices) => observed.finish_reasons.extend(
-            choices
-                .iter()
-                .filter_map(|c| c.get("finish_reason").and_then(Value::as_str))
-                .map(str::to_owned),
-        ),
-        None => {
-            if let Some(status) = value.get("status").and_then(Value::as_str)
-                && matches!(status, "completed" | "incomplete" | "failed" | "cancelled")
-            {
-                observed.finish_reasons = vec![status.to_owned()];
+/// The parts of an answer (a JSON body, or one event's data) the tap reads; everything else is
+/// skipped without being built.
+#[derive(Debug, Default, Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<UsageFields>,
+    /// Whether it is empty (a usage-only chunk), and each choice's finish reason.
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    /// Responses API events carry the response, usage included, in `response`.
+    #[serde(borrow, default)]
+    response: Option<Inner<'a>>,
+    /// A Responses API answer's status (`completed`, `incomplete`).
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Inner<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<UsageFields>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+impl Answer<'_> {
+    /// Notes the answer's id (the first seen) and finish reasons (chat choices, or a final
+    /// Responses API status).
+    fn observe_ending(&self, observed: &mut Observed) {
+        let id = self.response.as_ref().map_or(&self.id, |r| &r.id);
+        if observed.id.is_none() {
+            observed.id = id.as_deref().map(str::to_owned);
+        }
+        for choice in self.choices.iter().flatten() {
+            if let Some(reason) = &choice.finish_reason {
+                observed.finish_reasons.push(reason.clone().into_owned());
             }
+        }
+        let status = self.response.as_ref().and_then(|r| r.status.as_deref());
+        if let Some(status @ ("completed" | "incomplete" | "failed" | "cancelled")) = status {
+            observed.finish_reasons = vec![status.to_owned()];
         }
     }
 }
 
-/// Usage from an OpenAI `usage` object, chat (`prompt_tokens`) or responses (`input_tokens`).
-pub fn usage_of(value: &Value) -> Option<Usage> {
-    let usage = value.get("usage").filter(|u| u.is_object())?;
-    let n = |key: &str| usage.get(key).and_then(Value::as_u64);
-    let cached = |details: &str| {
-        usage
-            .get(details)
-            .and_then(|d| d.get("cached_tokens"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
+/// An OpenAI `usage` object, chat (`prompt_tokens`) or responses (`input_tokens`).
+#[derive(Debug, Default, Deserialize)]
+struct UsageFields {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Details {
+    cached_tokens: Option<u64>,
+}
+
+impl UsageFields {
+    fn usage(&self) -> Option<Usage> {
+        let cached = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0);
+        if let (Some(p), Some(c)) = (self.prompt_tokens, self.completion_tokens) {
+            return Some(Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+                cached_tokens: cached(&self.prompt_tokens_details),
+            });
+        }
+        if let (Some(p), Some(c)) = (self.input_tokens, self.output_tokens) {
+            return Some(Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+                cached_tokens: cached(&self.input_tokens_details),
+            });
+        }
+        None
+    }
+}
+
+/// Reads usage and model from a JSON answer or one event's data: the public entry point for
+/// what upstream sends (fuzzing too). `None` when the text is not such an object.
+pub fn read_answer(data: &[u8]) -> Option<Observed> {
+    let answer = parse_answer(data)?;
+    let (model, usage) = match &answer.response {
+        Some(inner) => (inner.model.as_deref(), inner.usage.as_ref()),
+        None => (answer.model.as_deref(), answer.usage.as_ref()),
     };
-    if let (Some(p), Some(c)) = (n("prompt_tokens"), n("completion_tokens")) {
-        return Some(Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-            cached_tokens: cached("prompt_tokens_details"),
-        });
+    let mut observed = Observed {
+        usage: usage.and_then(UsageFields::usage),
+        model: model.map(str::to_owned),
+        ..Observed::default()
+    };
+    answer.observe_ending(&mut observed);
+    if let Some(status) = &answer.status
+        && matches!(
+            &**status,
+            "completed" | "incomplete" | "failed" | "cancelled"
+        )
+    {
+        observed.finish_reasons = vec![status.clone().into_owned()];
     }
-    if let (Some(p), Some(c)) = (n("input_tokens"), n("output_tokens")) {
-        return Some(Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-            cached_tokens: cached("input_tokens_details"),
-        });
-    }
-    None
+    Some(observed)
+}
+
+fn parse_answer(data: &[u8]) -> Option<Answer<'_>> {
+    // `usage` of another type than an object (or null) makes the typed read fail; such an
+    // answer simply has no usage.
+    serde_json::from_slice::<Answer<'_>>(data).ok()
 }
 
 enum Mode {
@@ -176,14 +253,9 @@ impl UsageTap {
     pub fn finish(mut self) -> Observed {
         if let Mode::Json { copy, overflow } = &self.mode
             && !*overflow
-            && let Ok(value) = serde_json::from_slice::<Value>(copy)
+            && let Some(observed) = read_answer(copy)
         {
-            self.observed.usage = usage_of(&value);
-            observe_ending(&value, &mut self.observed);
-            self.observed.model = value
-                .get("model")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            self.observed = observed;
         }
         self.observed
     }
@@ -202,39 +274,75 @@ fn next_event(pending: &mut BytesMut) -> Option<BytesMut> {
 
 /// Reads an event's `data:` JSON for usage and model. True when the event is a chat chunk that
 /// carries only usage (no choices): the chunk `include_usage` adds.
+///
+/// Only the first event that names a model, and those that carry a usage object, are parsed —
+/// not every chunk of the stream.
 fn observe_event(event: &[u8], observed: &mut Observed) -> bool {
-    let text = String::from_utf8_lossy(event);
-    let data: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect::<Vec<_>>()
-        .join("\n");
-    if data.is_empty() || data == "[DONE]" || !data.contains("usage") && !data.contains("model") {
+    let data = event_data(event);
+    if data.is_empty() || &data[..] == b"[DONE]" {
         return false;
     }
-    let Ok(value) = serde_json::from_str::<Value>(&data) else {
+    let has_usage = carries_usage(&data);
+    // The chunk that ends a choice says why (for traces); it is one chunk a choice.
+    let ends = memchr::memmem::find(&data, b"\"finish_reason\":\"").is_some()
+        || memchr::memmem::find(&data, b"\"finish_reason\": \"").is_some();
+    if !has_usage
+        && !ends
+        && (observed.model.is_some() || memchr::memmem::find(&data, b"\"model\"").is_none())
+    {
+        return false;
+    }
+    let Some(answer) = parse_answer(&data) else {
         return false;
     };
-    // Responses API streams carry the final response, usage included, in `response`.
-    let carrier = value
-        .get("response")
-        .filter(|r| r.is_object())
-        .unwrap_or(&value);
-    if let Some(model) = carrier.get("model").and_then(Value::as_str) {
+    let (model, usage) = match &answer.response {
+        Some(inner) => (inner.model.as_deref(), inner.usage.as_ref()),
+        None => (answer.model.as_deref(), answer.usage.as_ref()),
+    };
+    if let Some(model) = model {
         observed.model = Some(model.to_owned());
     }
-    observe_ending(carrier, observed);
-    match usage_of(carrier) {
+    answer.observe_ending(observed);
+    match usage.and_then(UsageFields::usage) {
         Some(usage) => {
             observed.usage = Some(usage);
-            value
-                .get("choices")
-                .and_then(Value::as_array)
-                .is_some_and(Vec::is_empty)
+            answer.choices.as_ref().is_some_and(Vec::is_empty)
         }
         None => false,
     }
+}
+
+/// The `data:` lines of an event, joined by newlines (borrowed when there is one).
+fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    let mut lines = event
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter_map(|l| l.strip_prefix(b"data:"))
+        .map(|d| d.strip_prefix(b" ").unwrap_or(d));
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    match lines.next() {
+        None => Cow::Borrowed(first),
+        Some(second) => {
+            let mut all = first.to_vec();
+            for line in std::iter::once(second).chain(lines) {
+                all.push(b'\n');
+                all.extend_from_slice(line);
+            }
+            Cow::Owned(all)
+        }
+    }
+}
+
+/// Does the data hold `"usage"` followed by an object (not `null`)?
+fn carries_usage(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let mut rest = data[at + 7..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace());
+        rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    })
 }
 
 #[cfg(test)]
