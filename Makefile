@@ -34,6 +34,7 @@ e2e:
 	$(CARGO) build
 	scripts/e2e.sh target/debug/promptgate
 	scripts/compat-node.sh target/debug/promptgate
+	scripts/console-e2e.sh target/debug/promptgate
 
 ## The container and Kubernetes files: kustomize renders, schemas validate, flags exist.
 deploy-check:
@@ -52,4 +53,5 @@ fuzz:
 ## criterion micro-benchmarks.
 bench: models
 	bench/run.sh
+	bench/console.sh target/release/promptgate
 	$(CARGO) bench

@@ -7,14 +7,15 @@
 //! [`proxy::forward`] sends it upstream → [`proxy::relay`] streams the answer back →
 //! [`record`] records the request.
 //! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
-//! the files change, recording each change in the [`audit`] trail; [`admin`] is the admin API;
-//! [`record`] holds the metrics. [`server`] runs the listeners and shutdown; [`cli`] is the
+//! the files change, recording each change in the [`audit`] trail; [`admin`] is the admin API
+//! and [`console`] the web console beside it; [`record`] holds the metrics. [`server`] runs the listeners and shutdown; [`cli`] is the
 //! command line.
 
 pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod fewshot;
 #[doc(hidden)]
@@ -205,7 +206,8 @@ pub fn health_app(state: AppState) -> Router {
 
 /// The admin API and `/metrics`, for `--admin-listen`.
 pub fn admin_app(state: AppState) -> Router<AppState> {
-    admin::routes(state)
+    admin::routes(state.clone())
+        .merge(console::routes(state))
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(proxy::method_not_allowed)
 }

@@ -103,7 +103,7 @@ fn actor(headers: &HeaderMap, created_by: Option<&str>) -> Actor {
 }
 
 /// Runs blocking file work off the reactor.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WriteError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -114,7 +114,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Picks a write up now. The files are written either way; if the set as a whole does not
 /// validate (another prompt is broken on disk), the answer says the change is not serving yet.
-async fn reload_after_write(state: &AppState, actor: Actor) -> Value {
+pub(crate) async fn reload_after_write(state: &AppState, actor: Actor) -> Value {
     match state.reloader.reload(actor).await {
         Ok(_) => json!({"serving": true}),
         Err(ReloadError::Invalid(problems)) => json!({
@@ -196,16 +196,16 @@ async fn version(
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RenderRequest {
-    version: Option<Value>,
+pub(crate) struct RenderRequest {
+    pub(crate) version: Option<Value>,
     #[serde(default)]
-    variables: Map<String, Value>,
+    pub(crate) variables: Map<String, Value>,
     /// Kept as the client wrote them, as a proxied request's are.
-    messages: Option<Box<RawValue>>,
-    user: Option<String>,
-    model: Option<String>,
+    pub(crate) messages: Option<Box<RawValue>>,
+    pub(crate) user: Option<String>,
+    pub(crate) model: Option<String>,
 }
 
 /// `POST /admin/prompts/{name}/render` → the exact request that would go upstream.
@@ -214,13 +214,45 @@ async fn render(
     Path(name): Path<String>,
     Json(req): Json<RenderRequest>,
 ) -> Result<Response, ApiError> {
-    checked_name(&name)?;
+    let prepared = preview(&state, &name, req).await?;
+    let mut response = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        prepared.body,
+    )
+        .into_response();
+    if let Some(served) = prepared.served {
+        let h = response.headers_mut();
+        for (k, v) in [
+            ("x-prompt-name", served.name),
+            ("x-prompt-version", served.version.to_string()),
+            ("x-prompt-hash", served.hash),
+            ("x-prompt-selection", served.selection.as_str().to_owned()),
+        ] {
+            if let Ok(v) = v.parse() {
+                h.insert(k, v);
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// The exact request a render preview would send upstream (the admin render and the console
+/// playground).
+pub(crate) async fn preview(
+    state: &AppState,
+    name: &str,
+    req: RenderRequest,
+) -> Result<request::Prepared, ApiError> {
+    checked_name(name)?;
     let reference = PromptRef {
         version: match &req.version {
             Some(v) => parse::version_ref(v)?,
             None => None,
         },
-        name,
+        name: name.to_owned(),
         variables: req.variables,
         examples: None,
     };
@@ -251,7 +283,7 @@ async fn render(
     }
     let body = parse::Body::from_fields(fields);
     let prompts = state.prompts.load_full();
-    let prepared = request::apply(
+    request::apply(
         &prompts,
         &state.model,
         Endpoint::ChatCompletions,
@@ -260,29 +292,7 @@ async fn render(
         req.user.as_deref(),
         chrono::Utc::now(),
     )
-    .await?;
-    let mut response = (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        prepared.body,
-    )
-        .into_response();
-    if let Some(served) = prepared.served {
-        let h = response.headers_mut();
-        for (k, v) in [
-            ("x-prompt-name", served.name),
-            ("x-prompt-version", served.version.to_string()),
-            ("x-prompt-hash", served.hash),
-            ("x-prompt-selection", served.selection.as_str().to_owned()),
-        ] {
-            if let Ok(v) = v.parse() {
-                h.insert(k, v);
-            }
-        }
-    }
-    Ok(response)
+    .await
 }
 
 /// `POST /admin/prompts/{name}/versions` → 201 `{version, hash}`.

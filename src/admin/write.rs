@@ -161,6 +161,32 @@ impl Writer {
         self.commit_manifest(name, &dir, &manifest)
     }
 
+    /// Points `label` at `version`, or removes it (`None`).
+    pub fn set_label(
+        &self,
+        name: &str,
+        label: &str,
+        version: Option<u32>,
+    ) -> Result<(), WriteError> {
+        let dir = self.folder(name)?;
+        let _guard = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
+        let old = read_optional(&dir.join("prompt.yaml"))?.unwrap_or_default();
+        let mut labels: std::collections::BTreeMap<String, u32> = prompts::manifest::parse(&old)
+            .map_err(|(_, message)| WriteError::BadRequest(format!("prompt.yaml: {message}")))?
+            .labels
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .collect();
+        match version {
+            Some(v) => labels.insert(label.to_owned(), v),
+            None => labels.remove(label),
+        };
+        let block =
+            (!labels.is_empty()).then(|| serde_json::to_string(&labels).unwrap_or_default());
+        let manifest = set_key(&old, "labels", block.as_deref());
+        self.commit_manifest(name, &dir, &manifest)
+    }
+
     /// Starts (`Some`, a YAML block body) or ends (`None`) the prompt's experiment.
     pub fn set_experiment(&self, name: &str, block: Option<&str>) -> Result<(), WriteError> {
         let dir = self.folder(name)?;
@@ -208,7 +234,7 @@ fn json_scalar(text: &str) -> String {
 }
 
 /// The text of a version file: front matter from the request, then the template.
-fn version_text(new: &NewVersion, now: &str) -> String {
+pub(crate) fn version_text(new: &NewVersion, now: &str) -> String {
     let mut front = String::new();
     if let Some(model) = &new.model {
         front.push_str(&format!("model: {}\n", json_scalar(model)));

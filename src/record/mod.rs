@@ -10,6 +10,7 @@ pub mod events;
 pub mod metrics;
 pub mod outcome;
 pub mod pricing;
+pub mod recent;
 pub mod stats;
 pub mod usage;
 
@@ -272,6 +273,8 @@ struct Inner {
     unknown_models: Mutex<Vec<String>>,
     /// Where the statistics are checkpointed, with an events file.
     history: Option<History>,
+    /// Requests and errors per prompt in the last hour (the console's list).
+    recent: recent::Recent,
 }
 
 struct History {
@@ -411,6 +414,7 @@ impl Recorder {
                 feedback_metrics_max: AtomicUsize::new(DEFAULT_FEEDBACK_METRICS_MAX),
                 unknown_models: Mutex::new(Vec::new()),
                 history,
+                recent: recent::Recent::default(),
             }),
         }
     }
@@ -585,6 +589,10 @@ impl Recorder {
             }
             _ => {}
         }
+        if let Some(prompt) = &event.prompt {
+            let ok = event.status < 400 && event.outcome == Outcome::Ok;
+            self.inner.recent.add(prompt, !ok);
+        }
         let event = Event::Request(Box::new(event));
         self.apply_and_write(event);
     }
@@ -711,6 +719,11 @@ impl Recorder {
         let mut report = lock(&self.inner.stats).report(&prompt.name, exp);
         report["experiment"] = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
         report
+    }
+
+    /// Requests and errors of a prompt in the last hour.
+    pub fn last_hour(&self, prompt: &str) -> (u64, u64) {
+        self.inner.recent.last_hour(prompt)
     }
 
     /// Waits until every queued event is written, with a checkpoint after them when events
