@@ -149,12 +149,16 @@ pub fn admin_app(state: AppState) -> Router<AppState> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let mut body = state.metrics.encode();
+    state
+        .recorder
+        .with_stats(|stats| record::fleet::append(&mut body, stats, &state.prompts.load()));
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        body,
     )
         .into_response()
 }

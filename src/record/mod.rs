@@ -6,6 +6,7 @@
 //! statistics and the feedback index survive a restart.
 
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod pricing;
 pub mod stats;
@@ -87,6 +88,8 @@ pub enum FeedbackError {
     UnknownRequest(String),
     #[error("metric `{0}` must be a number")]
     NotNumeric(String),
+    #[error("metric `{0}` is out of range: scores must lie within ±1e9")]
+    OutOfRange(String),
     #[error("`metrics` holds no scores")]
     Empty,
 }
@@ -173,8 +176,13 @@ impl Recorder {
                     r.experiment.clone().unwrap_or_default(),
                     version,
                 );
-                let ok = r.status < 400 && r.outcome == "ok";
-                stats.add_request(key, ok, r.latency_ms, r.cost_usd);
+                let figures = stats::RequestFigures {
+                    ok: r.status < 400 && r.outcome == "ok",
+                    latency_ms: r.latency_ms,
+                    cost_usd: r.cost_usd,
+                    tokens: [r.prompt_tokens, r.completion_tokens, r.cached_tokens],
+                };
+                stats.add_request(key, &figures);
                 lock(&self.inner.index).insert(
                     &r.request_id,
                     prompt,
@@ -277,6 +285,9 @@ impl Recorder {
             let Some(x) = value.as_f64().filter(|x| x.is_finite()) else {
                 return Err(FeedbackError::NotNumeric(name.clone()));
             };
+            if x.abs() > stats::MAX_SCORE {
+                return Err(FeedbackError::OutOfRange(name.clone()));
+            }
             scores.insert(name.clone(), x);
         }
         if scores.is_empty() {
@@ -317,6 +328,11 @@ impl Recorder {
         let mut report = lock(&self.inner.stats).report(&prompt.name, exp);
         report["experiment"] = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
         report
+    }
+
+    /// Reads the statistics under their lock (for the exported experiment counters).
+    pub fn with_stats<R>(&self, f: impl FnOnce(&Stats) -> R) -> R {
+        f(&lock(&self.inner.stats))
     }
 
     /// Waits until every queued event is written.
