@@ -78,6 +78,8 @@ pub struct Config {
     pub embedding_model: PathBuf,
     /// The ONNX Runtime shared library.
     pub onnxruntime: PathBuf,
+    /// The Prometheus that scrapes every replica, for fleet-wide experiment reports.
+    pub prometheus: Option<String>,
 }
 
 impl Config {
@@ -103,6 +105,7 @@ impl Config {
             feedback_window: 100_000,
             embedding_model: PathBuf::from("models/all-MiniLM-L6-v2"),
             onnxruntime: PathBuf::from("models/onnxruntime/libonnxruntime.so"),
+            prometheus: None,
         }
     }
 }

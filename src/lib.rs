@@ -51,6 +51,8 @@ pub struct AppState {
     pub recorder: record::Recorder,
     /// The embedding model, loaded when a prompt needs it.
     pub model: Arc<fewshot::ModelSlot>,
+    /// The Prometheus for fleet-wide experiment reports (`--prometheus`).
+    pub fleet: Option<record::prometheus::Fleet>,
     /// The events writer, joined at shutdown.
     pub events_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -99,6 +101,13 @@ impl AppState {
             })?;
             tracing::info!(events = read, skipped, file = %path.display(), "statistics rebuilt from the events file");
         }
+        let fleet = match &config.prometheus {
+            Some(url) => Some(record::prometheus::Fleet::new(
+                url,
+                record::prometheus::DEFAULT_TIMEOUT,
+            )?),
+            None => None,
+        };
         let prompts = Arc::new(ArcSwap::from_pointee(prompts));
         let reloader = reload::Reloader::start(
             reload::Target {
@@ -120,6 +129,7 @@ impl AppState {
             reloader,
             recorder,
             model,
+            fleet,
             events_task: Arc::new(std::sync::Mutex::new(events_task)),
         })
     }

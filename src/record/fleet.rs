@@ -28,6 +28,7 @@ pub mod names {
     pub const COST: &str = "promptgate_experiment_cost_picodollars_total";
     pub const LATENCY: &str = "promptgate_experiment_latency_microseconds_total";
     pub const DURATION: &str = "promptgate_experiment_request_duration_seconds";
+    pub const BUCKETS: &str = "promptgate_experiment_request_duration_seconds_bucket";
     pub const TOKENS: &str = "promptgate_experiment_tokens_total";
     pub const FEEDBACK: &str = "promptgate_experiment_feedback_total";
     pub const SCORES: &str = "promptgate_experiment_scores_total";

@@ -9,6 +9,7 @@ pub mod events;
 pub mod fleet;
 pub mod metrics;
 pub mod pricing;
+pub mod prometheus;
 pub mod stats;
 pub mod usage;
 
@@ -327,6 +328,7 @@ impl Recorder {
         let exp = prompt.experiment.as_ref().zip(id.as_deref());
         let mut report = lock(&self.inner.stats).report(&prompt.name, exp);
         report["experiment"] = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
+        report["scope"] = Value::from("replica");
         report
     }
 

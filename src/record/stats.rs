@@ -319,6 +319,37 @@ impl VariantStats {
     }
 }
 
+/// Latency percentiles (ms) estimated from histogram buckets (non-cumulative, as
+/// [`VariantSums::latency_buckets`]) the way Prometheus's `histogram_quantile` does: linear
+/// interpolation inside the bucket holding the rank; in the `+Inf` bucket, the highest finite
+/// bound.
+pub fn bucket_percentiles(buckets: &[u64]) -> Percentiles {
+    let total: u64 = buckets.iter().sum();
+    [0.5, 0.95, 0.99].map(|q| {
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in buckets.iter().enumerate() {
+            if (below + n) as f64 >= rank && n > 0 {
+                let Some(&end) = LATENCY_BUCKETS_S.get(i) else {
+                    return LATENCY_BUCKETS_S.last().map(|s| s * 1000.0);
+                };
+                let start = if i == 0 {
+                    0.0
+                } else {
+                    LATENCY_BUCKETS_S[i - 1]
+                };
+                let s = start + (end - start) * (rank - below as f64) / n as f64;
+                return Some(s * 1000.0);
+            }
+            below += n;
+        }
+        None
+    })
+}
+
 /// The report of one variant from its sums (the seed's names first).
 pub fn variant_report(s: &VariantSums, latency: Percentiles) -> Value {
     let avg = |sum: f64, n: u64| (n > 0).then(|| sum / n as f64);
@@ -767,6 +798,14 @@ mod tests {
         assert_eq!(v.latency_buckets[0], 1, "10 ms ≤ 25 ms");
         assert_eq!(v.latency_buckets[1], 1, "30 ms ≤ 50 ms");
         assert_eq!(v.latency_buckets[7], 1, "3 s ≤ 5 s");
+        // As histogram_quantile: rank 1.5 of 3 lies half way through the (25, 50] ms bucket.
+        let p = bucket_percentiles(&v.latency_buckets);
+        assert!((p[0].unwrap() - 37.5).abs() < 1e-9, "{p:?}");
+        assert!((p[2].unwrap() - 4925.0).abs() < 1e-9, "{p:?}");
+        let mut over = [0; LATENCY_BUCKETS_S.len() + 1];
+        over[LATENCY_BUCKETS_S.len()] = 2;
+        assert_eq!(bucket_percentiles(&over)[0], Some(80_000.0));
+        assert_eq!(bucket_percentiles(&[0; 13]), [None; 3]);
     }
 
     const WELCH_T: f64 = 3.853035312655668;
