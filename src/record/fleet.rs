@@ -6,7 +6,9 @@
 //! The counters are written at scrape time from the statistics themselves, so they are exactly
 //! the numbers the replica's own report uses, and they come back at their old values when the
 //! statistics are rebuilt from the events file after a restart; a replica that starts from
-//! nothing resets them to zero like any counter.
+//! nothing resets them to zero like any counter. Every variant of a running experiment is
+//! exported from the start, at zero, with a fixed set of limbs: the first scrape after such a
+//! restart then shows every series going down, so the reset is always seen.
 //!
 //! Exact sums of fractional or signed quantities cannot be float64 counters directly: they are
 //! fixed-point integers, split into 20-bit limbs ([`Exact`]) that each stay an exact integer in
@@ -18,7 +20,9 @@
 
 use std::fmt::Write as _;
 
-use super::stats::{Exact, LATENCY_BUCKETS_S, Stats, TOKEN_KINDS, VariantSums};
+use std::collections::BTreeMap;
+
+use super::stats::{Exact, LATENCY_BUCKETS_S, LIMBS, Stats, TOKEN_KINDS, VariantSums};
 use crate::prompts::{Prompt, PromptSet};
 
 /// The counter families, as Prometheus stores them (with `_total`).
@@ -36,6 +40,12 @@ pub mod names {
     pub const SCORE_SQUARES: &str = "promptgate_experiment_score_squares_total";
 }
 
+/// Limbs exported even at zero: latency below 2^40 µs (12 days), cost below 2^60 pico-dollars
+/// (a million dollars a request), |scores| below 2^60 millionths, squares below 2^100.
+const LATENCY_LIMBS: usize = 2;
+const COST_LIMBS: usize = 3;
+const SCORE_LIMBS: usize = 3;
+
 /// The feedback metrics exported for a prompt. Today `quality_score`, the one the comparison
 /// tests; names a client invents are never labels.
 pub fn known_metrics(_prompt: &Prompt) -> &'static [&'static str] {
@@ -48,20 +58,33 @@ pub fn append(exposition: &mut String, stats: &Stats, prompts: &PromptSet) {
     if had_eof {
         exposition.truncate(exposition.len() - "# EOF\n".len());
     }
-    let mut variants: Vec<(String, &VariantSums, &Prompt)> = stats
-        .sums()
-        .filter_map(|((prompt, experiment, version), sums)| {
-            let p = prompts.get(prompt)?;
-            let labels = format!(
-                "prompt=\"{}\",experiment=\"{}\",version=\"{version}\"",
-                escape(prompt),
-                escape(experiment)
-            );
-            Some((labels, sums, p.as_ref()))
-        })
+    let zero = VariantSums::default();
+    // Sorted: a stable order makes the exposition easy to read and to diff.
+    let mut variants: BTreeMap<String, (&VariantSums, &Prompt)> = BTreeMap::new();
+    let label = |prompt: &str, experiment: &str, version: u32| {
+        format!(
+            "prompt=\"{}\",experiment=\"{}\",version=\"{version}\"",
+            escape(prompt),
+            escape(experiment)
+        )
+    };
+    for p in prompts.prompts() {
+        if let Some(exp) = &p.experiment {
+            let id = super::experiment_id(exp);
+            for v in exp.versions() {
+                variants.insert(label(&p.name, &id, v), (&zero, p));
+            }
+        }
+    }
+    for ((prompt, experiment, version), sums) in stats.sums() {
+        if let Some(p) = prompts.get(prompt) {
+            variants.insert(label(prompt, experiment, *version), (sums, p));
+        }
+    }
+    let variants: Vec<(String, &VariantSums, &Prompt)> = variants
+        .into_iter()
+        .map(|(labels, (sums, p))| (labels, sums, p))
         .collect();
-    // A stable order makes the exposition easy to read and to diff.
-    variants.sort_by(|a, b| a.0.cmp(&b.0));
     write_families(exposition, &variants);
     if had_eof {
         exposition.push_str("# EOF\n");
@@ -77,9 +100,11 @@ fn write_families(out: &mut String, variants: &[(String, &VariantSums, &Prompt)]
     let counter = |out: &mut String, name: &str, labels: &str, value: u64| {
         let _ = writeln!(out, "{name}{{{labels}}} {value}");
     };
-    // Only limbs that are not zero: the reader takes a missing limb as zero.
-    let limbs = |out: &mut String, name: &str, labels: &str, sum: &Exact| {
-        for (i, limb) in sum.limbs.iter().enumerate().filter(|(_, l)| **l > 0) {
+    // The limbs a quantity's values can reach (zeros included, so that a reset shows), and any
+    // higher one that is not zero.
+    let limbs = |out: &mut String, name: &str, labels: &str, sum: &Exact, reach: usize| {
+        let used = sum.limbs.iter().rposition(|l| *l > 0).map_or(0, |i| i + 1);
+        for (i, limb) in sum.limbs.iter().enumerate().take(used.max(reach)) {
             let _ = writeln!(out, "{name}{{{labels},limb=\"{i}\"}} {limb}");
         }
     };
@@ -120,7 +145,7 @@ fn write_families(out: &mut String, variants: &[(String, &VariantSums, &Prompt)]
         "Cost in pico-dollars, in 20-bit limbs: total = sum of value * 2^(20*limb)",
     );
     for (labels, s, _) in variants {
-        limbs(out, COST, labels, &s.cost);
+        limbs(out, COST, labels, &s.cost, COST_LIMBS);
     }
     family(
         out,
@@ -129,7 +154,7 @@ fn write_families(out: &mut String, variants: &[(String, &VariantSums, &Prompt)]
         "Request duration in microseconds, in 20-bit limbs: total = sum of value * 2^(20*limb)",
     );
     for (labels, s, _) in variants {
-        limbs(out, LATENCY, labels, &s.latency_us);
+        limbs(out, LATENCY, labels, &s.latency_us, LATENCY_LIMBS);
     }
     family(
         out,
@@ -188,13 +213,11 @@ fn write_families(out: &mut String, variants: &[(String, &VariantSums, &Prompt)]
     );
     for (labels, s, prompt) in variants {
         for metric in known_metrics(prompt) {
-            let Some(m) = s.scores.get(*metric) else {
-                continue;
-            };
+            let m = s.scores.get(*metric).copied().unwrap_or_default();
             let positive = format!("{labels},metric=\"{metric}\",sign=\"positive\"");
-            limbs(out, SCORE_SUM, &positive, &m.positive);
+            limbs(out, SCORE_SUM, &positive, &m.positive, SCORE_LIMBS);
             let negative = format!("{labels},metric=\"{metric}\",sign=\"negative\"");
-            limbs(out, SCORE_SUM, &negative, &m.negative);
+            limbs(out, SCORE_SUM, &negative, &m.negative, SCORE_LIMBS);
         }
     }
     family(
@@ -205,10 +228,9 @@ fn write_families(out: &mut String, variants: &[(String, &VariantSums, &Prompt)]
     );
     for (labels, s, prompt) in variants {
         for metric in known_metrics(prompt) {
-            if let Some(m) = s.scores.get(*metric) {
-                let labels = format!("{labels},metric=\"{metric}\"");
-                limbs(out, SCORE_SQUARES, &labels, &m.squares);
-            }
+            let m = s.scores.get(*metric).copied().unwrap_or_default();
+            let labels = format!("{labels},metric=\"{metric}\"");
+            limbs(out, SCORE_SQUARES, &labels, &m.squares, LIMBS);
         }
     }
 }
@@ -231,6 +253,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("support")).unwrap();
         std::fs::write(dir.path().join("support/v1.prompt"), "One.").unwrap();
+        std::fs::create_dir(dir.path().join("ab")).unwrap();
+        std::fs::write(dir.path().join("ab/v1.prompt"), "A").unwrap();
+        std::fs::write(dir.path().join("ab/v2.prompt"), "B").unwrap();
+        std::fs::write(
+            dir.path().join("ab/prompt.yaml"),
+            "experiment: {version_a: 1, version_b: 2, traffic_split: 0.5}\n",
+        )
+        .unwrap();
         crate::prompts::load(dir.path()).unwrap()
     }
 
@@ -278,5 +308,19 @@ mod tests {
             !text.contains("made_up"),
             "client metric names are not labels"
         );
+        // A running experiment's variants start at zero, so a reset to nothing always shows.
+        let set = set();
+        let ab = set.get("ab").unwrap();
+        let id = crate::record::experiment_id(ab.experiment.as_ref().unwrap());
+        let l = format!("prompt=\"ab\",experiment=\"{id}\",version=\"2\"");
+        for line in [
+            format!("promptgate_experiment_requests_total{{{l},outcome=\"ok\"}} 0"),
+            format!(
+                "promptgate_experiment_score_squares_total{{{l},metric=\"quality_score\",limb=\"4\"}} 0"
+            ),
+            format!("promptgate_experiment_cost_picodollars_total{{{l},limb=\"2\"}} 0"),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
     }
 }
