@@ -223,12 +223,15 @@ impl Fleet {
         let mut out = Vec::new();
         for ((family, ends), resets) in FAMILIES.iter().zip(ends).zip(resets) {
             let reset: BTreeSet<Labels> = resets.into_iter().map(|s| s.metric).collect();
+
             let raw = if reset.is_empty() {
                 HashMap::new()
             } else {
                 self.raw(family, selector, r + LOOKBACK_S, w.end).await?
             };
-            for s in ends {
+            for mut s in ends {
+                // last_over_time keeps the name (in some versions), resets() drops it.
+                s.metric.remove("__name__");
                 let Some(end) = s.value.and_then(|(_, v)| counter_value(&v)) else {
                     continue;
                 };

@@ -716,7 +716,7 @@ mod tests {
             s.squares.add(squares);
             s.moments()
         };
-        let (a, b) = fleet_samples();
+        let (a, _) = fleet_samples();
         assert_eq!(from(SUMS_A), sums(&a).moments(), "same sums, same numbers");
         let (t, _, p) = welch(&from(SUMS_A), &from(SUMS_B)).unwrap();
         assert!(
