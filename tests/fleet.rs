@@ -74,6 +74,32 @@ impl Prometheus {
         }
     }
 
+    /// Waits until a scrape of `target` has failed (its series are then stale).
+    async fn wait_down(&self, client: &reqwest::Client, target: SocketAddr) {
+        let mut url = reqwest::Url::parse(&format!("{}/api/v1/query", self.url)).unwrap();
+        url.query_pairs_mut()
+            .append_pair("query", &format!("up{{instance=\"{target}\"}} == 0"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer: Value = client
+                .get(url.clone())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if answer["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{target} still up: {answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until Prometheus has scraped `target` successfully after `after` (Unix seconds):
     /// that scrape holds everything recorded before.
     async fn wait_scraped(&self, client: &reqwest::Client, target: SocketAddr, after: f64) {
@@ -342,7 +368,11 @@ async fn the_fleet_report_equals_the_pooled_events_report() {
             + expected["variants"]["2"]["count"].as_u64().unwrap(),
         40 + 70 + 25 + 12 + 9
     );
-    let fleet = report(&b, "?scope=fleet&range=1h").await;
+    // b goes away: its series are stale now, but its numbers are in the window.
+    b.server.shutdown(Duration::from_secs(5)).await.unwrap();
+    prometheus.wait_down(&client, addrs[1]).await;
+    let fleet = report(&a, "?scope=fleet&range=1h").await;
+    assert_eq!(fleet["fleet"]["replicas"], 3);
     assert_same(&fleet, &expected);
 
     // The CLI prints the same JSON.

@@ -195,91 +195,112 @@ impl Fleet {
     }
 
     /// Every counter series' exact increase over the window.
+    ///
+    /// Most series need two cheap instant queries: their value now and at the window's start.
+    /// Only the requests family is scanned over the whole window, to find the replicas that
+    /// restarted from nothing (`resets`) or are gone (samples in the window, none now); for
+    /// those replicas alone every sample is fetched and walked.
     async fn increases(&self, selector: &str, w: Window) -> Result<Vec<Series>, FleetError> {
-        let r = w.seconds;
-        let names = FAMILIES.join("|");
-        let starts = self.query(
-            format!("{{__name__=~\"{names}\",{selector}}} offset {r}s"),
-            w.end,
-        );
-        let ends = try_join_all(
-            FAMILIES.map(|f| self.query(format!("last_over_time({f}{{{selector}}}[{r}s])"), w.end)),
-        );
-        // Over the lookback before the window too, so a reset between the starting value
-        // and the first sample in the window is seen.
-        let resets = try_join_all(FAMILIES.map(|f| {
-            let span = r + LOOKBACK_S;
-            self.query(format!("resets({f}{{{selector}}}[{span}s]) > 0"), w.end)
-        }));
-        let (starts, ends, resets) = tokio::try_join!(starts, ends, resets)?;
+        let (r, span) = (w.seconds, w.seconds + LOOKBACK_S);
+        let all = format!("{{__name__=~\"{}\",{selector}}}", FAMILIES.join("|"));
+        let requests = format!("{}{{{selector}}}", names::REQUESTS);
+        let (ends, starts, gone, resets) = tokio::try_join!(
+            self.query(all.clone(), w.end),
+            self.query(format!("{all} offset {r}s"), w.end),
+            self.query(
+                format!("last_over_time({requests}[{r}s]) unless {requests}"),
+                w.end
+            ),
+            // Over the lookback before the window too, so a reset between the starting value
+            // and the first sample in the window is seen.
+            self.query(format!("resets({requests}[{span}s]) > 0"), w.end),
+        )?;
+        // The replicas' variants to walk, as label sets (a series belongs if it has them all).
+        let walk_sets: BTreeSet<Labels> = gone
+            .into_iter()
+            .chain(resets)
+            .map(|s| {
+                let mut labels = s.metric;
+                labels.remove("__name__");
+                labels.remove("outcome");
+                labels
+            })
+            .collect();
+        let covered = |labels: &Labels| {
+            walk_sets
+                .iter()
+                .any(|set| set.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        };
         let mut start_of: HashMap<(String, Labels), u64> = HashMap::new();
         for s in starts {
-            let mut labels = s.metric;
-            let family = labels.remove("__name__").unwrap_or_default();
+            let (family, labels) = split_name(s.metric);
             if let Some(v) = s.value.and_then(|(_, v)| counter_value(&v)) {
                 start_of.insert((family, labels), v);
             }
         }
+        let start = |family: &str, labels: &Labels| {
+            start_of
+                .get(&(family.to_owned(), labels.clone()))
+                .copied()
+                .unwrap_or(0)
+        };
         let mut out = Vec::new();
-        for ((family, ends), resets) in FAMILIES.iter().zip(ends).zip(resets) {
-            let reset: BTreeSet<Labels> = resets.into_iter().map(|s| s.metric).collect();
-
-            let raw = if reset.is_empty() {
-                HashMap::new()
-            } else {
-                self.raw(family, selector, r + LOOKBACK_S, w.end).await?
+        for s in ends {
+            let (family, labels) = split_name(s.metric);
+            let Some(family) = FAMILIES.iter().find(|f| **f == family) else {
+                continue;
             };
-            for mut s in ends {
-                // last_over_time keeps the name (in some versions), resets() drops it.
-                s.metric.remove("__name__");
-                let Some(end) = s.value.and_then(|(_, v)| counter_value(&v)) else {
-                    continue;
-                };
-                let start = start_of
-                    .get(&(family.to_string(), s.metric.clone()))
-                    .copied()
-                    .unwrap_or(0);
-                let value = match raw.get(&s.metric).filter(|_| reset.contains(&s.metric)) {
-                    Some(samples) => walk(samples, start, w.end - r as f64),
-                    // Went down between the start value and the first sample: a reset.
-                    None if end < start => end,
-                    None => end - start,
-                };
-                out.push(Series {
-                    family,
-                    labels: s.metric,
-                    value,
-                });
+            let Some(end) = s.value.and_then(|(_, v)| counter_value(&v)) else {
+                continue;
+            };
+            if covered(&labels) {
+                continue;
             }
+            let start = start(family, &labels);
+            // Went down between the start value and now: a reset the scan did not see.
+            let value = if end < start { end } else { end - start };
+            out.push(Series {
+                family,
+                labels,
+                value,
+            });
+        }
+        let raws = try_join_all(walk_sets.iter().map(|set| {
+            let matchers: String = set
+                .iter()
+                .map(|(k, v)| format!(",{k}=\"{}\"", promql_string(v)))
+                .collect();
+            let query = format!(
+                "{{__name__=~\"{}\",{selector}{matchers}}}[{span}s]",
+                FAMILIES.join("|")
+            );
+            self.query(query, w.end)
+        }))
+        .await?;
+        let mut walked = BTreeSet::new();
+        for s in raws.into_iter().flatten() {
+            let (family, labels) = split_name(s.metric);
+            let Some(family) = FAMILIES.iter().find(|f| **f == family) else {
+                continue;
+            };
+            // Two walk sets may cover one series: count it once.
+            if !walked.insert((family, labels.clone())) {
+                continue;
+            }
+            let samples: Vec<(f64, u64)> = s
+                .values
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(t, v)| Some((t, counter_value(&v)?)))
+                .collect();
+            let value = walk(&samples, start(family, &labels), w.end - r as f64);
+            out.push(Series {
+                family,
+                labels,
+                value,
+            });
         }
         Ok(out)
-    }
-
-    /// The raw samples of one family's series over `span` seconds before `end`.
-    async fn raw(
-        &self,
-        family: &str,
-        selector: &str,
-        span: u64,
-        end: f64,
-    ) -> Result<HashMap<Labels, Vec<(f64, u64)>>, FleetError> {
-        let series = self
-            .query(format!("{family}{{{selector}}}[{span}s]"), end)
-            .await?;
-        Ok(series
-            .into_iter()
-            .map(|s| {
-                let mut labels = s.metric;
-                labels.remove("__name__");
-                let samples = s
-                    .values
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(t, v)| Some((t, counter_value(&v)?)))
-                    .collect();
-                (labels, samples)
-            })
-            .collect())
     }
 
     /// One instant query (`/api/v1/query`) at `time`.
@@ -404,6 +425,17 @@ struct RawSeries {
     metric: Labels,
     value: Option<(f64, String)>,
     values: Option<Vec<(f64, String)>>,
+}
+
+/// The series' family (its name) and its other labels.
+fn split_name(mut labels: Labels) -> (String, Labels) {
+    let name = labels.remove("__name__").unwrap_or_default();
+    (name, labels)
+}
+
+/// A label value inside a PromQL string.
+fn promql_string(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// A counter's value: a whole number (exact in float64 below 2^53).
