@@ -7,8 +7,8 @@
 //! [`record`] records the request.
 //! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
 //! the files change, recording each change in the [`audit`] trail; [`admin`] is the admin API;
-//! [`record`] holds the metrics. [`server`] runs the listeners and shutdown; [`cli`] is the
-//! command line.
+//! [`record`] holds the metrics and statistics, and reads the fleet's back from Prometheus.
+//! [`server`] runs the listeners and shutdown; [`cli`] is the command line.
 
 pub mod admin;
 pub mod audit;
