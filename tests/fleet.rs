@@ -485,4 +485,26 @@ async fn fleet_scope_needs_a_prometheus() {
         .await
         .unwrap();
     assert_eq!(local["scope"], "replica");
+
+    // Scores beyond ±1e9 are refused: their squares would not stay exact.
+    let resp = app
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": [], "user": "u1", "prompt": {"id": "ab"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let resp = app
+        .post_json(
+            "/v1/feedback",
+            &json!({"request_id": id, "metrics": {"quality_score": -2e9}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "metrics.quality_score", "{body}");
 }

@@ -701,4 +701,27 @@ mod tests {
         );
         assert!(Fleet::new("ftp://x", Duration::from_secs(1)).is_err());
     }
+
+    #[tokio::test]
+    async fn a_prometheus_that_never_answers_times_out() {
+        // Accepts connections and says nothing.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let fleet = Fleet::new(&url, Duration::from_millis(300)).unwrap();
+        let started = std::time::Instant::now();
+        let err = fleet.query("up".to_owned(), 0.0).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let text = err.to_string();
+        assert!(
+            text.contains(&url) && text.contains("did not answer within 0.3 s"),
+            "{text}"
+        );
+        hold.abort();
+    }
 }
