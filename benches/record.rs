@@ -14,6 +14,7 @@ fn event(i: u64) -> RequestEvent {
     RequestEvent {
         time: "2026-11-25T00:00:00.000Z".into(),
         request_id: format!("req-{i}"),
+        upstream_request_id: None,
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
         prompt: Some("customer_support".into()),

@@ -143,6 +143,18 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/responses", post(proxy::responses))
         .route("/v1/feedback", post(proxy::feedback::feedback))
         .route("/v1/{*rest}", any(proxy::passthrough))
+        // Base URLs without `/v1` (the rest of OpenAI's paths: see `not_found`).
+        .route("/chat/completions", post(proxy::chat_completions))
+        .route("/responses", post(proxy::responses))
+        // Azure OpenAI clients: deployment paths and the `/openai/v1/` API.
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(proxy::chat_completions),
+        )
+        .route("/openai/v1/chat/completions", post(proxy::chat_completions))
+        .route("/openai/v1/responses", post(proxy::responses))
+        .route("/openai/responses", post(proxy::responses))
+        .route("/openai/{*rest}", any(proxy::passthrough))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let router = if state.config.admin_listen.is_none() {
@@ -150,7 +162,7 @@ pub fn app(state: AppState) -> Router {
     } else {
         router
     };
-    router.fallback(not_found).with_state(state)
+    router.fallback(fallback).with_state(state)
 }
 
 /// The admin API and `/metrics`, for `--admin-listen`.
@@ -193,6 +205,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// OpenAI's paths from a base URL without `/v1` are forwarded; anything else is a 404.
+async fn fallback(State(state): State<AppState>, req: Request) -> Response {
+    if proxy::is_openai_path(req.uri().path()) {
+        return proxy::passthrough(State(state), req).await;
+    }
+    not_found(req).await
 }
 
 async fn not_found(req: Request) -> Response {

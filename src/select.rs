@@ -74,24 +74,34 @@ pub fn find<'a>(set: &'a PromptSet, name: &str) -> Result<&'a Prompt, SelectErro
             reason: reason.to_owned(),
         });
     }
-    set.get(name).map(AsRef::as_ref).ok_or_else(|| {
-        let mut names: Vec<String> = set
-            .prompts()
-            .take(20)
-            .map(|p| format!("`{}`", p.name))
-            .collect();
-        if set.len() > 20 {
-            names.push("…".to_owned());
-        }
-        SelectError::UnknownPrompt {
+    set.get(name)
+        .map(AsRef::as_ref)
+        .ok_or_else(|| SelectError::UnknownPrompt {
             name: name.to_owned(),
-            known: if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
-            },
-        }
-    })
+            known: closest_names(set, name),
+        })
+}
+
+/// At most five known prompt names, the closest to `name`, for a "did you mean" list that
+/// stays short however many prompts there are (and does not list every prompt to any caller).
+fn closest_names(set: &PromptSet, name: &str) -> String {
+    const SHOWN: usize = 5;
+    let mut ranked: Vec<(f64, &str)> = set
+        .prompts()
+        .map(|p| (strsim::jaro_winkler(name, &p.name), p.name.as_str()))
+        .collect();
+    if ranked.is_empty() {
+        return "none".to_owned();
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    // The closest five, shown in name order so the list reads like the rest of the API.
+    let mut closest: Vec<&str> = ranked.iter().take(SHOWN).map(|(_, n)| *n).collect();
+    closest.sort_unstable();
+    let mut names: Vec<String> = closest.iter().map(|n| format!("`{n}`")).collect();
+    if ranked.len() > SHOWN {
+        names.push(format!("… ({} in all)", ranked.len()));
+    }
+    names.join(", ")
 }
 
 /// Chooses the version of `prompt` for a request. `key` is the assignment key (the user).

@@ -55,8 +55,11 @@ async fn prompt_is_injected_stripped_and_overrides_applied() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let headers = resp.headers().clone();
-    assert_eq!(headers["x-request-id"], "client-req-9");
-    assert_eq!(headers["x-upstream-request-id"], "upstream-req-1");
+    // The upstream's id stays `x-request-id` (the SDKs' `_request_id`); promptgate's own id,
+    // the client's here, is `x-promptgate-request-id`.
+    assert_eq!(headers["x-request-id"], "upstream-req-1");
+    assert_eq!(headers["x-promptgate-request-id"], "client-req-9");
+    assert!(headers.get("x-upstream-request-id").is_none());
     assert_eq!(headers["x-prompt-name"], "support");
     assert_eq!(headers["x-prompt-version"], "2");
     assert_eq!(headers["x-prompt-selection"], "active");

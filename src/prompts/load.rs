@@ -242,6 +242,7 @@ fn load_prompt(
                 created_by: raw.front.created_by,
                 created_at: raw.front.created_at,
                 notes: raw.front.notes,
+                client_system: raw.front.client_system.unwrap_or_default(),
                 template: raw.body,
                 declared,
                 uses: compiled.uses,

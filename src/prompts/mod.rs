@@ -25,6 +25,7 @@ pub use load::{Overlay, check_prompt, load, valid_prompt_name};
 pub use manifest::{ExamplesConfig, ExamplesFormat, Experiment, Split, Strategy, Variant};
 pub use problem::{Problem, Problems};
 pub use template::{Builtins, RenderError};
+pub use version::ClientSystem;
 
 /// Every prompt of a folder, validated and compiled. Immutable: a reload builds a new one.
 pub struct PromptSet {
@@ -68,6 +69,8 @@ pub struct Version {
     pub created_by: Option<String>,
     pub created_at: Option<String>,
     pub notes: Option<String>,
+    /// How the rendered prompt meets the client's own system message (SPEC §1).
+    pub client_system: ClientSystem,
     #[serde(skip)]
     pub template: String,
     #[serde(skip)]

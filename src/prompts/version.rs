@@ -17,6 +17,49 @@ pub struct RawFrontMatter {
     pub created_by: Option<String>,
     pub created_at: Option<String>,
     pub notes: Option<String>,
+    /// How the rendered prompt meets the client's own system or developer message.
+    pub client_system: Option<ClientSystem>,
+}
+
+/// How the rendered prompt meets a system or developer message the client sent itself
+/// (LangChain's `SystemMessage`, the AI SDK's `system:`, pydantic-ai's `instructions` …), and
+/// the Responses API's `instructions`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum ClientSystem {
+    /// One leading system message: the rendered prompt, a blank line, the client's text. Works
+    /// with every server, including chat templates that refuse a second system message.
+    #[default]
+    Merge,
+    /// The rendered prompt as its own system message, the client's message kept after it.
+    Separate,
+    /// The rendered prompt only: the client's system and developer messages are dropped.
+    Replace,
+}
+
+impl TryFrom<String> for ClientSystem {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "merge" => Ok(ClientSystem::Merge),
+            "separate" => Ok(ClientSystem::Separate),
+            "replace" => Ok(ClientSystem::Replace),
+            other => Err(format!(
+                "`client_system` must be `merge`, `separate` or `replace`, not `{other}`"
+            )),
+        }
+    }
+}
+
+impl ClientSystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientSystem::Merge => "merge",
+            ClientSystem::Separate => "separate",
+            ClientSystem::Replace => "replace",
+        }
+    }
 }
 
 /// A version file split into its parts.
@@ -198,6 +241,17 @@ mod tests {
             parse("---\ntemperature: 3\nmax_tokens: 0\nparams: {messages: []}\nvariables: [\"a b\"]\n---\nHi")
                 .unwrap_err();
         assert_eq!(err.len(), 4, "{err:?}");
+    }
+
+    #[test]
+    fn client_system_is_read_and_checked() {
+        let v = parse("---\nclient_system: separate\n---\nHi").unwrap();
+        assert_eq!(v.front.client_system, Some(ClientSystem::Separate));
+        let v = parse("Hi").unwrap();
+        assert_eq!(v.front.client_system, None);
+        let err = parse("---\nmodel: m\nclient_system: both\n---\nHi").unwrap_err();
+        assert_eq!(err[0].0, Some(3), "{err:?}");
+        assert!(err[0].1.contains("`client_system` must be"), "{err:?}");
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub async fn answer(
     body: OutBody,
 ) -> Result<UpstreamResponse, ApiError> {
     let path = path_and_query.split('?').next().unwrap_or_default();
+    // Azure OpenAI's paths (`/openai/deployments/{d}/chat/completions`, `/openai/v1/responses`)
+    // end like OpenAI's.
+    let path = match path.strip_prefix('/') {
+        Some(azure) if azure.ends_with("/chat/completions") => "chat/completions",
+        Some(azure) if azure.ends_with("/responses") || azure == "openai/responses" => "responses",
+        Some(azure) if azure.ends_with("/models") => "models",
+        _ => path,
+    };
     let bytes = match body {
         OutBody::Full(bytes) => bytes,
         OutBody::Stream(body) => axum::body::to_bytes(body, 16 * 1024 * 1024)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -96,17 +96,27 @@ pub async fn send(
         Some((path, query)) => (path, Some(query)),
         None => (path_and_query, None),
     };
-    url.set_path(&format!("{}/{path}", base.path().trim_end_matches('/')));
+    if path.starts_with('/') {
+        // Azure OpenAI's `/openai/…` paths: from the upstream's origin.
+        url.set_path(path);
+    } else {
+        url.set_path(&format!("{}/{path}", base.path().trim_end_matches('/')));
+    }
     url.set_query(query);
     let mut out = end_to_end_headers(headers);
     for name in NOT_FORWARDED {
         out.remove(name);
     }
     if let Some(key) = &config.upstream_api_key {
-        let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-            ApiError::Internal("the upstream API key is not a valid header value".into())
-        })?;
-        out.insert(header::AUTHORIZATION, value);
+        let invalid =
+            |_| ApiError::Internal("the upstream API key is not a valid header value".into());
+        if out.contains_key("api-key") {
+            // An Azure OpenAI client authenticates with `api-key`; replace that one.
+            out.insert("api-key", HeaderValue::from_str(key).map_err(invalid)?);
+        } else {
+            let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(invalid)?;
+            out.insert(header::AUTHORIZATION, value);
+        }
     }
     let body = match body {
         OutBody::Full(bytes) => reqwest::Body::from(bytes),
@@ -121,11 +131,9 @@ pub async fn send(
         .await;
     let response = sent.map_err(|e| classify(&e, url.as_str(), config.upstream_timeout))?;
     let status = response.status();
-    let mut headers = end_to_end_headers(response.headers());
-    // The request id promptgate returns is its own; keep upstream's under another name.
-    if let Some(id) = headers.remove("x-request-id") {
-        headers.insert(HeaderName::from_static("x-upstream-request-id"), id);
-    }
+    // The upstream's `x-request-id` (OpenAI's `req_…`) passes through untouched: the SDKs show
+    // it as `_request_id`, and it is the id the provider's support asks for (SPEC §2).
+    let headers = end_to_end_headers(response.headers());
     let timeout = config.upstream_timeout;
     let body = response
         .bytes_stream()

@@ -10,6 +10,7 @@ pub mod feedback;
 pub mod forward;
 pub mod relay;
 pub mod request;
+pub mod system;
 
 use std::time::Instant;
 
@@ -105,13 +106,60 @@ async fn run(
     .await
 }
 
-/// `/v1/chat/completions?x=1` → `chat/completions?x=1`.
+/// The upstream path of a request, with its query.
+///
+/// `/v1/chat/completions?x=1` → `chat/completions?x=1` (relative to `--upstream`), and the
+/// same for a base URL without `/v1` (`/chat/completions`). Azure OpenAI's paths
+/// (`/openai/deployments/{d}/chat/completions?api-version=…`, `/openai/v1/…`) keep their whole
+/// path from the upstream's origin: `/openai/…`, leading slash and all.
 fn upstream_path(uri: &axum::http::Uri) -> String {
-    let path = uri.path().strip_prefix("/v1/").unwrap_or(uri.path());
+    let full = uri.path();
+    let path = if full.starts_with("/openai/") {
+        full
+    } else {
+        full.strip_prefix("/v1/")
+            .or_else(|| full.strip_prefix('/'))
+            .unwrap_or(full)
+    };
     match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     }
+}
+
+/// The first path segments of OpenAI's API, for clients whose base URL has no `/v1`: these are
+/// forwarded as if they had it, everything else unknown is a 404.
+pub const OPENAI_ROOTS: [&str; 20] = [
+    "assistants",
+    "audio",
+    "batches",
+    "chat",
+    "completions",
+    "containers",
+    "conversations",
+    "embeddings",
+    "evals",
+    "files",
+    "fine_tuning",
+    "images",
+    "models",
+    "moderations",
+    "organization",
+    "realtime",
+    "responses",
+    "threads",
+    "uploads",
+    "vector_stores",
+];
+
+/// True when `path` (no `/v1`) starts with one of [`OPENAI_ROOTS`].
+pub fn is_openai_path(path: &str) -> bool {
+    let first = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    OPENAI_ROOTS.contains(&first)
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with a 413.
@@ -137,7 +185,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
 
 /// What one request carries through the phases, and records when it is over.
 pub struct RequestCtx {
+    /// promptgate's id for the request: the client's `X-Request-Id`, or a new UUID.
     pub request_id: HeaderValue,
+    /// The upstream's `x-request-id`, when it sent one.
+    pub upstream_request_id: Option<String>,
     pub method: Method,
     pub path: String,
     pub started: Instant,
@@ -164,6 +215,7 @@ impl RequestCtx {
             });
         RequestCtx {
             request_id,
+            upstream_request_id: None,
             method: method.clone(),
             path: path.to_owned(),
             started: Instant::now(),
@@ -176,12 +228,29 @@ impl RequestCtx {
         }
     }
 
-    /// Adds promptgate's response headers.
-    pub fn stamp(&self, headers: &mut HeaderMap) {
+    /// Adds promptgate's response headers. `x-request-id` stays the upstream's when it sent
+    /// one (the id the SDKs show and the provider knows); promptgate's own id is always in
+    /// `x-promptgate-request-id`. `/v1/feedback` accepts either.
+    pub fn stamp(&mut self, headers: &mut HeaderMap) {
         headers.insert(
-            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-promptgate-request-id"),
             self.request_id.clone(),
         );
+        match headers.get("x-request-id") {
+            Some(upstream) => {
+                self.upstream_request_id = upstream
+                    .to_str()
+                    .ok()
+                    .filter(|id| !id.is_empty() && id.len() <= 200)
+                    .map(str::to_owned);
+            }
+            None => {
+                headers.insert(
+                    HeaderName::from_static("x-request-id"),
+                    self.request_id.clone(),
+                );
+            }
+        }
         let Some(served) = &self.served else {
             return;
         };
@@ -199,7 +268,7 @@ impl RequestCtx {
     }
 
     /// Answers with an error before anything was relayed, and records the request.
-    pub fn fail(self, err: ApiError) -> Response {
+    pub fn fail(mut self, err: ApiError) -> Response {
         let status = err.status().as_u16();
         let mut response = err.into_response();
         self.stamp(response.headers_mut());
@@ -256,6 +325,7 @@ impl RequestCtx {
         let event = RequestEvent {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
+            upstream_request_id: self.upstream_request_id.clone(),
             method: self.method.to_string(),
             path: self.path.clone(),
             prompt: served.map(|s| s.name.clone()),

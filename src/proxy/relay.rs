@@ -18,7 +18,7 @@ use super::forward::{BodyError, UpstreamResponse};
 use crate::record::usage::UsageTap;
 
 /// Turns the upstream response into the client's response, with promptgate's headers.
-pub fn relay(upstream: UpstreamResponse, ctx: RequestCtx) -> Response {
+pub fn relay(upstream: UpstreamResponse, mut ctx: RequestCtx) -> Response {
     let sse = upstream
         .headers
         .get(header::CONTENT_TYPE)

@@ -23,6 +23,9 @@ pub enum Endpoint {
     Responses,
 }
 
+/// How OpenAI's own prompt ids begin (`pmpt_68b0…`).
+pub const OPENAI_PROMPT_PREFIX: &str = "pmpt_";
+
 /// Which prompt version served a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
@@ -78,18 +81,12 @@ pub struct HeaderPrompt {
 
 impl HeaderPrompt {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
-        let text = |name: &str| -> Result<Option<String>, ApiError> {
-            match headers.get(name) {
-                None => Ok(None),
-                Some(v) => v.to_str().map(|s| Some(s.trim().to_owned())).map_err(|_| {
-                    ApiError::bad_request(
-                        format!("header `{name}` is not valid text"),
-                        Some(name.to_owned()),
-                    )
-                }),
-            }
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| header_text(v.as_bytes()).trim().to_owned())
         };
-        let variables = match text("x-prompt-variables")? {
+        let variables = match text("x-prompt-variables") {
             None => None,
             Some(raw) => match serde_json::from_str::<Value>(&raw) {
                 Ok(Value::Object(map)) => Some(map),
@@ -108,14 +105,24 @@ impl HeaderPrompt {
             },
         };
         Ok(HeaderPrompt {
-            name: text("x-prompt-name")?.filter(|s| !s.is_empty()),
-            version: text("x-prompt-version")?.filter(|s| !s.is_empty()),
+            name: text("x-prompt-name").filter(|s| !s.is_empty()),
+            version: text("x-prompt-version").filter(|s| !s.is_empty()),
             variables,
         })
     }
 
     fn names_prompt(&self) -> bool {
         self.name.is_some()
+    }
+}
+
+/// The text of a header value: UTF-8 when it is valid UTF-8 (what most clients send), else
+/// ISO-8859-1, byte for character — what Node's `fetch` (and so the AI SDK) sends for
+/// `é` and the rest of Latin-1. Characters beyond it need JSON escapes (`\u2615`) there.
+pub fn header_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => std::borrow::Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
     }
 }
 
@@ -314,6 +321,14 @@ pub async fn prepare(
         return Ok(Prepared::unchanged(body));
     };
 
+    // OpenAI's own reusable prompts (`prompt: {id: "pmpt_…"}` on the Responses API) are not
+    // ours: unless a local prompt has that name, the request goes upstream as it came.
+    if endpoint == Endpoint::Responses
+        && reference.name.starts_with(OPENAI_PROMPT_PREFIX)
+        && set.get(&reference.name).is_none()
+    {
+        return Ok(Prepared::unchanged(body));
+    }
     let prompt = select::find(set, &reference.name)?;
     let key = assignment_key(headers, &map);
     let (version, selection) = select::choose(prompt, reference.version.as_ref(), key)?;
@@ -370,21 +385,18 @@ pub async fn prepare(
                     ));
                 }
             };
-            // System prompt, then the example pairs, then the client's messages.
-            let mut head = Vec::with_capacity(1 + example_messages.len());
-            head.push(serde_json::json!({"role": "system", "content": system}));
-            head.extend(example_messages);
-            messages.splice(0..0, head);
+            super::system::into_messages(messages, system, example_messages, version.client_system);
         }
         Endpoint::Responses => {
-            // The client's own instructions, if any, follow the managed prompt.
-            let instructions = match map.get("instructions") {
-                Some(Value::String(own)) if !own.is_empty() => format!("{system}\n\n{own}"),
-                _ => system,
-            };
+            let (instructions, own_item) = super::system::into_instructions(
+                system,
+                map.get("instructions"),
+                version.client_system,
+            );
             map.insert("instructions".to_owned(), Value::String(instructions));
-            if !example_messages.is_empty() {
-                // Example pairs go before the client's input, which becomes a list if needed.
+            if !example_messages.is_empty() || own_item.is_some() {
+                // The client's own instructions (kept apart) and the example pairs go before
+                // the client's input, which becomes a list if needed.
                 let input = match map.remove("input") {
                     Some(Value::Array(items)) => items,
                     Some(Value::String(text)) => {
@@ -393,7 +405,8 @@ pub async fn prepare(
                     Some(other) => vec![other],
                     None => Vec::new(),
                 };
-                let mut all = example_messages;
+                let mut all: Vec<Value> = own_item.into_iter().collect();
+                all.extend(example_messages);
                 all.extend(input);
                 map.insert("input".to_owned(), Value::Array(all));
             }

@@ -35,6 +35,9 @@ pub enum Event {
 pub struct RequestEvent {
     pub time: String,
     pub request_id: String,
+    /// The upstream's `x-request-id`, which `/v1/feedback` accepts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
     pub method: String,
     pub path: String,
     pub prompt: Option<String>,
@@ -241,6 +244,7 @@ mod tests {
         Event::Request(Box::new(RequestEvent {
             time: "2026-11-25T00:00:00Z".into(),
             request_id: id.into(),
+            upstream_request_id: None,
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
             prompt: Some("p".into()),

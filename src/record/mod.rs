@@ -184,12 +184,12 @@ impl Recorder {
                     tokens: [r.prompt_tokens, r.completion_tokens, r.cached_tokens],
                 };
                 stats.add_request(key, &figures);
-                lock(&self.inner.index).insert(
-                    &r.request_id,
-                    prompt,
-                    version,
-                    r.experiment.as_deref(),
-                );
+                let mut index = lock(&self.inner.index);
+                index.insert(&r.request_id, prompt, version, r.experiment.as_deref());
+                // Feedback may name the id the client saw as `x-request-id`: the upstream's.
+                if let Some(upstream) = &r.upstream_request_id {
+                    index.insert(upstream, prompt, version, r.experiment.as_deref());
+                }
             }
             Event::Feedback(f) => {
                 let key = (

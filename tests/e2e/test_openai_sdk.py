@@ -248,6 +248,10 @@ class _MockHandler(BaseHTTPRequestHandler):
 
     def _answer(self, rec: Recorded, parsed: Any, n: int) -> None:
         path = self.path.split("?", 1)[0]
+        # Azure OpenAI's paths (`/openai/deployments/{d}/chat/completions`, `/openai/responses`)
+        # are answered like OpenAI's.
+        if path.startswith("/openai/"):
+            path = next((p for p in ("/chat/completions", "/responses") if path.endswith(p)), path)
         body = parsed if isinstance(parsed, dict) else {}
 
         if self.command == "POST" and path == "/chat/completions":
@@ -346,6 +350,7 @@ class _MockHandler(BaseHTTPRequestHandler):
 
 
 def chat_completion(req: dict, n: int) -> dict:
+    structured = (req.get("response_format") or {}).get("type") == "json_schema"
     return {
         "id": f"chatcmpl-mock-{n}",
         "object": "chat.completion",
@@ -355,7 +360,11 @@ def chat_completion(req: dict, n: int) -> dict:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": MOCK_REPLY, "refusal": None},
+                "message": {
+                    "role": "assistant",
+                    "content": '{"answer": "ok"}' if structured else MOCK_REPLY,
+                    "refusal": None,
+                },
                 "logprobs": None,
                 "finish_reason": "stop",
             }
@@ -616,7 +625,10 @@ def test_chat_completion_injects_rendered_prompt_and_overrides(client: OpenAI, m
     assert completion.choices[0].message.content == MOCK_REPLY
     assert completion.model_dump(mode="json", exclude_unset=True) == json.loads(rec.response_body)
     assert_prompt_headers(raw.headers, "support", 2, SUPPORT_V2_HASH, "active")
-    assert raw.headers["x-request-id"] == "e2e-chat-1"
+    # The upstream's id is the SDK's `_request_id`; promptgate's own (the client's here) beside it.
+    assert raw.headers["x-request-id"] == "req_mock_upstream"
+    assert raw.request_id == "req_mock_upstream"
+    assert raw.headers["x-promptgate-request-id"] == "e2e-chat-1"
     assert raw.headers.get("x-mock-upstream") == "1", "upstream headers are passed back"
 
 
