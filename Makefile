@@ -27,7 +27,9 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+## The fleet-report test starts a real Prometheus (Debian's package, installed if missing).
 unit:
+	scripts/prometheus.sh >/dev/null
 	$(CARGO) test --all-targets
 
 e2e:

@@ -35,6 +35,8 @@ enum Command {
     Validate(ValidateArgs),
     /// Print the request that would go upstream for a prompt.
     Render(RenderArgs),
+    /// Print a prompt's experiment report over every replica, from Prometheus.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -218,8 +220,31 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=1000)
     )]
     rotated_kept: u64,
+    /// The Prometheus scraping every replica, for `GET /admin/prompts/{name}/experiment?scope=fleet`.
+    #[arg(long, env = "PROMPTGATE_PROMETHEUS", value_name = "URL")]
+    prometheus: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// The prompt's name.
+    name: String,
+    #[command(flatten)]
+    prompts: PromptsDir,
+    /// The Prometheus (or Thanos, Mimir) that scrapes every replica's /metrics.
+    #[arg(long, env = "PROMPTGATE_PROMETHEUS", value_name = "URL")]
+    prometheus: String,
+    /// How far back to look: a whole number and s, m, h, d or w.
+    #[arg(long, default_value = "7d")]
+    range: crate::record::prometheus::Range,
+    /// Print the JSON of `GET /admin/prompts/{name}/experiment?scope=fleet` instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds each query to Prometheus may take.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds)]
+    timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -278,6 +303,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Validate(args) => validate(&args),
         Command::Render(args) => render(&args),
+        Command::Report(args) => report(&args),
     }
 }
 
@@ -328,6 +354,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         events_max_bytes: args.events_max_bytes,
         audit_max_bytes: args.audit_max_bytes,
         rotated_kept: usize::try_from(args.rotated_kept).unwrap_or(1000),
+        prometheus: args.prometheus.filter(|url| !url.is_empty()),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -510,6 +537,59 @@ fn render(args: &RenderArgs) -> ExitCode {
                 "{}",
                 serde_json::to_string_pretty(&value).unwrap_or_default()
             );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(args: &ReportArgs) -> ExitCode {
+    use crate::record::prometheus::{Fleet, render_text};
+    let set = match prompts::load(&args.prompts.dir) {
+        Ok(set) => set,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(prompt) = set.get(&args.name) else {
+        eprintln!(
+            "error: unknown prompt `{}` in `{}`",
+            args.name,
+            args.prompts.dir.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let fleet = match Fleet::new(&args.prometheus, args.timeout) {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            eprintln!("error: --prometheus: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fleet.report(prompt, args.range.clone())) {
+        Ok(report) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", render_text(&report));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -91,6 +91,8 @@ pub struct Config {
     pub audit_max_bytes: u64,
     /// Rotated files kept of each.
     pub rotated_kept: usize,
+    /// The Prometheus that scrapes every replica, for fleet-wide experiment reports.
+    pub prometheus: Option<String>,
 }
 
 /// Limits on what clients of the listeners may hold, so one stuck or runaway client cannot
@@ -145,6 +147,7 @@ impl Config {
             events_max_bytes: 64 * 1024 * 1024,
             audit_max_bytes: 16 * 1024 * 1024,
             rotated_kept: 3,
+            prometheus: None,
         }
     }
 }

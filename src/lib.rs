@@ -8,8 +8,9 @@
 //! [`record`] records the request.
 //! Beside the request path: [`reload`] swaps in a new prompt set when [`prompts::watch`] sees
 //! the files change, recording each change in the [`audit`] trail; [`admin`] is the admin API
-//! and [`console`] the web console beside it; [`record`] holds the metrics. [`server`] runs the listeners and shutdown; [`cli`] is the
-//! command line.
+//! and [`console`] the web console beside it; [`record`] holds the metrics and statistics, and
+//! reads the fleet's back from Prometheus. [`otel`] exports traces. [`server`] runs the
+//! listeners and shutdown; [`cli`] is the command line.
 
 pub mod admin;
 pub mod audit;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub model: Arc<fewshot::ModelSlot>,
     /// Trace export, with `--otlp-endpoint`.
     pub telemetry: Option<otel::Telemetry>,
+    /// The Prometheus for fleet-wide experiment reports (`--prometheus`).
+    pub fleet: Option<record::prometheus::Fleet>,
     /// The events writer, joined at shutdown.
     pub events_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -111,6 +114,13 @@ impl AppState {
             }
             None => None,
         };
+        let fleet = match &config.prometheus {
+            Some(url) => Some(record::prometheus::Fleet::new(
+                url,
+                record::prometheus::DEFAULT_TIMEOUT,
+            )?),
+            None => None,
+        };
         let prompts = Arc::new(ArcSwap::from_pointee(prompts));
         let reloader = reload::Reloader::start(
             reload::Target {
@@ -133,6 +143,7 @@ impl AppState {
             recorder,
             model,
             telemetry,
+            fleet,
             events_task: Arc::new(std::sync::Mutex::new(events_task)),
         })
     }
@@ -213,12 +224,16 @@ pub fn admin_app(state: AppState) -> Router<AppState> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let mut body = state.metrics.encode();
+    state
+        .recorder
+        .with_stats(|stats| record::fleet::append(&mut body, stats, &state.prompts.load()));
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        body,
     )
         .into_response()
 }

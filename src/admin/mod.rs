@@ -25,6 +25,7 @@ use crate::error::{ApiError, Json};
 use crate::prompts::{Prompt, valid_prompt_name};
 use crate::proxy::parse::{self, PromptRef};
 use crate::proxy::request::{self, Endpoint};
+use crate::record::prometheus::{FleetError, Range};
 use crate::reload::ReloadError;
 use write::{NewVersion, WriteError};
 
@@ -341,14 +342,58 @@ async fn rollback(
     Ok(Json(body))
 }
 
-/// `GET /admin/prompts/{name}/experiment`: the variants' numbers, their comparison and the
-/// sample-ratio check.
+#[derive(Debug, Deserialize)]
+struct ExperimentQuery {
+    scope: Option<String>,
+    range: Option<String>,
+}
+
+impl From<FleetError> for ApiError {
+    fn from(err: FleetError) -> Self {
+        match err {
+            FleetError::NoSeries { .. } => ApiError::NotFoundResource {
+                message: err.to_string(),
+                code: "no_series",
+            },
+            _ => ApiError::Unavailable {
+                message: err.to_string(),
+                code: "prometheus_unavailable",
+            },
+        }
+    }
+}
+
+/// `GET /admin/prompts/{name}/experiment[?scope=replica|fleet][&range=7d]`: the variants'
+/// numbers, their comparison and the sample-ratio check — this replica's, or with
+/// `scope=fleet` every replica's from Prometheus.
 async fn experiment(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<ExperimentQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let prompt = find(&state, &name)?;
-    Ok(Json(state.recorder.experiment_report(&prompt)))
+    match query.scope.as_deref().unwrap_or("replica") {
+        "replica" => Ok(Json(state.recorder.experiment_report(&prompt))),
+        "fleet" => {
+            let Some(fleet) = &state.fleet else {
+                return Err(ApiError::bad_request(
+                    "`scope=fleet` needs a Prometheus: start `serve` with `--prometheus URL`",
+                    Some("scope".to_owned()),
+                ));
+            };
+            let range: Range = query
+                .range
+                .as_deref()
+                .unwrap_or("7d")
+                .parse()
+                .map_err(|e: String| ApiError::bad_request(e, Some("range".to_owned())))?;
+            Ok(Json(fleet.report(&prompt, range).await?))
+        }
+        other => Err(ApiError::bad_request(
+            format!("unknown scope `{other}`; known: `replica`, `fleet`"),
+            Some("scope".to_owned()),
+        )),
+    }
 }
 
 /// `PUT /admin/prompts/{name}/experiment` with the manifest's `experiment` block as JSON.

@@ -22,11 +22,13 @@ impl From<FeedbackError> for ApiError {
                 message: err.to_string(),
                 code: "request_not_found",
             },
-            FeedbackError::NotNumeric(ref name) => ApiError::BadRequest {
-                message: err.to_string(),
-                param: Some(format!("metrics.{name}")),
-                code: "invalid_metric",
-            },
+            FeedbackError::NotNumeric(ref name) | FeedbackError::OutOfRange(ref name) => {
+                ApiError::BadRequest {
+                    message: err.to_string(),
+                    param: Some(format!("metrics.{name}")),
+                    code: "invalid_metric",
+                }
+            }
             FeedbackError::Undeclared { ref metric, .. } => ApiError::BadRequest {
                 message: err.to_string(),
                 param: Some(format!("metrics.{metric}")),

@@ -7,9 +7,11 @@
 
 pub mod checkpoint;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod outcome;
 pub mod pricing;
+pub mod prometheus;
 pub mod recent;
 pub mod stats;
 pub mod usage;
@@ -209,6 +211,8 @@ pub enum FeedbackError {
     UnknownRequest(String),
     #[error("metric `{0}` must be a number")]
     NotNumeric(String),
+    #[error("metric `{0}` is out of range: scores must lie within ±1e9")]
+    OutOfRange(String),
     #[error("`metrics` holds no scores")]
     Empty,
     #[error(
@@ -515,8 +519,13 @@ impl Recorder {
                     r.experiment.clone().unwrap_or_default(),
                     version,
                 );
-                let ok = r.status < 400 && r.outcome == Outcome::Ok;
-                stats.add_request(key, ok, r.latency_ms, r.cost_usd);
+                let figures = stats::RequestFigures {
+                    ok: r.status < 400 && r.outcome == Outcome::Ok,
+                    latency_ms: r.latency_ms,
+                    cost_usd: r.cost_usd,
+                    tokens: [r.prompt_tokens, r.completion_tokens, r.cached_tokens],
+                };
+                stats.add_request(key, &figures);
                 let mut index = lock(&self.inner.index);
                 index.insert(&r.request_id, prompt, version, r.experiment.as_deref());
                 // Feedback may name the id the client saw as `x-request-id`: the upstream's.
@@ -646,6 +655,9 @@ impl Recorder {
             let Some(x) = value.as_f64().filter(|x| x.is_finite()) else {
                 return Err(FeedbackError::NotNumeric(name.clone()));
             };
+            if x.abs() > stats::MAX_SCORE {
+                return Err(FeedbackError::OutOfRange(name.clone()));
+            }
             scores.insert(name.clone(), x);
         }
         if scores.is_empty() {
@@ -718,12 +730,18 @@ impl Recorder {
         let exp = prompt.experiment.as_ref().zip(id.as_deref());
         let mut report = lock(&self.inner.stats).report(&prompt.name, exp);
         report["experiment"] = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
+        report["scope"] = Value::from("replica");
         report
     }
 
     /// Requests and errors of a prompt in the last hour.
     pub fn last_hour(&self, prompt: &str) -> (u64, u64) {
         self.inner.recent.last_hour(prompt)
+    }
+
+    /// Reads the statistics under their lock (for the exported experiment counters).
+    pub fn with_stats<R>(&self, f: impl FnOnce(&Stats) -> R) -> R {
+        f(&lock(&self.inner.stats))
     }
 
     /// Waits until every queued event is written, with a checkpoint after them when events
