@@ -38,8 +38,9 @@ deploy-check:
 	$(CARGO) build
 	scripts/check-deploy.sh target/debug/promptgate
 
-## Benchmarks (release build): the load test (direct-to-mock vs through promptgate) and the
-## criterion micro-benchmarks.
+## Benchmarks (release build): the load test (direct-to-mock vs through promptgate), the cost
+## per request beside nginx (callgrind, strace) and the criterion micro-benchmarks.
 bench: models
 	bench/run.sh
+	bench/cost.sh
 	$(CARGO) bench
