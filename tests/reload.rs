@@ -253,11 +253,18 @@ async fn requests_never_fail_during_repeated_reloads() {
         }));
     }
     for i in 0..25 {
+        // Replaced whole (write, then rename), as editors save: a plain write truncates first,
+        // and on a busy machine the reload can read the empty file in between.
         write(
             dir.path(),
-            "greet/v1.prompt",
+            "greet/v1.prompt.tmp",
             &format!("Edit {i} for {{{{ name }}}}."),
         );
+        std::fs::rename(
+            dir.path().join("greet/v1.prompt.tmp"),
+            dir.path().join("greet/v1.prompt"),
+        )
+        .unwrap();
         write(dir.path(), &format!("extra{i}/v1.prompt"), "extra");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
