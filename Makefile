@@ -51,9 +51,11 @@ JOBS ?= 1
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz.sh
 
-## Benchmarks (release build): the load test (direct-to-mock vs through promptgate) and the
-## criterion micro-benchmarks.
+## Benchmarks (release build): the load test (direct-to-mock vs through promptgate), the cost
+## per request beside nginx (callgrind, strace), the console's pages and the criterion
+## micro-benchmarks.
 bench: models
 	bench/run.sh
+	bench/cost.sh
 	bench/console.sh target/release/promptgate
 	$(CARGO) bench

@@ -69,7 +69,8 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
     local p
     for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 20000))
+        # Below the ephemeral range, where outgoing connections take their local ports.
+        p=$((20000 + RANDOM % 12000))
         if ! port_open "$p"; then echo "$p"; return 0; fi
     done
     echo "no free port found" >&2
@@ -149,10 +150,12 @@ start_server() { # CASE PREFIX...
     wait_ready "$server_pid" "$server_port" "$case"
 }
 
-# N keep-alive requests over one connection; the count wrk made is printed.
-load() { # URL WITH_PROMPT SECONDS
-    BENCH_PROMPT=$2 wrk -t1 -c1 -d"$3s" -s bench/chat.lua "$1" | sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p'
+# wrk for SECONDS over CONNECTIONS keep-alive connections; prints its RESULT line.
+load() { # URL WITH_PROMPT SECONDS [CONNECTIONS]
+    local c=${4:-1}
+    BENCH_PROMPT=$2 wrk -t"$(( c > 1 ? 2 : 1 ))" -c"$c" -d"$3s" -s bench/chat.lua "$1" | grep '^RESULT '
 }
+field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 # Exactly N requests over one connection (curl reuses it).
 send() { # URL WITH_PROMPT N
     local body urls=()
@@ -172,7 +175,7 @@ send() { # URL WITH_PROMPT N
     fi
 }
 
-declare -A INSTR CPU SYSCALLS
+declare -A INSTR CPU SYSCALLS P50 RPS RSS IDLE
 url_of() { echo "http://127.0.0.1:$server_port/v1/chat/completions"; }
 
 measure() { # KEY CASE WITH_PROMPT
@@ -198,10 +201,17 @@ measure() { # KEY CASE WITH_PROMPT
     # CPU time per request: the server's utime + stime over a c=1 wrk run, natively.
     say "$key: CPU time per request (${CPU_SECONDS} s, one connection)"
     start_server "$case"
+    sleep 0.5
+    [ "$case" = promptgate ] && IDLE[$key]=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
     send "$(url_of)" "$with" 50
     before=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
-    n=$(load "$(url_of)" "$with" "$CPU_SECONDS")
+    out=$(load "$(url_of)" "$with" "$CPU_SECONDS")
     after=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
+    n=$(field "$out" requests)
+    P50[$key]=$(field "$out" p50_us)
+    # Throughput at 32 connections (wrk, the mock and the server share the cores).
+    RPS[$key]=$(field "$(load "$(url_of)" "$with" "$CPU_SECONDS" 32)" rps)
+    [ "$case" = promptgate ] && RSS[$key]=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
     CPU[$key]=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$n" \
         'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
 
@@ -213,11 +223,13 @@ measure() { # KEY CASE WITH_PROMPT
     send "$(url_of)" "$with" "$STRACE_REQUESTS"
     kill -INT "$strace_pid" 2>/dev/null || true
     wait "$strace_pid" 2>/dev/null || true
-    SYSCALLS[$key]=$(awk -v n="$STRACE_REQUESTS" '$NF == "total" {printf "%.1f", $(NF-2) / n}' "$work/strace.$key")
+    SYSCALLS[$key]=$(awk -v n="$STRACE_REQUESTS" '$NF == "total" {printf "%.1f", $4 / n}' "$work/strace.$key")
     [ -n "${PROFILES:-}" ] && cp "$work/strace.$key" "$PROFILES/"
     stop "$server_pid"
 }
 
+# Direct to the mock at one connection: the baseline of the latency overheads.
+direct_p50=$(field "$(load "http://127.0.0.1:$mock_port/chat/completions" 0 "$CPU_SECONDS")" p50_us)
 CASES=${CASES:-nginx proxy prompt}
 for key in $CASES; do
     case $key in
@@ -244,6 +256,17 @@ for key in $CASES; do
         "${SYSCALLS[$key]}" "$(ratio "${SYSCALLS[$key]}" "${SYSCALLS[nginx]:-0}")"
 done
 echo
+echo
+echo "latency and throughput (wrk; noisy on a shared machine — see the load average above)"
+printf '%-28s %18s %16s %12s\n' case 'overhead p50, c=1' 'req/s, c=32' '× nginx'
+for key in $CASES; do
+    printf '%-28s %15s µs %16s %12s\n' "$key" "$(( ${P50[$key]} - direct_p50 ))" "${RPS[$key]}" \
+        "$(awk -v a="${RPS[$key]}" -v b="${RPS[nginx]:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+done
+echo "direct to the mock, c=1: p50 ${direct_p50} µs"
+for key in proxy prompt; do
+    [ -n "${RSS[$key]:-}" ] && echo "promptgate RSS ($key): idle $(awk -v kb="${IDLE[$key]}" 'BEGIN { printf "%.1f", kb / 1024 }') MB, after the runs $(awk -v kb="${RSS[$key]}" 'BEGIN { printf "%.1f", kb / 1024 }') MB"
+done
 if [ -n "${INSTR[prompt]:-}" ] && [ -n "${INSTR[nginx]:-}" ]; then
     echo "target: instructions with a prompt ≤ 3 × nginx: $(awk -v a="${INSTR[prompt]}" -v b="${INSTR[nginx]}" \
         'BEGIN { print (a <= 3 * b) ? "met" : "NOT met" }')"

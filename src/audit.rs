@@ -49,16 +49,44 @@ impl Actor {
     }
 }
 
+/// What changed, written in the file as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    PromptAdded,
+    PromptRemoved,
+    VersionAdded,
+    VersionRemoved,
+    /// A warning: versions are meant to be immutable.
+    VersionHashChanged,
+    ActiveChanged,
+    LabelsChanged,
+    ExperimentChanged,
+}
+
+impl Action {
+    /// The name the file writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::PromptAdded => "prompt_added",
+            Action::PromptRemoved => "prompt_removed",
+            Action::VersionAdded => "version_added",
+            Action::VersionRemoved => "version_removed",
+            Action::VersionHashChanged => "version_hash_changed",
+            Action::ActiveChanged => "active_changed",
+            Action::LabelsChanged => "labels_changed",
+            Action::ExperimentChanged => "experiment_changed",
+        }
+    }
+}
+
 /// One line of the audit file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub time: String,
     pub actor: String,
     pub source: String,
-    /// `prompt_added`, `prompt_removed`, `version_added`, `version_removed`,
-    /// `version_hash_changed` (a warning: versions are meant to be immutable),
-    /// `active_changed`, `labels_changed`, `experiment_changed`.
-    pub action: String,
+    pub action: Action,
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
@@ -279,7 +307,7 @@ impl Audit {
             apply(&mut inner.seen, entry);
         }
         for entry in &entries {
-            if entry.action == "version_hash_changed" {
+            if entry.action == Action::VersionHashChanged {
                 tracing::warn!(
                     prompt = %entry.prompt,
                     version = entry.version,
@@ -422,35 +450,34 @@ fn now() -> String {
 /// Updates the replayed state with one entry.
 fn apply(seen: &mut BTreeMap<String, Seen>, entry: &Entry) {
     let s = seen.entry(entry.prompt.clone()).or_default();
-    match entry.action.as_str() {
-        "prompt_added" => s.present = true,
-        "prompt_removed" => {
+    match entry.action {
+        Action::PromptAdded => s.present = true,
+        Action::PromptRemoved => {
             s.present = false;
             s.versions.clear();
             s.active = None;
             s.labels = Value::Null;
             s.experiment = Value::Null;
         }
-        "version_added" | "version_hash_changed" => {
+        Action::VersionAdded | Action::VersionHashChanged => {
             if let (Some(v), Some(hash)) = (entry.version, &entry.hash) {
                 let first = s
                     .versions
                     .get(&v)
-                    .filter(|_| entry.action == "version_hash_changed")
+                    .filter(|_| entry.action == Action::VersionHashChanged)
                     .map_or_else(|| entry.time.clone(), |(_, at)| at.clone());
                 s.versions.insert(v, (hash.clone(), first));
                 s.highest = s.highest.max(v);
             }
         }
-        "version_removed" => {
+        Action::VersionRemoved => {
             if let Some(v) = entry.version {
                 s.versions.remove(&v);
             }
         }
-        "active_changed" => s.active = entry.to_version,
-        "labels_changed" => s.labels = entry.value.clone().unwrap_or(Value::Null),
-        "experiment_changed" => s.experiment = entry.value.clone().unwrap_or(Value::Null),
-        _ => {}
+        Action::ActiveChanged => s.active = entry.to_version,
+        Action::LabelsChanged => s.labels = entry.value.clone().unwrap_or(Value::Null),
+        Action::ExperimentChanged => s.experiment = entry.value.clone().unwrap_or(Value::Null),
     }
 }
 
@@ -461,11 +488,11 @@ fn changes(
     actor: &Actor,
     time: &str,
 ) -> Vec<Entry> {
-    let entry = |action: &str, prompt: &str| Entry {
+    let entry = |action: Action, prompt: &str| Entry {
         time: time.to_owned(),
         actor: actor.name.clone(),
         source: actor.source.to_owned(),
-        action: action.to_owned(),
+        action,
         prompt: prompt.to_owned(),
         version: None,
         hash: None,
@@ -482,7 +509,7 @@ fn changes(
             .filter(|s| s.present)
             .unwrap_or(&empty);
         if !old.present {
-            out.push(entry("prompt_added", &prompt.name));
+            out.push(entry(Action::PromptAdded, &prompt.name));
         }
         for (v, version) in &prompt.versions {
             match old.versions.get(v) {
@@ -494,13 +521,13 @@ fn changes(
                         (Some(by), "disk") => by.clone(),
                         _ => actor.name.clone(),
                     },
-                    ..entry("version_added", &prompt.name)
+                    ..entry(Action::VersionAdded, &prompt.name)
                 }),
                 Some((hash, _)) if *hash != version.hash => out.push(Entry {
                     version: Some(*v),
                     hash: Some(version.hash.clone()),
                     previous_hash: Some(hash.clone()),
-                    ..entry("version_hash_changed", &prompt.name)
+                    ..entry(Action::VersionHashChanged, &prompt.name)
                 }),
                 Some(_) => {}
             }
@@ -510,7 +537,7 @@ fn changes(
                 out.push(Entry {
                     version: Some(*v),
                     hash: Some(hash.clone()),
-                    ..entry("version_removed", &prompt.name)
+                    ..entry(Action::VersionRemoved, &prompt.name)
                 });
             }
         }
@@ -519,7 +546,7 @@ fn changes(
                 from_version: old.active,
                 to_version: Some(prompt.active),
                 hash: prompt.versions.get(&prompt.active).map(|v| v.hash.clone()),
-                ..entry("active_changed", &prompt.name)
+                ..entry(Action::ActiveChanged, &prompt.name)
             });
         }
         let labels = serde_json::to_value(&prompt.labels).unwrap_or(Value::Null);
@@ -531,20 +558,20 @@ fn changes(
         if old.labels != labels {
             out.push(Entry {
                 value: Some(labels),
-                ..entry("labels_changed", &prompt.name)
+                ..entry(Action::LabelsChanged, &prompt.name)
             });
         }
         let experiment = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
         if old.experiment != experiment {
             out.push(Entry {
                 value: Some(experiment),
-                ..entry("experiment_changed", &prompt.name)
+                ..entry(Action::ExperimentChanged, &prompt.name)
             });
         }
     }
     for (name, old) in seen {
         if old.present && set.get(name).is_none() {
-            out.push(entry("prompt_removed", name));
+            out.push(entry(Action::PromptRemoved, name));
         }
     }
     out
@@ -553,6 +580,22 @@ fn changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn action_names_are_the_file_names() {
+        for action in [
+            Action::PromptAdded,
+            Action::PromptRemoved,
+            Action::VersionAdded,
+            Action::VersionRemoved,
+            Action::VersionHashChanged,
+            Action::ActiveChanged,
+            Action::LabelsChanged,
+            Action::ExperimentChanged,
+        ] {
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
+    }
 
     fn write(root: &Path, file: &str, text: &str) {
         let path = root.join(file);
@@ -563,7 +606,10 @@ mod tests {
     fn actions(entries: &[Entry]) -> Vec<(String, Option<u32>)> {
         entries
             .iter()
-            .map(|e| (e.action.clone(), e.version))
+            .map(|e| {
+                let action = serde_json::to_value(e.action).unwrap();
+                (action.as_str().unwrap().to_owned(), e.version)
+            })
             .collect()
     }
 

@@ -257,9 +257,14 @@ async fn requests_never_fail_during_repeated_reloads() {
         // file in between would serve it (correctly) — not what this test is about.
         write_atomic(
             dir.path(),
-            "greet/v1.prompt",
+            "greet/v1.prompt.tmp",
             &format!("Edit {i} for {{{{ name }}}}."),
         );
+        std::fs::rename(
+            dir.path().join("greet/v1.prompt.tmp"),
+            dir.path().join("greet/v1.prompt"),
+        )
+        .unwrap();
         write(dir.path(), &format!("extra{i}/v1.prompt"), "extra");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -392,7 +392,9 @@ impl RequestCtx {
             if TEXT_LOG.load(Ordering::Relaxed) {
                 // One preformatted message: the same `key=value` text, at a fraction of the
                 // cost of formatting each field through the subscriber.
-                tracing::info!(target: "promptgate::request", "{line}");
+                let mut text = String::with_capacity(320);
+                let _ = fmt::write(&mut text, format_args!("{line}"));
+                tracing::info!(target: "promptgate::request", "{text}");
             } else {
                 line.log_fields();
             }
@@ -560,10 +562,12 @@ impl fmt::Display for RequestLine<'_> {
         // The request id and the model come from outside: quoted, so they cannot forge fields.
         // The method, the path (from the request line) and the names promptgate validated
         // hold no spaces or quotes.
+        f.write_str("request request_id=")?;
+        quoted(f, self.request_id)?;
         write!(
             f,
-            "request request_id={:?} method={} path={} status={} outcome={}",
-            self.request_id, self.method, self.path, self.status, self.outcome
+            " method={} path={} status={} outcome={}",
+            self.method, self.path, self.status, self.outcome
         )?;
         if let Some(s) = self.served {
             write!(
@@ -583,7 +587,8 @@ impl fmt::Display for RequestLine<'_> {
             write!(f, " overhead_us={}", o.as_micros())?;
         }
         if let Some(m) = self.model {
-            write!(f, " model={m:?}")?;
+            f.write_str(" model=")?;
+            quoted(f, m)?;
         }
         if let Some(u) = self.usage {
             write!(
@@ -599,5 +604,49 @@ impl fmt::Display for RequestLine<'_> {
             write!(f, " error={e:?}")?;
         }
         Ok(())
+    }
+}
+
+/// Writes `text` as it is when it is plainly a token (the common case: a uuid, a model name),
+/// else quoted and escaped, so a value from outside cannot forge fields in the log line.
+fn quoted(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'));
+    if plain {
+        f.write_str(text)
+    } else {
+        write!(f, "{text:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_log_line_quotes_only_what_needs_it() {
+        let line = RequestLine {
+            request_id: "id with \"quotes\"",
+            method: "POST",
+            path: "/v1/chat/completions",
+            status: 502,
+            outcome: Outcome::UpstreamUnreachable,
+            served: None,
+            latency: Duration::from_micros(1_234_567),
+            ttft: None,
+            overhead: Some(Duration::from_micros(42)),
+            model: Some("gpt-4o-mini"),
+            usage: None,
+            cost: None,
+            cause: Some("upstream `x` is unreachable"),
+        };
+        assert_eq!(
+            line.to_string(),
+            "request request_id=\"id with \\\"quotes\\\"\" method=POST path=/v1/chat/completions \
+             status=502 outcome=upstream_unreachable latency_ms=1234.567 overhead_us=42 \
+             model=gpt-4o-mini error=\"upstream `x` is unreachable\""
+        );
     }
 }

@@ -432,6 +432,17 @@ mod tests {
     }
 
     #[test]
+    fn only_chunks_with_a_usage_object_are_read_for_usage() {
+        assert!(carries_usage(br#"{"usage": {"prompt_tokens": 1}}"#));
+        assert!(!carries_usage(br#"{"usage":null,"x":"usage"}"#));
+        let observed = read_answer(br#"{"model":"m","usage":"odd"}"#);
+        assert_eq!(observed, None, "a usage of another type is no usage");
+        let observed = read_answer(br#"{"model":"m","usage":null}"#).unwrap();
+        assert_eq!(observed.model.as_deref(), Some("m"));
+        assert_eq!(observed.usage, None);
+    }
+
+    #[test]
     fn crlf_events_are_split_too() {
         let mut pending = BytesMut::from("data: a\r\n\r\ndata: b\n\n");
         assert_eq!(&next_event(&mut pending).unwrap()[..], b"data: a\r\n\r\n");
