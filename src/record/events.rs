@@ -438,12 +438,14 @@ pub fn replay_from(
     mut each: impl FnMut(Event),
 ) -> std::io::Result<(u64, u64)> {
     let (mut read, mut skipped) = (0, 0);
-    for line in reader.lines() {
+    // Lines as bytes: a line that is not UTF-8 (torn inside a character by a crash) is skipped
+    // like any unreadable line, not an error that would stop the server from starting.
+    for line in reader.split(b'\n') {
         let line = line?;
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Event>(&line) {
+        match serde_json::from_slice::<Event>(&line) {
             Ok(event) => {
                 read += 1;
                 each(event);
@@ -537,6 +539,16 @@ mod tests {
             vec!["before".to_owned(), "during".to_owned()],
             "nothing lost"
         );
+    }
+
+    #[test]
+    fn lines_that_are_not_utf8_are_skipped() {
+        let good = serde_json::to_string(&request("a")).unwrap();
+        let mut bytes = good.clone().into_bytes();
+        bytes.extend_from_slice(b"\n{\"type\":\"request\",\"request_id\":\"\xe2\x82\n");
+        bytes.extend_from_slice(good.as_bytes());
+        let (read, skipped) = replay_from(&bytes[..], |_| {}).unwrap();
+        assert_eq!((read, skipped), (2, 1));
     }
 
     #[test]

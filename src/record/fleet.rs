@@ -46,10 +46,18 @@ const LATENCY_LIMBS: usize = 2;
 const COST_LIMBS: usize = 3;
 const SCORE_LIMBS: usize = 3;
 
-/// The feedback metrics exported for a prompt. Today `quality_score`, the one the comparison
-/// tests; names a client invents are never labels.
-pub fn known_metrics(_prompt: &Prompt) -> &'static [&'static str] {
-    &[super::stats::QUALITY]
+/// The feedback metrics exported for a prompt: `quality_score`, the one the comparison tests,
+/// and those its `prompt.yaml` declares in `feedback_metrics`. Names a client invents are never
+/// labels.
+pub fn known_metrics(prompt: &Prompt) -> impl Iterator<Item = &str> {
+    std::iter::once(super::stats::QUALITY).chain(
+        prompt
+            .feedback_metrics
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(|m| *m != super::stats::QUALITY),
+    )
 }
 
 /// Appends the experiment counters to an OpenMetrics exposition (before its `# EOF`).
@@ -201,7 +209,7 @@ fn write_families(out: &mut String, variants: &[(String, &VariantSums, &Prompt)]
     );
     for (labels, s, prompt) in variants {
         for metric in known_metrics(prompt) {
-            let n = s.scores.get(*metric).map_or(0, |m| m.n);
+            let n = s.scores.get(metric).map_or(0, |m| m.n);
             counter(out, SCORES, &format!("{labels},metric=\"{metric}\""), n);
         }
     }
@@ -213,7 +221,7 @@ fn write_families(out: &mut String, variants: &[(String, &VariantSums, &Prompt)]
     );
     for (labels, s, prompt) in variants {
         for metric in known_metrics(prompt) {
-            let m = s.scores.get(*metric).copied().unwrap_or_default();
+            let m = s.scores.get(metric).copied().unwrap_or_default();
             let positive = format!("{labels},metric=\"{metric}\",sign=\"positive\"");
             limbs(out, SCORE_SUM, &positive, &m.positive, SCORE_LIMBS);
             let negative = format!("{labels},metric=\"{metric}\",sign=\"negative\"");
@@ -228,7 +236,7 @@ fn write_families(out: &mut String, variants: &[(String, &VariantSums, &Prompt)]
     );
     for (labels, s, prompt) in variants {
         for metric in known_metrics(prompt) {
-            let m = s.scores.get(*metric).copied().unwrap_or_default();
+            let m = s.scores.get(metric).copied().unwrap_or_default();
             let labels = format!("{labels},metric=\"{metric}\"");
             limbs(out, SCORE_SQUARES, &labels, &m.squares, LIMBS);
         }
@@ -253,6 +261,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("support")).unwrap();
         std::fs::write(dir.path().join("support/v1.prompt"), "One.").unwrap();
+        std::fs::write(
+            dir.path().join("support/prompt.yaml"),
+            "feedback_metrics: [helpful]\n",
+        )
+        .unwrap();
         std::fs::create_dir(dir.path().join("ab")).unwrap();
         std::fs::write(dir.path().join("ab/v1.prompt"), "A").unwrap();
         std::fs::write(dir.path().join("ab/v2.prompt"), "B").unwrap();
@@ -279,6 +292,7 @@ mod tests {
         let scores = BTreeMap::from([
             ("quality_score".to_owned(), -0.5),
             ("made_up_by_a_client".to_owned(), 3.0),
+            ("helpful".to_owned(), 2.0),
         ]);
         stats.add_feedback(key("support"), &scores);
         let mut text = "# EOF\n".to_owned();
@@ -296,6 +310,14 @@ mod tests {
             format!("promptgate_experiment_tokens_total{{{l},kind=\"completion\"}} 5"),
             format!(
                 "promptgate_experiment_score_millionths_total{{{l},metric=\"quality_score\",sign=\"negative\",limb=\"0\"}} 500000"
+            ),
+            // A metric the prompt declares is exported too: 2.0 = 2,000,000 millionths
+            // = 1 · 2^20 + 951,424.
+            format!(
+                "promptgate_experiment_score_millionths_total{{{l},metric=\"helpful\",sign=\"positive\",limb=\"1\"}} 1"
+            ),
+            format!(
+                "promptgate_experiment_score_millionths_total{{{l},metric=\"helpful\",sign=\"positive\",limb=\"0\"}} 951424"
             ),
         ] {
             assert!(text.contains(&line), "missing {line} in\n{text}");
