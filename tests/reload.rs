@@ -38,20 +38,21 @@ async fn system_prompt(app: &TestApp, prompt: &str, vars: Value) -> (u16, String
     )
 }
 
-/// Polls until `check` holds, returning how long it took; fails after 3 s.
+/// Polls until `check` holds, returning how long it took; fails after 10 s (a reload takes
+/// well under a second; the margin is for a machine busy with other builds).
 async fn eventually<F, Fut>(what: &str, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(3) {
+    while started.elapsed() < Duration::from_secs(10) {
         if check().await {
             return started.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("{what}: not within 3 s");
+    panic!("{what}: not within 10 s");
 }
 
 fn simple_prompts() -> tempfile::TempDir {
