@@ -8,7 +8,8 @@
 # fixed run of keep-alive requests is sent over one connection, and the counters are dumped.
 # Knobs (environment): REQUESTS (callgrind, default 400), STRACE_REQUESTS (default 2000),
 # CPU_SECONDS (default 5), PROFILES (a folder to keep the callgrind and strace outputs in, for
-# callgrind_annotate), CASES (default "nginx proxy prompt").
+# callgrind_annotate), CASES (default "nginx proxy prompt"), PROMPTGATE_ARGS (more `serve` flags,
+# e.g. `--otlp-endpoint http://127.0.0.1:4318` with `bench/otlp_sink.py 4318` to count tracing).
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-400}
@@ -143,7 +144,8 @@ start_server() { # CASE PREFIX...
         mkdir -p "$work/state"
         # Defaults: the log line (to a file, as in a pod), the events file and metrics on.
         PROMPTGATE_STATE_DIR="$work/state" "$@" "$promptgate" serve --listen "127.0.0.1:$server_port" \
-            --prompts "$work/prompts" --upstream "http://127.0.0.1:$mock_port" >"$work/promptgate.log" 2>&1 &
+            --prompts "$work/prompts" --upstream "http://127.0.0.1:$mock_port" ${PROMPTGATE_ARGS:-} \
+            >"$work/promptgate.log" 2>&1 &
     fi
     server_pid=$!
     pids+=("$server_pid")
