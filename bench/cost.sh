@@ -9,7 +9,9 @@
 # Knobs (environment): REQUESTS (callgrind, default 400), STRACE_REQUESTS (default 2000),
 # CPU_SECONDS (default 5), PROFILES (a folder to keep the callgrind and strace outputs in, for
 # callgrind_annotate), CASES (default "nginx proxy prompt"), PROMPTGATE_ARGS (more `serve` flags,
-# e.g. `--otlp-endpoint http://127.0.0.1:4318` with `bench/otlp_sink.py 4318` to count tracing).
+# e.g. `--otlp-endpoint http://127.0.0.1:4318` with `bench/otlp_sink.py 4318` to count tracing),
+# PROMPTGATE_BIN (a promptgate binary to measure, e.g. a copy of an earlier build: nothing is
+# built then, and the mock is the one already built).
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-400}
@@ -38,12 +40,14 @@ fi
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 # --- build --------------------------------------------------------------------------------------
-say "building (release)"
-cargo build --release --examples --bins --quiet
+if [ -z "${PROMPTGATE_BIN:-}" ]; then
+    say "building (release)"
+    cargo build --release --examples --bins --quiet
+fi
 target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 target_dir=${target_dir:-$root/target}
-promptgate="$target_dir/release/promptgate"
+promptgate=${PROMPTGATE_BIN:-$target_dir/release/promptgate}
 mock="$target_dir/release/examples/mock_upstream"
 
 # --- scratch space and cleanup ------------------------------------------------------------------

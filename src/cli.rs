@@ -376,12 +376,13 @@ fn serve(args: ServeArgs) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, not into a log file.
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not into a log file.
-        .with_ansi(std::io::stderr().is_terminal());
-    crate::proxy::log_as_text(matches!(format, LogFormat::Text));
+        .with_ansi(ansi);
+    crate::proxy::log_as_text(matches!(format, LogFormat::Text), ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -50,7 +50,7 @@ pub struct AppState {
     pub prompts: Arc<ArcSwap<PromptSet>>,
     pub config: Arc<Config>,
     /// One pooled upstream client.
-    pub http: reqwest::Client,
+    pub http: proxy::forward::Client,
     pub metrics: Arc<record::Metrics>,
     pub audit: Arc<audit::Audit>,
     pub reloader: reload::Reloader,

@@ -320,3 +320,55 @@ async fn a_connect_timeout_is_502_naming_the_limit() {
     );
     drop((held, listener));
 }
+
+/// An upstream that a proxy from the environment applies to (`HTTP_PROXY`) is reached through
+/// that proxy, as it always was: the request goes to the proxy in absolute form, and the
+/// upstream's name is never resolved by promptgate.
+#[tokio::test]
+async fn a_proxy_from_the_environment_is_used_for_the_upstream() {
+    let (proxy, seen) = recording_upstream().await;
+    let Upstream::Url(proxy) = proxy else {
+        unreachable!("the recording upstream has an address")
+    };
+    let prompts = common::prompts();
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_promptgate"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--no-watch",
+    ])
+    .args(["--upstream", "http://upstream.invalid/v1", "--prompts"])
+    .arg(prompts.path())
+    .env("PROMPTGATE_STATE_DIR", state.path())
+    .env("HTTP_PROXY", format!("http://{}", proxy.authority()));
+    for name in [
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(name);
+    }
+    let server = common::spawn_listening(cmd);
+    let response = common::http()
+        .post(format!("{}/v1/embeddings", server.base))
+        .header("content-type", "application/json")
+        .body(r#"{"input": "hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen[0]
+            .head
+            .starts_with("POST http://upstream.invalid/v1/embeddings HTTP/1.1"),
+        "{}",
+        seen[0].head
+    );
+}

@@ -1,12 +1,21 @@
 //! Step 5 of the request path: send the request upstream over the pooled client, or to the
 //! built-in echo upstream.
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use http_body::Body as _;
+use http_body_util::{Either, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::echo;
 use crate::config::{Config, Upstream};
@@ -97,9 +106,35 @@ fn copy_headers(src: &HeaderMap, skip: &[&str]) -> HeaderMap {
     out
 }
 
+/// The one pooled upstream client: hyper's own pooled client, with the upstream's origin and
+/// path parsed once at start; or reqwest when a proxy from the environment (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) applies to the upstream, as it always has.
+#[derive(Clone)]
+pub struct Client(Kind);
+
+#[derive(Clone)]
+enum Kind {
+    Direct(Arc<Direct>),
+    Proxied(reqwest::Client),
+    /// `--upstream echo`: nothing to connect to.
+    None,
+}
+
+/// The request body hyper sends: one buffer (injecting endpoints) or the client's stream.
+type SendBody = Either<Full<Bytes>, axum::body::Body>;
+
+struct Direct {
+    client:
+        hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, SendBody>,
+    scheme: Scheme,
+    authority: Authority,
+    /// The upstream's path without its trailing `/` (`""` for none, `/v1` for `…/v1/`).
+    base_path: String,
+}
+
 /// Sends `method path_and_query` (the part after `/v1/`) upstream.
 pub async fn send(
-    http: &reqwest::Client,
+    http: &Client,
     config: &Config,
     method: Method,
     path_and_query: &str,
@@ -110,6 +145,196 @@ pub async fn send(
         Upstream::Echo => return echo::answer(&method, path_and_query, body).await,
         Upstream::Url(base) => base,
     };
+    match &http.0 {
+        Kind::Direct(direct) => {
+            send_direct(direct, config, method, path_and_query, headers, body).await
+        }
+        Kind::Proxied(client) => {
+            send_reqwest(client, base, config, method, path_and_query, headers, body).await
+        }
+        Kind::None => Err(UpstreamError::Unreachable {
+            url: base.to_string(),
+            reason: "no upstream client was built".to_owned(),
+        }),
+    }
+}
+
+/// The headers that go upstream: the client's end-to-end headers, promptgate's own removed,
+/// the upstream key when promptgate holds one.
+fn upstream_headers(headers: &HeaderMap, config: &Config) -> Result<HeaderMap, UpstreamError> {
+    let mut out = copy_headers(headers, &NOT_FORWARDED);
+    if let Some(key) = &config.upstream_api_key {
+        if out.contains_key("api-key") {
+            // An Azure OpenAI client authenticates with `api-key`; replace that one.
+            out.insert(
+                "api-key",
+                HeaderValue::from_str(key).map_err(|_| UpstreamError::BadApiKey)?,
+            );
+        } else {
+            let value = HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| UpstreamError::BadApiKey)?;
+            out.insert(header::AUTHORIZATION, value);
+        }
+    }
+    Ok(out)
+}
+
+async fn send_direct(
+    direct: &Direct,
+    config: &Config,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: OutBody,
+) -> Result<UpstreamResponse, UpstreamError> {
+    // The URI from the parts parsed at start; only the path is checked per request.
+    let mut path = String::with_capacity(direct.base_path.len() + path_and_query.len() + 1);
+    if !path_and_query.starts_with('/') {
+        path.push_str(&direct.base_path);
+        path.push('/');
+    }
+    // Azure OpenAI's `/openai/…` paths go from the upstream's origin.
+    path.push_str(path_and_query);
+    let mut parts = axum::http::uri::Parts::default();
+    parts.scheme = Some(direct.scheme.clone());
+    parts.authority = Some(direct.authority.clone());
+    let url_text = || format!("{}://{}{}", direct.scheme, direct.authority, path_and_query);
+    parts.path_and_query =
+        Some(
+            PathAndQuery::try_from(path).map_err(|e| UpstreamError::Unreachable {
+                url: url_text(),
+                reason: format!("not a valid upstream path: {e}"),
+            })?,
+        );
+    let uri = Uri::from_parts(parts).map_err(|e| UpstreamError::Unreachable {
+        url: url_text(),
+        reason: format!("not a valid upstream URL: {e}"),
+    })?;
+    let mut out = upstream_headers(headers, config)?;
+    // As reqwest sent it.
+    out.entry(header::ACCEPT)
+        .or_insert(HeaderValue::from_static("*/*"));
+    let body = match body {
+        OutBody::Full(bytes) => {
+            // The length of the body promptgate wrote, not the client's.
+            out.remove(header::CONTENT_LENGTH);
+            Either::Left(Full::new(bytes))
+        }
+        // A streamed body keeps the client's framing: with its `content-length` when it
+        // came with one (hyper then sends it as is), chunked otherwise.
+        OutBody::Stream(body) => Either::Right(body),
+    };
+    let mut request = axum::http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = out;
+    // One deadline for the answer and its whole body, as `--upstream-timeout` says.
+    let timeout = config.upstream_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let response = match tokio::time::timeout_at(deadline, direct.client.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(classify_direct(&e, &uri, config)),
+        Err(_) => {
+            return Err(UpstreamError::Timeout {
+                url: uri.to_string(),
+                seconds: timeout.as_secs_f64(),
+            });
+        }
+    };
+    let (parts, body) = response.into_parts();
+    Ok(UpstreamResponse {
+        status: parts.status,
+        // The upstream's `x-request-id` (OpenAI's `req_…`) passes through untouched: the SDKs
+        // show it as `_request_id`, and it is the id the provider's support asks for (SPEC §2).
+        headers: end_to_end_headers(&parts.headers),
+        body: Box::pin(TimedBody {
+            body,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            timeout,
+        }),
+    })
+}
+
+/// The upstream's body as it arrives, ended with a timeout error at the request's deadline.
+struct TimedBody {
+    body: hyper::body::Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl Stream for TimedBody {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            return match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    // Trailers: not relayed.
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError {
+                    timeout: false,
+                    message: format!("upstream stream failed: {}", error_chain(&e)),
+                }))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError {
+                        timeout: true,
+                        message: format!(
+                            "upstream did not finish within {} s",
+                            self.timeout.as_secs_f64()
+                        ),
+                    }))),
+                    Poll::Pending => Poll::Pending,
+                },
+            };
+        }
+    }
+}
+
+/// 502 for anything short of an answer: a refused connection, a connect timeout, a reset.
+fn classify_direct(
+    err: &hyper_util::client::legacy::Error,
+    uri: &Uri,
+    config: &Config,
+) -> UpstreamError {
+    let timed_out = {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        let mut found = false;
+        while let Some(e) = source {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                found = true;
+            }
+            source = e.source();
+        }
+        found
+    };
+    let reason = if err.is_connect() && timed_out {
+        format!(
+            "could not connect within {} s (`--connect-timeout`)",
+            config.connect_timeout.as_secs_f64()
+        )
+    } else {
+        error_chain(err)
+    };
+    UpstreamError::Unreachable {
+        url: uri.to_string(),
+        reason,
+    }
+}
+
+async fn send_reqwest(
+    http: &reqwest::Client,
+    base: &reqwest::Url,
+    config: &Config,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: OutBody,
+) -> Result<UpstreamResponse, UpstreamError> {
     // Built from the parsed base rather than parsed again from text on every request.
     let mut url = base.clone();
     let (path, query) = match path_and_query.split_once('?') {
@@ -127,20 +352,7 @@ pub async fn send(
         url.set_path(&full_path);
     }
     url.set_query(query);
-    let mut out = copy_headers(headers, &NOT_FORWARDED);
-    if let Some(key) = &config.upstream_api_key {
-        if out.contains_key("api-key") {
-            // An Azure OpenAI client authenticates with `api-key`; replace that one.
-            out.insert(
-                "api-key",
-                HeaderValue::from_str(key).map_err(|_| UpstreamError::BadApiKey)?,
-            );
-        } else {
-            let value = HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| UpstreamError::BadApiKey)?;
-            out.insert(header::AUTHORIZATION, value);
-        }
-    }
+    let mut out = upstream_headers(headers, config)?;
     let body = match body {
         OutBody::Full(bytes) => {
             // The length of the body promptgate wrote, not the client's.
@@ -229,10 +441,66 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Builds the one pooled upstream client.
-pub fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
-    // reqwest is built without a default TLS provider; ring builds fast and needs no C toolchain
-    // beyond cc. Installing twice (tests) is harmless.
+pub fn client(config: &Config) -> anyhow::Result<Client> {
+    // Built without a default TLS provider; ring builds fast and needs no C toolchain beyond
+    // cc. Installing twice (tests) is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let Upstream::Url(base) = &config.upstream else {
+        return Ok(Client(Kind::None));
+    };
+    let uri: Uri = base
+        .as_str()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the upstream `{base}` is not a valid URI: {e}"))?;
+    let proxies = hyper_util::client::proxy::matcher::Matcher::from_system();
+    if proxies.intercept(&uri).is_some() {
+        return Ok(Client(Kind::Proxied(reqwest_client(config)?)));
+    }
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        anyhow::bail!("the upstream `{base}` has no scheme or host");
+    };
+    // The connection settings reqwest used: TCP keep-alive, no Nagle, the connect timeout.
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    #[cfg(target_os = "linux")]
+    http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+    // TLS as reqwest set it up: the installed provider, every protocol version, the platform's
+    // certificate verifier; HTTP/2 when the server offers it.
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let verifier = rustls_platform_verifier::Verifier::new(provider.clone())?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::ALL_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(connector);
+    Ok(Client(Kind::Direct(Arc::new(Direct {
+        client,
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    }))))
+}
+
+/// reqwest, for an upstream reached through a proxy.
+fn reqwest_client(config: &Config) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))

@@ -173,7 +173,7 @@ pub fn inject(
             let mut out =
                 Vec::with_capacity(system.len() + 32 + client.map_or(0, |r| r.get().len()));
             out.extend_from_slice(br#"[{"role":"system","content":"#);
-            json_into(&mut out, &*head.system);
+            super::json::write_str(&mut out, &head.system);
             out.push(b'}');
             for item in &items[head.kept] {
                 out.push(b',');
@@ -195,7 +195,7 @@ pub fn inject(
             // the input, or dropped, as the version says.
             let own = super::system::instructions(body.get("instructions"), version.client_system);
             let mut out = Vec::with_capacity(system.len() + 16);
-            json_into(&mut out, system);
+            super::json::write_str(&mut out, system);
             if let (super::system::Instructions::Merged, Some(own)) =
                 (&own, body.get("instructions").map(RawValue::get))
             {

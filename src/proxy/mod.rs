@@ -12,13 +12,15 @@ pub mod echo;
 pub mod feedback;
 pub mod forward;
 pub mod inject;
+pub mod json;
 pub mod parse;
 pub mod relay;
 pub mod request;
 pub mod system;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -389,14 +391,15 @@ impl RequestCtx {
                 cost,
                 cause,
             };
-            if TEXT_LOG.load(Ordering::Relaxed) {
-                // One preformatted message: the same `key=value` text, at a fraction of the
-                // cost of formatting each field through the subscriber.
-                let mut text = String::with_capacity(320);
-                let _ = fmt::write(&mut text, format_args!("{line}"));
-                tracing::info!(target: "promptgate::request", "{text}");
-            } else {
-                line.log_fields();
+            match LOG_MODE.load(Ordering::Relaxed) {
+                LOG_PLAIN => line.write_plain(),
+                LOG_TEXT => {
+                    // One preformatted message through the subscriber (it colours it).
+                    let mut text = String::with_capacity(320);
+                    let _ = fmt::write(&mut text, format_args!("{line}"));
+                    tracing::info!(target: "promptgate::request", "{text}");
+                }
+                _ => line.log_fields(),
             }
         }
         let event = RequestEvent {
@@ -503,13 +506,22 @@ impl RequestCtx {
     }
 }
 
-/// True when logs are plain text (`--log-format text`): the request line is then written as one
-/// preformatted message; JSON logs keep one field per value.
-static TEXT_LOG: AtomicBool = AtomicBool::new(false);
+/// How the request line is written: JSON logs keep one field per value through the subscriber;
+/// text logs at a terminal go through it as one preformatted message (it colours the level);
+/// text logs into a file or a pipe are written directly, in the subscriber's own layout.
+static LOG_MODE: AtomicU8 = AtomicU8::new(LOG_JSON);
+const LOG_JSON: u8 = 0;
+const LOG_TEXT: u8 = 1;
+const LOG_PLAIN: u8 = 2;
 
-/// Tells the request path that logs are plain text.
-pub fn log_as_text(text: bool) {
-    TEXT_LOG.store(text, Ordering::Relaxed);
+/// Tells the request path how logs are written: plain text or JSON, with colours or not.
+pub fn log_as_text(text: bool, ansi: bool) {
+    let mode = match (text, ansi) {
+        (false, _) => LOG_JSON,
+        (true, true) => LOG_TEXT,
+        (true, false) => LOG_PLAIN,
+    };
+    LOG_MODE.store(mode, Ordering::Relaxed);
 }
 
 /// The request's one log line.
@@ -530,6 +542,18 @@ struct RequestLine<'a> {
 }
 
 impl RequestLine<'_> {
+    /// The line as `tracing-subscriber`'s text format lays it out without colours
+    /// (`2026-01-31T12:00:00.123456Z  INFO promptgate::request: request request_id=…`), written
+    /// to stderr in one call: no formatter machinery for a line every request writes.
+    fn write_plain(&self) {
+        let mut buf = String::with_capacity(384);
+        timestamp(&mut buf, Utc::now());
+        buf.push_str("  INFO promptgate::request: ");
+        let _ = fmt::write(&mut buf, format_args!("{self}"));
+        buf.push('\n');
+        let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+    }
+
     fn log_fields(&self) {
         let served = self.served;
         let usage = self.usage;
@@ -607,6 +631,34 @@ impl fmt::Display for RequestLine<'_> {
     }
 }
 
+/// `2026-01-31T12:00:00.123456Z`, as `tracing-subscriber` writes its timestamps.
+fn timestamp(buf: &mut String, now: chrono::DateTime<Utc>) {
+    use chrono::{Datelike as _, Timelike as _};
+    fn digits(buf: &mut String, n: u32, width: u32) {
+        let mut div = 10u32.pow(width - 1);
+        while div > 0 {
+            buf.push(char::from(b'0' + (n / div % 10) as u8));
+            div /= 10;
+        }
+    }
+    let year = u32::try_from(now.year()).unwrap_or(0);
+    digits(buf, year, 4);
+    buf.push('-');
+    digits(buf, now.month(), 2);
+    buf.push('-');
+    digits(buf, now.day(), 2);
+    buf.push('T');
+    digits(buf, now.hour(), 2);
+    buf.push(':');
+    digits(buf, now.minute(), 2);
+    buf.push(':');
+    digits(buf, now.second(), 2);
+    buf.push('.');
+    // A leap second's nanoseconds run past 10⁹; the subscriber shows them as 59.999999.
+    digits(buf, (now.nanosecond() / 1000).min(999_999), 6);
+    buf.push('Z');
+}
+
 /// Writes `text` as it is when it is plainly a token (the common case: a uuid, a model name),
 /// else quoted and escaped, so a value from outside cannot forge fields in the log line.
 fn quoted(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
@@ -624,6 +676,16 @@ fn quoted(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_laid_out_as_the_subscriber_lays_them_out() {
+        let mut buf = String::new();
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-09T03:04:05.000678901Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        timestamp(&mut buf, t);
+        assert_eq!(buf, "2026-01-09T03:04:05.000678Z");
+    }
 
     #[test]
     fn the_text_log_line_quotes_only_what_needs_it() {

@@ -1,6 +1,8 @@
 //! Prometheus metrics, in the text format, through `prometheus-client`.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -69,8 +71,45 @@ fn overhead_histogram() -> Histogram {
     ])
 }
 
+/// One prompt version's series (or the requests that named no prompt), resolved in their
+/// families once, on first use, and kept: recording a request then increments these handles
+/// instead of hashing a freshly built label set in every family. Each series is still created
+/// only when a request first records into it, exactly as before.
+pub struct VersionSeries {
+    labels: VersionLabels,
+    /// `requests{status="200"}`, the common case; other statuses go through the family.
+    ok: OnceLock<Counter>,
+    latency: OnceLock<Histogram>,
+    ttft: OnceLock<Histogram>,
+    overhead: OnceLock<Histogram>,
+    /// `prompt`, `completion`, `cached`.
+    tokens: [OnceLock<Counter>; 3],
+    cost: OnceLock<Counter<f64, AtomicU64>>,
+}
+
+/// Each prompt's versions and their series.
+type SeriesByVersion = HashMap<String, Vec<(Option<u32>, Arc<VersionSeries>)>>;
+
+/// The token kinds, in the order of [`RequestFigures::tokens`].
+const TOKEN_KINDS: [&str; 3] = ["prompt", "completion", "cached"];
+
+/// What one finished request adds to the metrics of its version.
+pub struct RequestFigures {
+    pub status: u16,
+    pub latency_s: f64,
+    /// Time to the first byte, for a stream.
+    pub ttft_s: Option<f64>,
+    pub overhead_s: Option<f64>,
+    /// Prompt, completion and cached tokens.
+    pub tokens: [Option<u64>; 3],
+    pub cost_usd: Option<f64>,
+}
+
 /// Every metric promptgate exports.
 pub struct Metrics {
+    /// Each version's resolved series, by prompt name ("" for none) and version: bounded by the
+    /// versions that served requests, as the series themselves are.
+    series: RwLock<SeriesByVersion>,
     registry: Registry,
     /// Requests by prompt, version and HTTP status.
     pub requests: Family<RequestLabels, Counter>,
@@ -204,6 +243,7 @@ impl Metrics {
             write_errors.clone(),
         );
         Metrics {
+            series: RwLock::default(),
             registry,
             write_errors,
             requests,
@@ -221,6 +261,95 @@ impl Metrics {
             reloads,
             reload_error,
             prompts_loaded,
+        }
+    }
+
+    /// The series of `prompt`'s `version` (`None`, `None`: requests that named no prompt),
+    /// found by one lookup of the name.
+    pub fn series(&self, prompt: Option<&str>, version: Option<u32>) -> Arc<VersionSeries> {
+        let name = prompt.unwrap_or_default();
+        let found = |map: &SeriesByVersion| {
+            map.get(name)
+                .and_then(|versions| versions.iter().find(|(v, _)| *v == version))
+                .map(|(_, series)| series.clone())
+        };
+        if let Some(series) = found(&self.series.read().unwrap_or_else(|e| e.into_inner())) {
+            return series;
+        }
+        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(series) = found(&map) {
+            return series;
+        }
+        let series = Arc::new(VersionSeries {
+            labels: VersionLabels {
+                prompt: name.to_owned(),
+                version: version.map(|v| v.to_string()).unwrap_or_default(),
+            },
+            ok: OnceLock::new(),
+            latency: OnceLock::new(),
+            ttft: OnceLock::new(),
+            overhead: OnceLock::new(),
+            tokens: Default::default(),
+            cost: OnceLock::new(),
+        });
+        map.entry(name.to_owned())
+            .or_default()
+            .push((version, series.clone()));
+        series
+    }
+
+    /// Adds one finished request to its version's series.
+    pub fn record(&self, series: &VersionSeries, figures: &RequestFigures) {
+        let labels = &series.labels;
+        let requests = |status| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    prompt: labels.prompt.clone(),
+                    version: labels.version.clone(),
+                    status,
+                })
+                .clone()
+        };
+        if figures.status == 200 {
+            series.ok.get_or_init(|| requests(200)).inc();
+        } else {
+            requests(figures.status).inc();
+        }
+        series
+            .latency
+            .get_or_init(|| self.latency.get_or_create(labels).clone())
+            .observe(figures.latency_s);
+        if let Some(ttft) = figures.ttft_s {
+            series
+                .ttft
+                .get_or_init(|| self.ttft.get_or_create(labels).clone())
+                .observe(ttft);
+        }
+        if let Some(overhead) = figures.overhead_s {
+            series
+                .overhead
+                .get_or_init(|| self.overhead.get_or_create(labels).clone())
+                .observe(overhead);
+        }
+        for ((slot, kind), n) in series.tokens.iter().zip(TOKEN_KINDS).zip(figures.tokens) {
+            if let Some(n) = n {
+                slot.get_or_init(|| {
+                    self.tokens
+                        .get_or_create(&TokenLabels {
+                            prompt: labels.prompt.clone(),
+                            version: labels.version.clone(),
+                            kind,
+                        })
+                        .clone()
+                })
+                .inc_by(n);
+            }
+        }
+        if let Some(cost) = figures.cost_usd {
+            series
+                .cost
+                .get_or_init(|| self.cost.get_or_create(labels).clone())
+                .inc_by(cost);
         }
     }
 
@@ -249,5 +378,52 @@ mod tests {
         );
         assert!(text.contains("promptgate_prompts_loaded 3"), "{text}");
         assert!(text.contains("promptgate_reload_error 0"), "{text}");
+    }
+
+    #[test]
+    fn version_series_are_created_on_first_use_and_shared() {
+        let m = Metrics::new();
+        let a = m.series(Some("support"), Some(2));
+        assert!(Arc::ptr_eq(&a, &m.series(Some("support"), Some(2))));
+        assert!(!Arc::ptr_eq(&a, &m.series(Some("support"), Some(3))));
+        let none = m.series(None, None);
+        let figures = |status, ttft_s, tokens, cost_usd| RequestFigures {
+            status,
+            latency_s: 0.5,
+            ttft_s,
+            overhead_s: Some(0.000_1),
+            tokens,
+            cost_usd,
+        };
+        m.record(
+            &a,
+            &figures(200, None, [Some(10), Some(5), None], Some(0.25)),
+        );
+        m.record(
+            &a,
+            &figures(200, Some(0.1), [Some(1), Some(1), Some(1)], None),
+        );
+        m.record(&a, &figures(502, None, [None; 3], None));
+        m.record(&none, &figures(200, None, [None; 3], None));
+        let text = m.encode();
+        for line in [
+            "promptgate_requests_total{prompt=\"support\",version=\"2\",status=\"200\"} 2",
+            "promptgate_requests_total{prompt=\"support\",version=\"2\",status=\"502\"} 1",
+            "promptgate_requests_total{prompt=\"\",version=\"\",status=\"200\"} 1",
+            "promptgate_request_duration_seconds_count{prompt=\"support\",version=\"2\"} 3",
+            "promptgate_time_to_first_token_seconds_count{prompt=\"support\",version=\"2\"} 1",
+            "promptgate_tokens_total{prompt=\"support\",version=\"2\",kind=\"prompt\"} 11",
+            "promptgate_tokens_total{prompt=\"support\",version=\"2\",kind=\"cached\"} 1",
+            "promptgate_cost_usd_total{prompt=\"support\",version=\"2\"} 0.25",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        // Nothing recorded, no series: version 3 was only looked up.
+        assert!(!text.contains("version=\"3\""), "{text}");
+        assert!(
+            !text.contains("time_to_first_token_seconds_count{prompt=\"\""),
+            "{text}"
+        );
+        assert!(!text.contains("cost_usd_total{prompt=\"\""), "{text}");
     }
 }

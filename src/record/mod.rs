@@ -30,7 +30,7 @@ pub use outcome::Outcome;
 pub use pricing::{Pricing, Usage};
 
 use crate::prompts::{Prompt, PromptSet};
-use metrics::{FeedbackLabels, ModelLabel, RequestLabels, VersionLabels};
+use metrics::{FeedbackLabels, ModelLabel};
 use stats::Stats;
 
 /// Which version served a request, as feedback needs to find it. Names are shared, not
@@ -547,56 +547,31 @@ impl Recorder {
     /// Records a finished request: metrics, statistics, index, events file.
     pub fn record(&self, event: RequestEvent) {
         let m = &self.inner.metrics;
-        let labels = VersionLabels {
-            prompt: event.prompt.clone().unwrap_or_default(),
-            version: event.version.map(|v| v.to_string()).unwrap_or_default(),
-        };
-        m.requests
-            .get_or_create(&RequestLabels {
-                prompt: labels.prompt.clone(),
-                version: labels.version.clone(),
+        let series = m.series(event.prompt.as_deref(), event.version);
+        m.record(
+            &series,
+            &metrics::RequestFigures {
                 status: event.status,
-            })
-            .inc();
-        m.latency
-            .get_or_create(&labels)
-            .observe(event.latency_ms / 1000.0);
-        if let Some(ttft) = event.ttft_ms.filter(|_| event.stream) {
-            m.ttft.get_or_create(&labels).observe(ttft / 1000.0);
-        }
-        if let Some(overhead) = event.overhead_ms {
-            m.overhead.get_or_create(&labels).observe(overhead / 1000.0);
-        }
-        for (kind, n) in [
-            ("prompt", event.prompt_tokens),
-            ("completion", event.completion_tokens),
-            ("cached", event.cached_tokens),
-        ] {
-            if let Some(n) = n {
-                m.tokens
-                    .get_or_create(&metrics::TokenLabels {
-                        prompt: labels.prompt.clone(),
-                        version: labels.version.clone(),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
-        }
-        match (event.cost_usd, &event.model, event.prompt_tokens) {
-            (Some(cost), _, _) => {
-                m.cost.get_or_create(&labels).inc_by(cost);
-            }
-            // Tokens were counted but the model has no price: say so, never guess. The label
-            // takes only names from the pricing table, so a client cannot mint series.
-            (None, Some(model), Some(_)) => {
-                self.note_unknown_model(model);
-                m.unpriced
-                    .get_or_create(&ModelLabel {
-                        model: self.inner.pricing.label(model).to_owned(),
-                    })
-                    .inc();
-            }
-            _ => {}
+                latency_s: event.latency_ms / 1000.0,
+                ttft_s: event.ttft_ms.filter(|_| event.stream).map(|t| t / 1000.0),
+                overhead_s: event.overhead_ms.map(|o| o / 1000.0),
+                tokens: [
+                    event.prompt_tokens,
+                    event.completion_tokens,
+                    event.cached_tokens,
+                ],
+                cost_usd: event.cost_usd,
+            },
+        );
+        // Tokens were counted but the model has no price: say so, never guess. The label
+        // takes only names from the pricing table, so a client cannot mint series.
+        if let (None, Some(model), Some(_)) = (event.cost_usd, &event.model, event.prompt_tokens) {
+            self.note_unknown_model(model);
+            m.unpriced
+                .get_or_create(&ModelLabel {
+                    model: self.inner.pricing.label(model).to_owned(),
+                })
+                .inc();
         }
         if let Some(prompt) = &event.prompt {
             let ok = event.status < 400 && event.outcome == Outcome::Ok;
