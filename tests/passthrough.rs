@@ -372,3 +372,20 @@ async fn a_proxy_from_the_environment_is_used_for_the_upstream() {
         seen[0].head
     );
 }
+
+/// Credentials in the upstream URL go upstream as basic auth, as they always did.
+#[tokio::test]
+async fn credentials_in_the_upstream_url_are_sent_as_basic_auth() {
+    let (upstream, seen) = recording_upstream().await;
+    let Upstream::Url(mut url) = upstream else {
+        unreachable!("the recording upstream has an address")
+    };
+    url.set_username("user").unwrap();
+    url.set_password(Some("pw")).unwrap();
+    let prompts = common::prompts();
+    let app = common::spawn_app(prompts.path(), Upstream::Url(url)).await;
+    let response = post_raw(&app, "/v1/embeddings", r#"{"input": "hi"}"#).await;
+    assert_eq!(response.status(), 200);
+    let head = seen.lock().unwrap()[0].head.to_ascii_lowercase();
+    assert!(head.contains("authorization: basic dxnlcjpwdw=="), "{head}");
+}

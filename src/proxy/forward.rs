@@ -108,13 +108,15 @@ fn copy_headers(src: &HeaderMap, skip: &[&str]) -> HeaderMap {
 
 /// The one pooled upstream client: hyper's own pooled client, with the upstream's origin and
 /// path parsed once at start; or reqwest when a proxy from the environment (`HTTPS_PROXY`,
-/// `HTTP_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) applies to the upstream, as it always has.
+/// `HTTP_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) applies to the upstream, as it always has, or
+/// when the upstream URL carries credentials.
 #[derive(Clone)]
 pub struct Client(Kind);
 
 #[derive(Clone)]
 enum Kind {
     Direct(Arc<Direct>),
+    /// Through a proxy, or with credentials in the URL.
     Proxied(reqwest::Client),
     /// `--upstream echo`: nothing to connect to.
     None,
@@ -453,7 +455,9 @@ pub fn client(config: &Config) -> anyhow::Result<Client> {
         .parse()
         .map_err(|e| anyhow::anyhow!("the upstream `{base}` is not a valid URI: {e}"))?;
     let proxies = hyper_util::client::proxy::matcher::Matcher::from_system();
-    if proxies.intercept(&uri).is_some() {
+    // reqwest also turns credentials in the URL (`https://user:key@host/`) into basic auth.
+    let credentials = !base.username().is_empty() || base.password().is_some();
+    if proxies.intercept(&uri).is_some() || credentials {
         return Ok(Client(Kind::Proxied(reqwest_client(config)?)));
     }
     let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
