@@ -440,3 +440,209 @@ fn render_prints_the_messages_of_a_chat_template() {
         "{stderr}"
     );
 }
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/import/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Renders `name` in `dir` through the binary and returns the upstream body it prints.
+fn render_json(dir: &std::path::Path, name: &str, args: &[&str]) -> Value {
+    let mut all = vec!["render", name, "--prompts", dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (ok, stdout, stderr) = promptgate(&all);
+    assert!(ok, "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn prompty_files_import_and_render() {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = promptgate(&[
+        "import",
+        "--from",
+        "prompty",
+        &fixture("basic.prompty"),
+        &fixture("chat.prompty"),
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    for line in [
+        "imported `basic_prompt` (v1)",
+        "note: `model.configuration` (azure_endpoint, api_version)",
+        "note: `sample`",
+        "imported `contoso_chat_prompt` (v1)",
+        "chat-history loop became the `conversation:` marker",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+    let (ok, stdout, _) = promptgate(&["validate", "--prompts", out.path().to_str().unwrap()]);
+    assert!(ok, "{stdout}");
+
+    let sent = render_json(
+        out.path(),
+        "basic_prompt",
+        &[
+            "--var",
+            "firstName=Jane",
+            "--var",
+            "lastName=Doe",
+            "--var",
+            "question=What is a tent?",
+            "--message",
+            "Hello",
+        ],
+    );
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(sent["temperature"], 0.2);
+    assert_eq!(sent["max_tokens"], 3000);
+    assert_eq!(sent["top_p"], 0.9);
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "system", "content": "You are an AI assistant who helps people find information.\n\
+              As the assistant, you answer questions briefly, succinctly,\n\
+              and in a personable manner using markdown and even add some personal flair with appropriate emojis.\n\n\
+              # Customer\nYou are helping Jane Doe to find answers to their questions.\n\
+              Use their name to address them in your responses."},
+            {"role": "user", "content": "What is a tent?"},
+            {"role": "user", "content": "Hello"}
+        ])
+    );
+
+    // The history loop is the marker: the client's messages go between system and question;
+    // `tier` took its default from `inputs`; `outputs` became the response format.
+    let sent = render_json(
+        out.path(),
+        "contoso_chat_prompt",
+        &[
+            "--var",
+            "customer=Jane",
+            "--var",
+            "question=Which tent?",
+            "--message",
+            "Hi",
+        ],
+    );
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3, "{sent}");
+    assert!(
+        messages[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("The customer is Jane, a Silver member.")
+    );
+    assert_eq!(messages[1], json!({"role": "user", "content": "Hi"}));
+    assert_eq!(
+        messages[2],
+        json!({"role": "user", "content": "Which tent?"})
+    );
+    assert_eq!(sent["stop"], json!(["\n\n"]));
+    assert_eq!(
+        sent["response_format"]["json_schema"]["schema"]["properties"]["answer"]["type"],
+        "string"
+    );
+    // Typed inputs are checked.
+    let (ok, _, stderr) = promptgate(&[
+        "render",
+        "contoso_chat_prompt",
+        "--prompts",
+        out.path().to_str().unwrap(),
+        "--var",
+        "customer:=5",
+        "--var",
+        "question=q",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("variables.customer: must be of type \"string\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn langfuse_exports_import_and_render() {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = promptgate(&[
+        "import",
+        "--from",
+        "langfuse",
+        &fixture("langfuse-support.json"),
+        &fixture("langfuse-greeting.json"),
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    for line in [
+        "imported `greeting` (v3)",
+        "a `@@@langfusePrompt:…@@@` reference to another prompt is kept as text",
+        "imported `support.triage` (v1, v2)",
+        "the name `Support/Triage` became the folder name `support.triage`",
+        "v1: config key `supported_languages` is not an OpenAI request field",
+        "v1 message 3: Mustache `{{#urgent}}` has no Jinja equivalent",
+        "the placeholder `history` became the `conversation:` marker",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+    let manifest = std::fs::read_to_string(out.path().join("support.triage/prompt.yaml")).unwrap();
+    assert_eq!(
+        manifest,
+        "tags: [\"support\",\"json\"]\nactive: 2\nlabels: {\"staging\":1}\n"
+    );
+
+    let vars = [
+        "--var",
+        "company=Acme",
+        "--var",
+        "language=French",
+        "--var",
+        "ticket=Refund please",
+    ];
+    let mut args = vars.to_vec();
+    args.extend(["--message", "My bill is wrong"]);
+    let sent = render_json(out.path(), "support.triage", &args);
+    assert_eq!(sent["model"], "gpt-4o");
+    assert_eq!(sent["temperature"], 0.0);
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "system", "content": "You triage tickets for Acme. Reply in French. Answer as JSON."},
+            {"role": "user", "content": "My bill is wrong"},
+            {"role": "user", "content": "Ticket: Refund please"}
+        ])
+    );
+    assert_eq!(
+        sent["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "triage", "schema": {"type": "object",
+               "properties": {"queue": {"type": "string", "enum": ["billing", "tech", "other"]}},
+               "required": ["queue"], "additionalProperties": false}, "strict": true}})
+    );
+    // The `staging` label is v1; its Mustache section stays literal text.
+    let mut args = vars.to_vec();
+    args.extend(["--version", "staging"]);
+    let sent = render_json(out.path(), "support.triage", &args);
+    assert_eq!(
+        sent["messages"][1]["content"],
+        "Ticket: Refund please\n{{#urgent}}This is urgent.{{/urgent}}"
+    );
+    let sent = render_json(out.path(), "greeting", &["--var", "name=Al"]);
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "Greet Al warmly. Mention 100% of {% raw %} literally. @@@langfusePrompt:name=signature|label=production@@@"
+    );
+
+    // Nothing is overwritten.
+    let (ok, _, stderr) = promptgate(&[
+        "import",
+        "--from",
+        "langfuse",
+        &fixture("langfuse-greeting.json"),
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("exists already"), "{stderr}");
+}
