@@ -646,3 +646,107 @@ fn langfuse_exports_import_and_render() {
     assert!(!ok);
     assert!(stderr.contains("exists already"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_admin_api_writes_and_reads_chat_versions() {
+    let dir = chat_prompts();
+    let mock = upstream().await;
+    let app = spawn_with(dir.path(), upstream_of(&mock), |c| {
+        c.admin_token = Some("t".into())
+    })
+    .await;
+    let post = |body: Value| {
+        app.client
+            .post(app.url("/admin/prompts/helpdesk/versions"))
+            .bearer_auth("t")
+            .json(&body)
+            .send()
+    };
+    let resp = post(json!({
+        "messages": [
+            {"role": "system", "content": "You help {{ who }}."},
+            {"role": "conversation"},
+            {"role": "user", "content": "Be brief."}
+        ],
+        "input_schema": {"type": "object", "properties": {"who": {"type": "string", "default": "everyone"}}},
+        "tools": [{"name": "ping"}],
+        "response_format": "json_object",
+        "activate": true
+    }))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    let file = std::fs::read_to_string(dir.path().join("helpdesk/v1.prompt")).unwrap();
+    assert!(
+        file.ends_with("---\nsystem:\nYou help {{ who }}.\n\nconversation:\n\nuser:\nBe brief.\n"),
+        "{file}"
+    );
+    assert!(file.contains("chat: true\n"), "{file}");
+
+    let got: Value = app
+        .client
+        .get(app.url("/admin/prompts/helpdesk/versions/1"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        got["messages"],
+        json!([{"role": "system", "content": "You help {{ who }}."}, {"role": "conversation"},
+               {"role": "user", "content": "Be brief."}])
+    );
+    assert_eq!(
+        got["tools"],
+        json!([{"type": "function", "function": {"name": "ping"}}])
+    );
+    assert_eq!(got["response_format"], json!({"type": "json_object"}));
+    assert_eq!(
+        got["input_schema"]["properties"]["who"]["default"],
+        "everyone"
+    );
+
+    let resp = app
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Hi"}], "prompt": {"id": "helpdesk"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        last_received(&mock).await["messages"],
+        json!([{"role": "system", "content": "You help everyone."}, {"role": "user", "content": "Hi"},
+               {"role": "user", "content": "Be brief."}])
+    );
+
+    // Bad shapes are refused whole, naming the message or the file line.
+    let resp = post(json!({"messages": [{"role": "robot", "content": "x"}]}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`messages[0].role` must be"),
+        "{err}"
+    );
+    let resp = post(json!({"template": "Hi", "tools": [{"name": "a b"}]}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("helpdesk/v2.prompt:2: `tools[0]`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("helpdesk/v2.prompt").exists());
+}

@@ -208,6 +208,68 @@ pub fn message_json(role: Role, content: &str) -> Vec<u8> {
     out
 }
 
+/// The body of a chat template from messages as the admin API takes them:
+/// `[{"role": "system", "content": "…"}, {"role": "conversation"}, …]`. Errors name the
+/// message (`messages[1].role`).
+pub fn body_of(messages: &[serde_json::Value]) -> Result<String, String> {
+    let mut out = String::new();
+    let mut marker = false;
+    for (i, message) in messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let role = message.get("role").and_then(|r| r.as_str()).unwrap_or("");
+        if let Some(map) = message.as_object()
+            && let Some(key) = map
+                .keys()
+                .find(|k| !["role", "content"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "`{at}` has an unknown key `{key}`: a message has `role` and `content`"
+            ));
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        if role == "conversation" {
+            if message.get("content").is_some() {
+                return Err(format!(
+                    "`{at}`: the `conversation` marker takes no `content`"
+                ));
+            }
+            if marker {
+                return Err(format!("`{at}`: a second `conversation` marker"));
+            }
+            marker = true;
+            out.push_str("conversation:\n");
+            continue;
+        }
+        let Some(Header::Role(role)) = Role::of_line(&format!("{role}:")) else {
+            return Err(format!(
+                "`{at}.role` must be `system`, `developer`, `user`, `assistant` or `conversation`, not `{role}`"
+            ));
+        };
+        let Some(content) = message.get("content").and_then(|c| c.as_str()) else {
+            return Err(format!(
+                "`{at}.content` must be the message's template text"
+            ));
+        };
+        if let Some(line) = content.lines().find(|l| Role::of_line(l).is_some()) {
+            return Err(format!(
+                "`{at}.content` has a line `{}`, which would start a new message; write it as `{{{{ '' }}}}{}`",
+                line.trim_end(),
+                line.trim_end()
+            ));
+        }
+        out.push_str(role.as_str());
+        out.push_str(":\n");
+        out.push_str(content.trim_matches(['\n', '\r']));
+        out.push('\n');
+    }
+    if out.is_empty() {
+        return Err("`messages` is empty: give at least one message".to_owned());
+    }
+    Ok(out)
+}
+
 /// True when a template text holds no Jinja syntax, so it renders as itself.
 pub fn is_constant(text: &str) -> bool {
     !(text.contains("{{") || text.contains("{%") || text.contains("{#"))
@@ -266,6 +328,42 @@ mod tests {
         );
         assert!(split("").is_err());
         assert!(split("conversation:\n").is_err());
+    }
+
+    #[test]
+    fn admin_messages_become_a_body_that_splits_back() {
+        use serde_json::json;
+        let body = body_of(&[
+            json!({"role": "system", "content": "Hi {{ x }}"}),
+            json!({"role": "conversation"}),
+            json!({"role": "user", "content": "Bye"}),
+        ])
+        .unwrap();
+        assert_eq!(body, "system:\nHi {{ x }}\n\nconversation:\n\nuser:\nBye\n");
+        let s = split(&body).unwrap();
+        assert_eq!((s.messages.len(), s.marker), (2, 1));
+        for (messages, needle) in [
+            (
+                vec![json!({"role": "tool", "content": "x"})],
+                "`messages[0].role` must be",
+            ),
+            (
+                vec![json!({"role": "user"})],
+                "`messages[0].content` must be",
+            ),
+            (
+                vec![json!({"role": "user", "content": "a\nuser:\nb"})],
+                "has a line `user:`",
+            ),
+            (
+                vec![json!({"role": "user", "content": "a", "name": "x"})],
+                "unknown key `name`",
+            ),
+            (vec![], "`messages` is empty"),
+        ] {
+            let err = body_of(&messages).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]
