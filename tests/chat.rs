@@ -750,3 +750,49 @@ async fn the_admin_api_writes_and_reads_chat_versions() {
     );
     assert!(!dir.path().join("helpdesk/v2.prompt").exists());
 }
+
+#[tokio::test]
+async fn system_format_examples_join_the_chat_templates_system_message() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "fs/v1.prompt",
+        "---\nchat: true\n---\nsystem:\nClassify.\nuser:\nText follows.\n",
+    );
+    write(
+        dir.path(),
+        "fs/examples.jsonl",
+        "{\"input\": \"great\", \"output\": \"positive\"}\n",
+    );
+    write(
+        dir.path(),
+        "fs/prompt.yaml",
+        "examples: {strategy: quality, count: 1, format: system}\n",
+    );
+    let mock = upstream().await;
+    let app = spawn_app(dir.path(), upstream_of(&mock)).await;
+    let resp = app
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "meh"}], "prompt": {"id": "fs"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let messages = last_received(&mock).await["messages"].clone();
+    let system = messages[0]["content"].as_str().unwrap();
+    assert!(
+        system.starts_with("Classify.\n\nHere are examples"),
+        "{system}"
+    );
+    assert!(
+        system.contains("Input: great\nOutput: positive"),
+        "{system}"
+    );
+    assert_eq!(
+        messages[1],
+        json!({"role": "user", "content": "Text follows."})
+    );
+    assert_eq!(messages[2], json!({"role": "user", "content": "meh"}));
+}

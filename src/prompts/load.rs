@@ -432,6 +432,12 @@ fn compile_extras(
     let mut side = Vec::new();
     let mut resolve = |file: &str| side_file(folder, file, &mut side);
     let mut report = |key: &str, message: String| {
+        // A file problem says "names `x.json`, …": say whose.
+        let message = if message.starts_with("names `") {
+            format!("`{key}` {message}")
+        } else {
+            message
+        };
         problems.push(Problem::new(path, raw.line_of(key), message));
     };
     let input_schema = raw.front.input_schema.as_ref().and_then(|value| {
@@ -442,7 +448,12 @@ fn compile_extras(
         match schema.and_then(schema::InputSchema::new) {
             Ok(s) => Some(Arc::new(s)),
             Err(e) => {
-                report("input_schema", format!("`input_schema` {e}"));
+                let e = if e.starts_with("names `") {
+                    e
+                } else {
+                    format!("`input_schema` {e}")
+                };
+                report("input_schema", e);
                 None
             }
         }
@@ -576,6 +587,61 @@ mod tests {
         assert!(has("d: no version files"), "{shown:#?}");
         assert!(has("e/examples.jsonl:1: not a valid example"), "{shown:#?}");
         assert_eq!(problems.len(), 7, "{shown:#?}");
+    }
+
+    #[test]
+    fn chat_templates_and_side_files_load_and_their_problems_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "chat/v1.prompt",
+            "---\nchat: true\ntools: tools.yaml\n---\nsystem:\nHi {{ a }}\nconversation:\nuser:\nConstant\n",
+        );
+        write(dir.path(), "chat/tools.yaml", "- name: ping\n");
+        let set = load(dir.path()).unwrap();
+        let v = &set.get("chat").unwrap().versions[&1];
+        let chat = v.chat.as_ref().unwrap();
+        assert_eq!((chat.messages.len(), chat.marker), (2, 1));
+        assert!(chat.system_first());
+        assert!(chat.messages[0].constant.is_none());
+        assert_eq!(
+            chat.messages[1].constant.as_deref(),
+            Some(&br#"{"role":"user","content":"Constant"}"#[..])
+        );
+        assert_eq!(v.variables, vec!["a".to_owned()]);
+        assert!(v.tools.is_some());
+
+        write(
+            dir.path(),
+            "chat/tools.yaml",
+            "- name: ping\n  parameters: [\n",
+        );
+        write(
+            dir.path(),
+            "chat/v2.prompt",
+            "---\nresponse_format: {schema: ../etc/passwd.json}\n---\nHi",
+        );
+        let shown: Vec<String> = load(dir.path())
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            shown.iter().any(|s| s.starts_with("chat/tools.yaml:2: ")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown.iter().any(|s| s
+                .starts_with("chat/v1.prompt:3: `tools` names `tools.yaml`, which is not valid")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown.iter().any(|s| s.starts_with(
+                "chat/v2.prompt:2: `response_format` names `../etc/passwd.json`: give"
+            )),
+            "{shown:#?}"
+        );
     }
 
     #[test]
