@@ -110,5 +110,58 @@ fn bench_prepare(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_load, bench_prepare);
+/// A chat template (system, conversation, a user reminder) with an `input_schema` that fills a
+/// default, a `response_format` and `tools`: what those add to preparing a request.
+fn bench_prepare_chat_template(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "agent/v1.prompt",
+        "---\nchat: true\n\
+         input_schema: {type: object, required: [company, tier], properties: {company: {type: string}, \
+         tier: {enum: [free, pro, enterprise]}, language: {type: string, default: English}}}\n\
+         response_format: {name: ticket, schema: {type: object, properties: {summary: {type: string}}, required: [summary], additionalProperties: false}}\n\
+         tools: [{name: lookup_order, parameters: {type: object, properties: {id: {type: string}}}}]\n\
+         ---\nsystem:\nYou are the support agent of {{ company }} ({{ tier }}). Answer in {{ language }}.\n\n\
+         conversation:\n\nuser:\nRemember: be brief.\n",
+    );
+    let set = prompts::load(dir.path()).unwrap();
+    let body = Bytes::from(
+        serde_json::json!({
+            "model": "gpt-4o-mini", "user": "user_123",
+            "messages": [{"role": "user", "content": "My API keys stopped working after the migration"}],
+            "prompt": {"id": "agent", "variables": {"company": "Acme Corp", "tier": "enterprise"}}
+        })
+        .to_string(),
+    );
+    let headers = HeaderMap::new();
+    let now = chrono::Utc::now();
+    let model = ModelSlot::new("/nonexistent".into(), "/nonexistent".into(), None);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    c.bench_function("prepare_chat_template_with_schema_and_tools", |b| {
+        b.iter(|| {
+            black_box(
+                runtime
+                    .block_on(prepare(
+                        &set,
+                        &model,
+                        Endpoint::ChatCompletions,
+                        &headers,
+                        body.clone(),
+                        now,
+                    ))
+                    .unwrap(),
+            )
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_load,
+    bench_prepare,
+    bench_prepare_chat_template
+);
 criterion_main!(benches);

@@ -37,6 +37,27 @@ enum Command {
     Render(RenderArgs),
     /// Print a prompt's experiment report over every replica, from Prometheus.
     Report(ReportArgs),
+    /// Turn Prompty files or a Langfuse prompt export into prompt folders.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The tool the files come from.
+    #[arg(long, value_enum)]
+    from: ImportFrom,
+    /// The files: `.prompty` files, or Langfuse prompt JSON (one version, or a list).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// The prompts folder to write into (one sub-folder per prompt; nothing is overwritten).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ImportFrom {
+    Prompty,
+    Langfuse,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +325,56 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate(&args),
         Command::Render(args) => render(&args),
         Command::Report(args) => report(&args),
+        Command::Import(args) => import(&args),
+    }
+}
+
+fn import(args: &ImportArgs) -> ExitCode {
+    let mut files = Vec::new();
+    for path in &args.files {
+        match std::fs::read_to_string(path) {
+            Ok(text) => files.push((path.display().to_string(), text)),
+            Err(e) => {
+                eprintln!("error: cannot read `{}`: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let converted = match args.from {
+        ImportFrom::Langfuse => crate::import::langfuse::convert(&files),
+        ImportFrom::Prompty => files
+            .iter()
+            .zip(&args.files)
+            .map(|((shown, text), path)| {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                crate::import::prompty::convert(shown, &stem, text)
+            })
+            .collect(),
+    };
+    let prompts = match converted {
+        Ok(prompts) => prompts,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for prompt in &prompts {
+        match crate::import::write(&args.out, prompt) {
+            Ok(written) => print!("{}", crate::import::report(&written, &prompt.notes)),
+            Err(e) => {
+                failed = true;
+                eprintln!("error: `{}`: {e}", prompt.name);
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -225,6 +225,7 @@ impl From<RenderError> for ApiError {
         let code = match &err {
             RenderError::MissingVariables { .. } => "missing_variables",
             RenderError::Template { .. } => "template_error",
+            RenderError::InvalidVariables { .. } => "invalid_variables",
         };
         ApiError::BadRequest {
             message: err.to_string(),

@@ -21,6 +21,7 @@ pub mod error;
 pub mod fewshot;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod import;
 pub mod listener;
 pub mod otel;
 pub mod prompts;

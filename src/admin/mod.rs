@@ -150,11 +150,32 @@ fn version_json(state: &AppState, prompt: &Prompt, v: &crate::prompts::Version) 
         .created_at
         .clone()
         .or_else(|| state.audit.first_seen(&prompt.name, v.version));
-    json!({
+    let mut out = json!({
         "version": v.version, "hash": v.hash, "model": v.model, "temperature": v.temperature,
         "max_tokens": v.max_tokens, "params": v.params, "variables": v.variables,
         "created_at": created_at, "created_by": v.created_by, "notes": v.notes,
-    })
+    });
+    // The newer shapes appear only on versions that use them.
+    if let Some(schema) = &v.input_schema {
+        out["input_schema"] = schema.schema.clone();
+    }
+    if let Some(format) = &v.response_format {
+        out["response_format"] = format.value.clone();
+    }
+    if let Some(tools) = &v.tools {
+        out["tools"] = tools.value.clone();
+    }
+    if let Some(chat) = &v.chat {
+        out["chat"] = json!(true);
+        let mut messages: Vec<Value> = chat
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.text}))
+            .collect();
+        messages.insert(chat.marker, json!({"role": "conversation"}));
+        out["messages"] = Value::Array(messages);
+    }
+    out
 }
 
 /// `GET /admin/prompts/{name}`
@@ -301,22 +322,57 @@ async fn create_version(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(new): Json<NewVersion>,
+    Json(body): Json<Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     checked_name(&name)?;
+    let (new, extra_front) = new_version(body)?;
     let who = actor(&headers, new.created_by.as_deref());
     let writer = state.writer.clone();
     let audit = state.audit.clone();
     let prompt = name.clone();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let (number, hash) =
-        blocking(move || writer.create_version(&audit, &prompt, &new, &now)).await?;
+        blocking(move || writer.create_version_with(&audit, &prompt, &new, &extra_front, &now))
+            .await?;
     let mut body = reload_after_write(&state, who).await;
     body["prompt"] = json!(name);
     body["version"] = json!(number);
     body["hash"] = json!(hash);
     body["active_version"] = json!(state.prompts.load().get(&name).map(|p| p.active));
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A new version's fields: [`NewVersion`], or `messages` (a chat template) in place of
+/// `template`, and `input_schema`, `response_format`, `tools` — returned as front-matter lines.
+fn new_version(mut body: Map<String, Value>) -> Result<(NewVersion, String), ApiError> {
+    let mut extra = String::new();
+    if let Some(messages) = body.remove("messages") {
+        if body.contains_key("template") {
+            return Err(ApiError::bad_request(
+                "give `template` (one system prompt) or `messages` (a chat template), not both",
+                Some("messages".to_owned()),
+            ));
+        }
+        let Value::Array(messages) = messages else {
+            return Err(ApiError::bad_request(
+                "`messages` must be a list of `{role, content}`",
+                Some("messages".to_owned()),
+            ));
+        };
+        let text = crate::prompts::chat::body_of(&messages)
+            .map_err(|e| ApiError::bad_request(e, Some("messages".to_owned())))?;
+        body.insert("template".to_owned(), Value::String(text));
+        extra.push_str("chat: true\n");
+    }
+    for key in ["input_schema", "response_format", "tools"] {
+        if let Some(value) = body.remove(key) {
+            // JSON is YAML: the value is written as it came, on one line.
+            extra.push_str(&format!("{key}: {value}\n"));
+        }
+    }
+    let new = serde_json::from_value::<NewVersion>(Value::Object(body))
+        .map_err(|e| ApiError::bad_request(format!("invalid version: {e}"), None))?;
+    Ok((new, extra))
 }
 
 #[derive(Debug, Deserialize)]

@@ -81,6 +81,18 @@ impl Writer {
         new: &NewVersion,
         now: &str,
     ) -> Result<(u32, String), WriteError> {
+        self.create_version_with(audit, name, new, "", now)
+    }
+
+    /// [`Writer::create_version`] with further front-matter lines (`chat: true`, `tools: …`).
+    pub fn create_version_with(
+        &self,
+        audit: &Audit,
+        name: &str,
+        new: &NewVersion,
+        extra_front: &str,
+        now: &str,
+    ) -> Result<(u32, String), WriteError> {
         let dir = self.folder(name)?;
         let mut allocated = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
         let on_disk = highest_on_disk(&dir);
@@ -90,7 +102,7 @@ impl Writer {
             .max(allocated.get(name).copied().unwrap_or(0))
             + 1;
         let file = format!("v{number}.prompt");
-        let text = version_text(new, now);
+        let text = version_text_with(new, extra_front, now);
         let body_hash = version::parse(&text)
             .map(|raw| version::hash(&raw.body))
             .map_err(|problems| {
@@ -235,6 +247,11 @@ fn json_scalar(text: &str) -> String {
 
 /// The text of a version file: front matter from the request, then the template.
 pub(crate) fn version_text(new: &NewVersion, now: &str) -> String {
+    version_text_with(new, "", now)
+}
+
+/// [`version_text`] with further front-matter lines, written after `variables`.
+pub(crate) fn version_text_with(new: &NewVersion, extra_front: &str, now: &str) -> String {
     let mut front = String::new();
     if let Some(model) = &new.model {
         front.push_str(&format!("model: {}\n", json_scalar(model)));
@@ -251,6 +268,7 @@ pub(crate) fn version_text(new: &NewVersion, now: &str) -> String {
     if let Some(vars) = &new.variables {
         front.push_str(&format!("variables: {}\n", Value::from(vars.clone())));
     }
+    front.push_str(extra_front);
     if let Some(by) = &new.created_by {
         front.push_str(&format!("created_by: {}\n", json_scalar(by)));
     }

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::manifest::{self, RawManifest};
-use super::{Problem, Problems, Prompt, PromptSet, Version, examples, template, version};
+use super::{
+    Problem, Problems, Prompt, PromptSet, Version, chat, examples, outputs, schema, template,
+    version,
+};
 
 /// A prompt's name: the folder's name, `[a-z0-9][a-z0-9_.-]*`.
 pub fn valid_prompt_name(name: &str) -> bool {
@@ -211,18 +214,38 @@ fn load_prompt(
             }
         };
         let key = format!("{name}/{file}");
-        let compiled = match template::compile(env, &key, &raw.body) {
-            Ok(compiled) => compiled,
-            Err((line, message)) => {
-                let line = line.map(|l| l + raw.body_line - 1);
-                problems.push(Problem::new(&path, line, message));
-                continue;
+        let before_version = problems.len();
+        let (compiled, chat) = if raw.front.chat == Some(true) {
+            match compile_chat(env, &key, &raw, &path, problems) {
+                Some((compiled, chat)) => (compiled, Some(Arc::new(chat))),
+                None => (template::Compiled::default(), None),
+            }
+        } else {
+            match template::compile(env, &key, &raw.body) {
+                Ok(compiled) => (compiled, None),
+                Err((line, message)) => {
+                    let line = line.map(|l| l + raw.body_line - 1);
+                    problems.push(Problem::new(&path, line, message));
+                    (template::Compiled::default(), None)
+                }
             }
         };
+        let extras = compile_extras(folder, name, &raw, &path, problems);
+        if problems.len() > before_version {
+            continue;
+        }
+        let (input_schema, response_format, tools) = extras;
         let declared = raw.front.variables.clone();
-        let variables = match &declared {
-            Some(declared) => declared.clone(),
-            None => compiled
+        let schema_names = input_schema.as_ref().and_then(|s| {
+            s.schema
+                .get("properties")
+                .and_then(serde_json::Value::as_object)
+                .map(|p| p.keys().cloned().collect::<Vec<_>>())
+        });
+        let variables = match (&declared, schema_names) {
+            (Some(declared), _) => declared.clone(),
+            (None, Some(names)) => names,
+            (None, None) => compiled
                 .uses
                 .iter()
                 .filter(|v| !template::BUILTINS.contains(&v.as_str()))
@@ -255,6 +278,10 @@ fn load_prompt(
                 declared,
                 uses: compiled.uses,
                 key,
+                chat,
+                input_schema,
+                response_format,
+                tools,
             },
         );
     }
@@ -334,6 +361,163 @@ fn load_prompt(
     })
 }
 
+/// Compiles each message of a chat template. Problems name the file line and the message.
+fn compile_chat(
+    env: &mut minijinja::Environment<'static>,
+    key: &str,
+    raw: &version::RawVersion,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<(template::Compiled, chat::ChatTemplate)> {
+    let file_line = |body_line: usize| body_line + raw.body_line - 1;
+    let sections = match chat::split(&raw.body) {
+        Ok(sections) => sections,
+        Err(list) => {
+            for (line, message) in list {
+                problems.push(Problem::new(path, Some(file_line(line)), message));
+            }
+            return None;
+        }
+    };
+    let mut uses = BTreeSet::new();
+    let mut messages = Vec::new();
+    let mut ok = true;
+    for (i, section) in sections.messages.into_iter().enumerate() {
+        let message_key = format!("{key}#{}", i + 1);
+        match template::compile(env, &message_key, &section.text) {
+            Ok(compiled) => uses.extend(compiled.uses),
+            Err((line, message)) => {
+                let line = file_line(section.line + line.unwrap_or(1) - 1);
+                problems.push(Problem::new(
+                    path,
+                    Some(line),
+                    format!("message {} (`{}`): {message}", i + 1, section.role),
+                ));
+                ok = false;
+                continue;
+            }
+        }
+        let constant = chat::is_constant(&section.text)
+            .then(|| chat::message_json(section.role, &section.text).into_boxed_slice());
+        messages.push(chat::ChatMessage {
+            role: section.role,
+            text: section.text,
+            key: message_key,
+            constant,
+        });
+    }
+    ok.then_some((
+        template::Compiled { uses },
+        chat::ChatTemplate {
+            messages,
+            marker: sections.marker,
+        },
+    ))
+}
+
+type Extras = (
+    Option<Arc<schema::InputSchema>>,
+    Option<Arc<outputs::ResponseFormat>>,
+    Option<Arc<outputs::Tools>>,
+);
+
+/// Compiles `input_schema`, `response_format` and `tools`, reading the files they name.
+fn compile_extras(
+    folder: &Folder<'_>,
+    name: &str,
+    raw: &version::RawVersion,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Extras {
+    let mut side = Vec::new();
+    let mut resolve = |file: &str| side_file(folder, file, &mut side);
+    let mut report = |key: &str, message: String| {
+        // A file problem says "names `x.json`, …": say whose.
+        let message = if message.starts_with("names `") {
+            format!("`{key}` {message}")
+        } else {
+            message
+        };
+        problems.push(Problem::new(path, raw.line_of(key), message));
+    };
+    let input_schema = raw.front.input_schema.as_ref().and_then(|value| {
+        let schema = match value {
+            serde_json::Value::String(file) => resolve(file),
+            other => Ok(other.clone()),
+        };
+        match schema.and_then(schema::InputSchema::new) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                let e = if e.starts_with("names `") {
+                    e
+                } else {
+                    format!("`input_schema` {e}")
+                };
+                report("input_schema", e);
+                None
+            }
+        }
+    });
+    let response_format = raw.front.response_format.as_ref().and_then(|value| {
+        match outputs::response_format(value, name, &mut resolve) {
+            Ok(rf) => Some(Arc::new(rf)),
+            Err(e) => {
+                report("response_format", e);
+                None
+            }
+        }
+    });
+    let tools =
+        raw.front
+            .tools
+            .as_ref()
+            .and_then(|value| match outputs::tools(value, &mut resolve) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    report("tools", e);
+                    None
+                }
+            });
+    problems.extend(side);
+    (input_schema, response_format, tools)
+}
+
+/// Reads a JSON or YAML file beside a version (`tools.json`, `ticket.schema.yaml`). Problems
+/// in the file itself are reported against it; the caller is told the file is unusable.
+fn side_file(
+    folder: &Folder<'_>,
+    file: &str,
+    problems: &mut Vec<Problem>,
+) -> Result<serde_json::Value, String> {
+    let plain = !file.is_empty()
+        && !file.starts_with('.')
+        && !file.contains(['/', '\\'])
+        && (file.ends_with(".json") || file.ends_with(".yaml") || file.ends_with(".yml"));
+    if !plain {
+        return Err(format!(
+            "names `{file}`: give the name of a `.json`, `.yaml` or `.yml` file in the prompt's folder"
+        ));
+    }
+    if !folder.exists(file) {
+        return Err(format!(
+            "names `{file}`, which is not in the prompt's folder"
+        ));
+    }
+    let text = folder
+        .read(file, problems)
+        .ok_or_else(|| format!("names `{file}`, which cannot be read"))?;
+    let parsed = if file.ends_with(".json") {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| (Some(e.line()), e.to_string()))
+    } else {
+        super::yaml::parse::<serde_json::Value>(&text).map_err(|e| (e.line, e.message))
+    };
+    parsed.map_err(|(line, message)| {
+        problems.push(Problem::new(folder.shown(file), line, message));
+        format!("names `{file}`, which is not valid (see that file)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +587,61 @@ mod tests {
         assert!(has("d: no version files"), "{shown:#?}");
         assert!(has("e/examples.jsonl:1: not a valid example"), "{shown:#?}");
         assert_eq!(problems.len(), 7, "{shown:#?}");
+    }
+
+    #[test]
+    fn chat_templates_and_side_files_load_and_their_problems_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "chat/v1.prompt",
+            "---\nchat: true\ntools: tools.yaml\n---\nsystem:\nHi {{ a }}\nconversation:\nuser:\nConstant\n",
+        );
+        write(dir.path(), "chat/tools.yaml", "- name: ping\n");
+        let set = load(dir.path()).unwrap();
+        let v = &set.get("chat").unwrap().versions[&1];
+        let chat = v.chat.as_ref().unwrap();
+        assert_eq!((chat.messages.len(), chat.marker), (2, 1));
+        assert!(chat.system_first());
+        assert!(chat.messages[0].constant.is_none());
+        assert_eq!(
+            chat.messages[1].constant.as_deref(),
+            Some(&br#"{"role":"user","content":"Constant"}"#[..])
+        );
+        assert_eq!(v.variables, vec!["a".to_owned()]);
+        assert!(v.tools.is_some());
+
+        write(
+            dir.path(),
+            "chat/tools.yaml",
+            "- name: ping\n  parameters: [\n",
+        );
+        write(
+            dir.path(),
+            "chat/v2.prompt",
+            "---\nresponse_format: {schema: ../etc/passwd.json}\n---\nHi",
+        );
+        let shown: Vec<String> = load(dir.path())
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            shown.iter().any(|s| s.starts_with("chat/tools.yaml:2: ")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown.iter().any(|s| s
+                .starts_with("chat/v1.prompt:3: `tools` names `tools.yaml`, which is not valid")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown.iter().any(|s| s.starts_with(
+                "chat/v2.prompt:2: `response_format` names `../etc/passwd.json`: give"
+            )),
+            "{shown:#?}"
+        );
     }
 
     #[test]

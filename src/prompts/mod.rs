@@ -5,10 +5,13 @@
 //! [`load`] checks them against each other and compiles every template once, so the request
 //! path only looks things up and renders.
 
+pub mod chat;
 pub mod examples;
 mod load;
 pub mod manifest;
+pub mod outputs;
 mod problem;
+pub mod schema;
 pub mod template;
 pub mod version;
 pub mod watch;
@@ -92,6 +95,18 @@ pub struct Version {
     pub(crate) uses: BTreeSet<String>,
     #[serde(skip)]
     pub(crate) key: String,
+    /// The messages of a chat template (`chat: true`), compiled.
+    #[serde(skip)]
+    pub chat: Option<Arc<chat::ChatTemplate>>,
+    /// The JSON Schema of the variables (`input_schema`), compiled.
+    #[serde(skip)]
+    pub input_schema: Option<Arc<schema::InputSchema>>,
+    /// `response_format`, serialised for each endpoint.
+    #[serde(skip)]
+    pub response_format: Option<Arc<outputs::ResponseFormat>>,
+    /// `tools`, serialised for each endpoint.
+    #[serde(skip)]
+    pub tools: Option<Arc<outputs::Tools>>,
     /// `x-prompt-name`, `x-prompt-version`, `x-prompt-hash` of this version, built once at
     /// load and shared by every response it serves.
     #[serde(skip)]
@@ -161,12 +176,24 @@ impl PromptSet {
         variables: &serde_json::Map<String, serde_json::Value>,
         builtins: Builtins<'_>,
     ) -> Result<String, RenderError> {
+        self.render_template(prompt, version, &version.key, variables, builtins)
+    }
+
+    /// Renders one template of `version` (its body, or one message of a chat template).
+    pub fn render_template(
+        &self,
+        prompt: &Prompt,
+        version: &Version,
+        key: &str,
+        variables: &serde_json::Map<String, serde_json::Value>,
+        builtins: Builtins<'_>,
+    ) -> Result<String, RenderError> {
         template::render(
             &self.env,
             &template::RenderInput {
                 prompt: &prompt.name,
                 version: version.version,
-                key: &version.key,
+                key,
                 declared: version.declared.as_deref(),
                 uses: &version.uses,
                 variables,

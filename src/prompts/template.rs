@@ -69,6 +69,16 @@ pub enum RenderError {
         version: u32,
         missing: Vec<String>,
     },
+    /// The variables do not match the version's `input_schema`: every failing path.
+    #[error(
+        "variables for prompt `{prompt}` version {version} do not match its `input_schema`: {}",
+        problems.join("; ")
+    )]
+    InvalidVariables {
+        prompt: String,
+        version: u32,
+        problems: Vec<String>,
+    },
     #[error("prompt `{prompt}` version {version} failed to render: {detail}")]
     Template {
         prompt: String,
@@ -99,6 +109,7 @@ pub struct RenderInput<'a> {
 }
 
 /// The built-in values of one request.
+#[derive(Clone, Copy)]
 pub struct Builtins<'a> {
     pub today: &'a str,
     pub now: &'a str,

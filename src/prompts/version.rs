@@ -19,6 +19,14 @@ pub struct RawFrontMatter {
     pub notes: Option<String>,
     /// How the rendered prompt meets the client's own system or developer message.
     pub client_system: Option<ClientSystem>,
+    /// `true`: the body is a chat template of role sections (see `chat`).
+    pub chat: Option<bool>,
+    /// A JSON Schema for `prompt.variables` (a mapping, or a file beside the version).
+    pub input_schema: Option<serde_json::Value>,
+    /// Structured output: `json_object`, or `{schema, name, strict}` (schema inline or a file).
+    pub response_format: Option<serde_json::Value>,
+    /// Tools: a list, or a file beside the version holding one.
+    pub tools: Option<serde_json::Value>,
 }
 
 /// How the rendered prompt meets a system or developer message the client sent itself
@@ -70,6 +78,18 @@ pub struct RawVersion {
     pub body: String,
     /// The file line on which the body starts (1-based), to offset template error lines.
     pub body_line: usize,
+    /// The file line of each top-level front-matter key, to place problems found later.
+    pub key_lines: Vec<(String, usize)>,
+}
+
+impl RawVersion {
+    /// The file line of a top-level front-matter key.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.key_lines
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, line)| *line)
+    }
 }
 
 /// A problem in a file: the line when known, and what is wrong.
@@ -116,6 +136,18 @@ pub fn parse(text: &str) -> Result<RawVersion, Vec<LineProblem>> {
             ));
         }
     }
+    for (key, set) in [
+        ("tools", front.tools.is_some()),
+        ("response_format", front.response_format.is_some()),
+        ("text", front.response_format.is_some()),
+    ] {
+        if set && front.params.as_ref().is_some_and(|p| p.contains_key(key)) {
+            problems.push((
+                None,
+                format!("`params.{key}` and the version's own `tools`/`response_format` cannot both be set: keep one"),
+            ));
+        }
+    }
     for name in front.variables.iter().flatten() {
         if !is_identifier(name) {
             problems.push((
@@ -127,11 +159,25 @@ pub fn parse(text: &str) -> Result<RawVersion, Vec<LineProblem>> {
     if !problems.is_empty() {
         return Err(problems);
     }
+    let key_lines = front_text.map_or_else(Vec::new, key_lines);
     Ok(RawVersion {
         front,
         body: body.to_owned(),
         body_line,
+        key_lines,
     })
+}
+
+/// Top-level keys of the front matter and their file lines (the front matter starts on line 2).
+fn key_lines(front: &str) -> Vec<(String, usize)> {
+    front
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let (key, _) = line.split_once(':')?;
+            (!key.is_empty() && is_identifier(key)).then(|| (key.to_owned(), i + 2))
+        })
+        .collect()
 }
 
 /// Splits the text into front matter (if any), body and the body's first line.

@@ -94,16 +94,29 @@ pub async fn pick(
     })
 }
 
-/// Step 4: the system prompt. `today` and `now` are formatted only when the template reads
-/// them.
-pub fn render(
+/// What a version renders to for one request.
+#[derive(Debug, Default)]
+pub struct Rendered<'v> {
+    /// The system prompt: a plain template's text, or a chat template's leading `system`
+    /// message. It meets the client's own system message as `client_system` says.
+    pub system: Option<String>,
+    /// A chat template's other messages before the conversation, as JSON.
+    pub before: Vec<Cow<'v, [u8]>>,
+    /// A chat template's messages after the conversation, as JSON.
+    pub after: Vec<Cow<'v, [u8]>>,
+}
+
+/// Step 4: the system prompt (and a chat template's other messages). `today` and `now` are
+/// formatted only when the template reads them. Variables get the `input_schema`'s defaults
+/// and are checked against it first.
+pub fn render<'v>(
     set: &PromptSet,
-    chosen: &Chosen<'_>,
+    chosen: &Chosen<'v>,
     reference: &PromptRef,
     shots: &Shots,
     user_message: &str,
     now: DateTime<Utc>,
-) -> Result<String, RenderError> {
+) -> Result<Rendered<'v>, RenderError> {
     let version = chosen.version;
     let today = if version.reads("today") {
         now.format("%Y-%m-%d").to_string()
@@ -115,23 +128,76 @@ pub fn render(
     } else {
         String::new()
     };
-    let mut system = set.render(
-        chosen.prompt,
-        version,
-        &reference.variables,
-        Builtins {
-            today: &today,
-            now: &now_text,
-            user_message,
-            examples: &shots.block,
-        },
-    )?;
+    let checked;
+    let variables = match &version.input_schema {
+        None => &reference.variables,
+        Some(schema) => {
+            checked = schema.apply(&reference.variables).map_err(|problems| {
+                RenderError::InvalidVariables {
+                    prompt: chosen.prompt.name.clone(),
+                    version: version.version,
+                    problems,
+                }
+            })?;
+            &checked
+        }
+    };
+    let builtins = Builtins {
+        today: &today,
+        now: &now_text,
+        user_message,
+        examples: &shots.block,
+    };
     // The seed appends the block after the prompt, unless the template places it itself.
-    if !shots.block.is_empty() && !version.places_examples() {
-        system.push_str("\n\n");
-        system.push_str(&shots.block);
+    let append_block = |system: &mut String| {
+        if !shots.block.is_empty() && !version.places_examples() {
+            if !system.is_empty() {
+                system.push_str("\n\n");
+            }
+            system.push_str(&shots.block);
+        }
+    };
+    let Some(chat) = &version.chat else {
+        let mut system = set.render(chosen.prompt, version, variables, builtins)?;
+        append_block(&mut system);
+        return Ok(Rendered {
+            system: Some(system),
+            ..Rendered::default()
+        });
+    };
+    let mut out = Rendered::default();
+    let system_first = chat.system_first();
+    for (i, message) in chat.messages.iter().enumerate() {
+        if i == 0 && system_first {
+            let mut system = match &message.constant {
+                Some(_) => message.text.clone(),
+                None => {
+                    set.render_template(chosen.prompt, version, &message.key, variables, builtins)?
+                }
+            };
+            append_block(&mut system);
+            out.system = Some(system);
+            continue;
+        }
+        let json = match &message.constant {
+            Some(bytes) => Cow::Borrowed(&**bytes),
+            None => {
+                let text =
+                    set.render_template(chosen.prompt, version, &message.key, variables, builtins)?;
+                Cow::Owned(crate::prompts::chat::message_json(message.role, &text))
+            }
+        };
+        if i < chat.marker {
+            out.before.push(json);
+        } else {
+            out.after.push(json);
+        }
     }
-    Ok(system)
+    if out.system.is_none() && !shots.block.is_empty() && !version.places_examples() {
+        // No system message of its own: the examples' block becomes one.
+        out.system = Some(shots.block.clone());
+    }
+    Ok(out)
 }
 
 /// The upstream body, and what promptgate learnt writing it.
@@ -149,11 +215,12 @@ pub fn inject(
     endpoint: Endpoint,
     body: &Body<'_>,
     chosen: &Chosen<'_>,
-    system: &str,
+    rendered: &Rendered<'_>,
     shots: &Shots,
 ) -> Result<Injected, InjectError> {
     let version = chosen.version;
     let mut set = Overrides::default();
+    let system = rendered.system.as_deref();
     match endpoint {
         Endpoint::ChatCompletions => {
             let client = match body.get("messages") {
@@ -168,49 +235,91 @@ pub fn inject(
                 None => Vec::new(),
             };
             // The system message (the client's own merged in, or not, as the version says),
-            // the client's system messages it keeps, the example pairs, the conversation.
-            let head = super::system::plan(&items, system, version.client_system);
-            let mut out =
-                Vec::with_capacity(system.len() + 32 + client.map_or(0, |r| r.get().len()));
-            out.extend_from_slice(br#"[{"role":"system","content":"#);
-            super::json::write_str(&mut out, &head.system);
-            out.push(b'}');
-            for item in &items[head.kept] {
-                out.push(b',');
-                out.extend_from_slice(item.get().as_bytes());
+            // the client's system messages it keeps, the template's messages before the
+            // conversation, the example pairs, the conversation, the template's messages
+            // after it.
+            let (head_system, kept, rest) = match system {
+                Some(system) => {
+                    let head = super::system::plan(&items, system, version.client_system);
+                    (Some(head.system), head.kept, head.rest)
+                }
+                None => {
+                    let (kept, rest) =
+                        super::system::plan_without_prompt(&items, version.client_system);
+                    (None, kept, rest)
+                }
+            };
+            let extra: usize = rendered
+                .before
+                .iter()
+                .chain(&rendered.after)
+                .map(|m| m.len() + 1)
+                .sum();
+            let mut out = Vec::with_capacity(
+                system.map_or(0, str::len) + extra + 32 + client.map_or(0, |r| r.get().len()),
+            );
+            out.push(b'[');
+            if let Some(system) = &head_system {
+                out.extend_from_slice(br#"{"role":"system","content":"#);
+                super::json::write_str(&mut out, system);
+                out.push(b'}');
+            }
+            for item in &items[kept] {
+                item_into(&mut out, item.get().as_bytes());
+            }
+            for message in &rendered.before {
+                item_into(&mut out, message);
             }
             for message in &shots.messages {
-                out.push(b',');
+                item_sep(&mut out);
                 json_into(&mut out, message);
             }
-            for item in &items[head.rest..] {
-                out.push(b',');
-                out.extend_from_slice(item.get().as_bytes());
+            for item in &items[rest..] {
+                item_into(&mut out, item.get().as_bytes());
+            }
+            for message in &rendered.after {
+                item_into(&mut out, message);
             }
             out.push(b']');
             set.put("messages", out);
         }
         Endpoint::Responses => {
             // The client's own instructions: appended as written (escapes and all), moved to
-            // the input, or dropped, as the version says.
-            let own = super::system::instructions(body.get("instructions"), version.client_system);
-            let mut out = Vec::with_capacity(system.len() + 16);
-            super::json::write_str(&mut out, system);
-            if let (super::system::Instructions::Merged, Some(own)) =
-                (&own, body.get("instructions").map(RawValue::get))
+            // the input, or dropped, as the version says. A chat template without a leading
+            // system message leaves them as they are (dropped with `replace`).
+            let own_raw = body.get("instructions");
+            let own = match system {
+                Some(_) => super::system::instructions(own_raw, version.client_system),
+                None => super::system::Instructions::Alone,
+            };
+            if let Some(system) = system {
+                let mut out = Vec::with_capacity(system.len() + 16);
+                super::json::write_str(&mut out, system);
+                if let (super::system::Instructions::Merged, Some(own)) =
+                    (&own, own_raw.map(RawValue::get))
+                {
+                    out.pop();
+                    out.extend_from_slice(br"\n\n");
+                    out.extend_from_slice(&own.as_bytes()[1..]);
+                }
+                set.put("instructions", out);
+            } else if version.client_system == crate::prompts::ClientSystem::Replace
+                && own_raw.is_some()
             {
-                out.pop();
-                out.extend_from_slice(br"\n\n");
-                out.extend_from_slice(&own.as_bytes()[1..]);
+                set.remove("instructions");
             }
-            set.put("instructions", out);
             let apart = match own {
                 super::system::Instructions::Apart(raw) => Some(raw),
                 _ => None,
             };
-            if !shots.messages.is_empty() || apart.is_some() {
-                // The client's instructions (kept apart) and the example pairs go before the
-                // client's input, which becomes a list if needed.
+            if !shots.messages.is_empty()
+                || apart.is_some()
+                || !rendered.before.is_empty()
+                || !rendered.after.is_empty()
+            {
+                // The client's instructions (kept apart), the template's messages before the
+                // conversation and the example pairs go before the client's input, which
+                // becomes a list if needed; the template's later messages go after it.
                 let mut out = Vec::new();
                 out.push(b'[');
                 if let Some(raw) = apart {
@@ -218,35 +327,37 @@ pub fn inject(
                     out.extend_from_slice(raw.get().as_bytes());
                     out.push(b'}');
                 }
-                for (i, message) in shots.messages.iter().enumerate() {
-                    if i > 0 || apart.is_some() {
-                        out.push(b',');
-                    }
+                for message in &rendered.before {
+                    item_into(&mut out, message);
+                }
+                for message in &shots.messages {
+                    item_sep(&mut out);
                     json_into(&mut out, message);
                 }
                 match body.get("input").map(RawValue::get) {
                     None => {}
                     Some(raw) if raw.starts_with('[') => {
                         if let Some(items) = array_items(raw) {
-                            out.push(b',');
-                            out.extend_from_slice(items.as_bytes());
+                            item_into(&mut out, items.as_bytes());
                         }
                     }
                     Some(raw) if raw.starts_with('"') => {
-                        out.extend_from_slice(br#",{"role":"user","content":"#);
+                        item_sep(&mut out);
+                        out.extend_from_slice(br#"{"role":"user","content":"#);
                         out.extend_from_slice(raw.as_bytes());
                         out.push(b'}');
                     }
-                    Some(raw) => {
-                        out.push(b',');
-                        out.extend_from_slice(raw.as_bytes());
-                    }
+                    Some(raw) => item_into(&mut out, raw.as_bytes()),
+                }
+                for message in &rendered.after {
+                    item_into(&mut out, message);
                 }
                 out.push(b']');
                 set.put("input", out);
             }
         }
     }
+    outputs_into(endpoint, body, version, &mut set);
     if let Some(model) = &version.model {
         set.put("model", json(model));
     }
@@ -313,6 +424,11 @@ impl<'k> Overrides<'k> {
         }
     }
 
+    /// Takes the client's field out of the body.
+    fn remove(&mut self, key: &'k str) {
+        self.put(key, Vec::new());
+    }
+
     fn get(&self, key: &str) -> Option<&[u8]> {
         self.0
             .iter()
@@ -321,8 +437,59 @@ impl<'k> Overrides<'k> {
     }
 }
 
+/// The version's `tools` and `response_format`, in the endpoint's shape, unless the client
+/// sent its own: the client's win whole (SPEC §2).
+fn outputs_into<'k>(
+    endpoint: Endpoint,
+    body: &Body<'_>,
+    version: &Version,
+    set: &mut Overrides<'k>,
+) {
+    if let Some(tools) = &version.tools
+        && !body.contains("tools")
+    {
+        let bytes = match endpoint {
+            Endpoint::ChatCompletions => &tools.chat,
+            Endpoint::Responses => &tools.responses,
+        };
+        set.put("tools", bytes.to_vec());
+    }
+    let Some(format) = &version.response_format else {
+        return;
+    };
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            if !body.contains("response_format") {
+                set.put("response_format", format.chat.to_vec());
+            }
+        }
+        Endpoint::Responses => {
+            let text = match body.get("text") {
+                None => {
+                    let mut out = Vec::with_capacity(format.text_format.len() + 12);
+                    out.extend_from_slice(br#"{"format":"#);
+                    out.extend_from_slice(&format.text_format);
+                    out.push(b'}');
+                    out
+                }
+                // The client's `text` without a `format` (a `verbosity`, say) gets the
+                // version's; one with a `format` is the client's choice.
+                Some(raw) => match Body::parse(raw.get().as_bytes()) {
+                    Ok(own) if !own.contains("format") => {
+                        let fields = [(Cow::Borrowed("format"), format.text_format.to_vec())];
+                        write(&own, &fields)
+                    }
+                    _ => return,
+                },
+            };
+            set.put("text", text);
+        }
+    }
+}
+
 /// Writes `body` without its `prompt` field, with `overrides` in place of (or after) the
-/// client's fields. Every other value is copied as the client wrote it.
+/// client's fields (an empty override takes the client's field out). Every other value is
+/// copied as the client wrote it.
 pub fn write(body: &Body<'_>, overrides: &[(Cow<'_, str>, Vec<u8>)]) -> Vec<u8> {
     let size = body
         .fields()
@@ -352,18 +519,33 @@ pub fn write(body: &Body<'_>, overrides: &[(Cow<'_, str>, Vec<u8>)]) -> Vec<u8> 
             Some(i) if written[i] => {}
             Some(i) => {
                 written[i] = true;
-                field(&mut out, key, &overrides[i].1);
+                if !overrides[i].1.is_empty() {
+                    field(&mut out, key, &overrides[i].1);
+                }
             }
             None => field(&mut out, key, raw.get().as_bytes()),
         }
     }
     for ((key, value), done) in overrides.iter().zip(&written) {
-        if !done {
+        if !done && !value.is_empty() {
             field(&mut out, key, value);
         }
     }
     out.push(b'}');
     out
+}
+
+/// A comma before an array item, unless it is the first.
+fn item_sep(out: &mut Vec<u8>) {
+    if out.last() != Some(&b'[') {
+        out.push(b',');
+    }
+}
+
+/// An array item written as it is, after a comma unless it is the first.
+fn item_into(out: &mut Vec<u8>, item: &[u8]) {
+    item_sep(out);
+    out.extend_from_slice(item);
 }
 
 /// The items of a JSON array's text, without the brackets; `None` when it is empty.

@@ -116,8 +116,8 @@ pub async fn apply(
     let plan = fewshot::plan(chosen.prompt, reference.examples.as_ref());
     let user_message = inject::user_message_if_read(endpoint, body, &chosen, plan.as_ref());
     let shots = inject::pick(model, &chosen, plan.as_ref(), &user_message).await?;
-    let system = inject::render(set, &chosen, reference, &shots, &user_message, now)?;
-    let injected = inject::inject(endpoint, body, &chosen, &system, &shots)?;
+    let rendered = inject::render(set, &chosen, reference, &shots, &user_message, now)?;
+    let injected = inject::inject(endpoint, body, &chosen, &rendered, &shots)?;
     Ok(Prepared {
         body: Bytes::from(injected.body),
         served: Some(served(&chosen, shots.picked)),

@@ -71,6 +71,22 @@ pub fn plan<'p>(items: &[&RawValue], rendered: &'p str, mode: ClientSystem) -> H
     }
 }
 
+/// Plans the head of a conversation for a chat template that has no leading system message of
+/// its own: the client's leading system/developer messages stay first, as written, unless the
+/// version says `replace`.
+/// The client's messages `kept` first, and where the rest begins.
+pub fn plan_without_prompt(items: &[&RawValue], mode: ClientSystem) -> (Range<usize>, usize) {
+    let leading = items
+        .iter()
+        .take_while(|m| matches!(role(m).as_deref(), Some("system" | "developer")))
+        .count();
+    let kept = match mode {
+        ClientSystem::Replace => 0..0,
+        ClientSystem::Merge | ClientSystem::Separate => 0..leading,
+    };
+    (kept, leading)
+}
+
 /// What the Responses API's `instructions` become, given the client's own (`own`, as written):
 /// the instructions promptgate writes, and the client's, as written, when they become an input
 /// item of their own.

@@ -1,0 +1,383 @@
+//! Prompty files (`.prompty`): YAML front matter (`name`, `description`, `model`, `inputs`,
+//! `outputs`, `sample`) between `---` lines, then a Jinja2 body in role sections (`system:`,
+//! `user:` lines). Close to our chat templates, so most of it carries over as written.
+
+use serde_json::{Map, Value, json};
+
+use super::{Front, ImportError, Imported, folder_name, settings};
+
+/// Converts one Prompty file. `stem` is the file name without `.prompty`, the folder name when
+/// the file has no `name`.
+pub fn convert(file: &str, stem: &str, text: &str) -> Result<Imported, ImportError> {
+    let fail = |message: String| ImportError {
+        file: file.to_owned(),
+        message,
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let (front_text, body) = split(text).ok_or_else(|| {
+        fail("no front matter: a Prompty file starts with `---`, its settings, and `---`".into())
+    })?;
+    let front: Value = serde_saphyr::from_str::<Option<Value>>(front_text)
+        .map_err(|e| fail(format!("front matter: {}", e.without_snippet())))?
+        .unwrap_or(Value::Object(Map::new()));
+    let Value::Object(front) = front else {
+        return Err(fail("the front matter must be a mapping".into()));
+    };
+    let mut notes = Vec::new();
+    let mut out = Front::default();
+    let mut manifest = String::new();
+
+    let name = front.get("name").and_then(Value::as_str).unwrap_or(stem);
+    let folder = folder_name(name);
+    if folder != name {
+        notes.push(format!(
+            "the name `{name}` became the folder name `{folder}`"
+        ));
+    }
+    for (key, value) in &front {
+        match key.as_str() {
+            "name" | "inputs" | "outputs" | "model" => {}
+            "description" => {
+                if let Some(d) = value.as_str() {
+                    manifest.push_str(&format!("description: {}\n", Value::from(d.trim())));
+                }
+            }
+            "tags" if value.is_array() => manifest.push_str(&format!("tags: {value}\n")),
+            "authors" => {
+                out.created_by = value
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .or(Some(value))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+            "version" => {
+                out.notes = Some(format!(
+                    "imported from Prompty, version {}",
+                    value.as_str().map_or_else(|| value.to_string(), str::to_owned)
+                ));
+            }
+            "sample" => notes.push(
+                "`sample`: sample values are not part of a prompt here; pass them with `promptgate render --var`".to_owned(),
+            ),
+            "template" => {
+                let format = value
+                    .as_str()
+                    .or_else(|| value.get("format").and_then(Value::as_str))
+                    .unwrap_or("jinja2");
+                if format != "jinja2" {
+                    notes.push(format!(
+                        "`template: {format}`: the body was read as Jinja2, the only template language here"
+                    ));
+                }
+            }
+            other => notes.push(format!("`{other}`: no equivalent here")),
+        }
+    }
+    if let Some(Value::Object(model)) = front.get("model") {
+        model_settings(model, &mut out, &mut notes);
+    }
+
+    let (body, history) = history_loop(body, &mut notes);
+    let (body, chat) = role_sections(&body, &mut notes);
+    out.chat = chat;
+    if let Some(Value::Object(inputs)) = front.get("inputs") {
+        out.input_schema = input_schema(inputs, history.as_deref(), &mut notes);
+    }
+    if let Some(Value::Object(outputs)) = front.get("outputs") {
+        out.response_format = output_format(outputs, &mut notes);
+    }
+    let mut imported = Imported {
+        name: folder,
+        ..Imported::default()
+    };
+    imported.versions.insert(1, out.file(&body));
+    imported.manifest = (!manifest.is_empty()).then_some(manifest);
+    imported.notes = notes;
+    Ok(imported)
+}
+
+fn split(text: &str) -> Option<(&str, &str)> {
+    let rest = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))?;
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            return Some((&rest[..offset], &rest[offset + line.len()..]));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+fn model_settings(model: &Map<String, Value>, out: &mut Front, notes: &mut Vec<String>) {
+    for (key, value) in model {
+        match key.as_str() {
+            "api" if value == "chat" => {}
+            "api" => notes.push(format!(
+                "`model.api: {value}`: only chat models are served; the prompt is imported as a chat prompt"
+            )),
+            "configuration" => {
+                let Value::Object(conf) = value else { continue };
+                let deployment = ["azure_deployment", "model", "name"]
+                    .iter()
+                    .find_map(|k| conf.get(*k).and_then(Value::as_str));
+                if let Some(model) = deployment {
+                    out.model = Some(model.to_owned());
+                }
+                let rest: Vec<&str> = conf
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| !["azure_deployment", "model", "name", "type"].contains(k))
+                    .collect();
+                if !rest.is_empty() {
+                    notes.push(format!(
+                        "`model.configuration` ({}): connection settings belong to `promptgate serve --upstream` and `--upstream-api-key`",
+                        rest.join(", ")
+                    ));
+                }
+            }
+            "parameters" => {
+                let Value::Object(params) = value else { continue };
+                for key in settings(params, out) {
+                    notes.push(format!(
+                        "`model.parameters.{key}`: not an OpenAI request field promptgate knows"
+                    ));
+                }
+            }
+            "response" => {
+                if value != "first" {
+                    notes.push(format!(
+                        "`model.response: {value}`: the whole response is always passed back"
+                    ));
+                }
+            }
+            other => notes.push(format!("`model.{other}`: no equivalent here")),
+        }
+    }
+}
+
+/// Prompty's chat-history idiom — `{% for item in history %}{{item.role}}:\n{{item.content}}
+/// {% endfor %}` — is where the client's messages go: it becomes the `conversation:` marker.
+fn history_loop(body: &str, notes: &mut Vec<String>) -> (String, Option<String>) {
+    let lines: Vec<&str> = body.split('\n').collect();
+    for (start, line) in lines.iter().enumerate() {
+        let Some((item, list)) = for_header(line) else {
+            continue;
+        };
+        let Some(len) = lines[start + 1..]
+            .iter()
+            .position(|l| l.replace(['-', ' '], "").trim() == "{%endfor%}")
+        else {
+            continue;
+        };
+        let end = start + 1 + len;
+        let inner: String = lines[start + 1..end].concat().replace(' ', "");
+        if !inner.contains(&format!("{{{{{item}.role}}}}:"))
+            && !inner.contains(&format!("{{{{{item}[\"role\"]}}}}:"))
+        {
+            continue;
+        }
+        let mut out: Vec<&str> = lines[..start].to_vec();
+        out.push("conversation:");
+        out.extend(&lines[end + 1..]);
+        notes.push(format!(
+            "the `{{% for {item} in {list} %}}` chat-history loop became the `conversation:` marker: the client's own messages go there, `{list}` is not a variable"
+        ));
+        return (out.join("\n"), Some(list.to_owned()));
+    }
+    (body.to_owned(), None)
+}
+
+/// `{% for item in history %}` → (`item`, `history`).
+fn for_header(line: &str) -> Option<(&str, &str)> {
+    let inner = line
+        .trim()
+        .strip_prefix("{%")?
+        .strip_suffix("%}")?
+        .trim_matches(['-', ' ']);
+    let mut words = inner.split_whitespace();
+    (words.next()? == "for").then_some(())?;
+    let item = words.next()?;
+    (words.next()? == "in").then_some(())?;
+    let list = words.next()?;
+    words.next().is_none().then_some((item, list))
+}
+
+/// Rewrites Prompty's role lines (`system:`, `# user:`, any case) as ours. Returns the body and
+/// whether it is a chat template.
+fn role_sections(body: &str, notes: &mut Vec<String>) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut any = false;
+    let mut skipping = false;
+    let mut seen_text = false;
+    for line in body.split('\n') {
+        let bare = line
+            .trim()
+            .trim_start_matches('#')
+            .trim()
+            .to_ascii_lowercase();
+        let role = bare.strip_suffix(':').map(str::trim_end);
+        match role {
+            Some(r @ ("system" | "user" | "assistant" | "developer")) => {
+                any = true;
+                skipping = false;
+                out.push(format!("{r}:"));
+            }
+            Some(r @ ("function" | "tool")) => {
+                any = true;
+                skipping = true;
+                notes.push(format!(
+                    "a `{r}:` section: tool results come from the client's conversation; the section was left out"
+                ));
+            }
+            Some("conversation") if !line.trim_start().starts_with('#') => {
+                any = true;
+                skipping = false;
+                out.push("conversation:".to_owned());
+            }
+            _ if skipping => {}
+            _ => {
+                if !any && !line.trim().is_empty() {
+                    seen_text = true;
+                }
+                out.push(line.to_owned());
+            }
+        }
+    }
+    if !any {
+        return (body.to_owned(), false);
+    }
+    let mut text = out.join("\n");
+    if seen_text {
+        // Text before the first role line is the system message, as Prompty reads it.
+        text = format!("system:\n{text}");
+    }
+    (text, true)
+}
+
+fn json_type(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "string" | "str" => "string",
+        "number" | "float" => "number",
+        "integer" | "int" => "integer",
+        "boolean" | "bool" => "boolean",
+        "array" | "list" => "array",
+        "object" | "dict" => "object",
+        _ => return None,
+    })
+}
+
+fn input_schema(
+    inputs: &Map<String, Value>,
+    history: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Option<Value> {
+    let mut properties = Map::new();
+    for (name, spec) in inputs {
+        if Some(name.as_str()) == history {
+            continue;
+        }
+        let mut property = Map::new();
+        let typed = spec.as_object().filter(|m| {
+            m.keys().all(|k| {
+                ["type", "description", "default", "sample", "required"].contains(&k.as_str())
+            })
+        });
+        match typed {
+            Some(spec) => {
+                if let Some(kind) = spec.get("type").and_then(Value::as_str) {
+                    match json_type(kind) {
+                        Some(t) => {
+                            property.insert("type".into(), json!(t));
+                        }
+                        None => notes.push(format!(
+                            "input `{name}`: type `{kind}` has no JSON Schema equivalent; left untyped"
+                        )),
+                    }
+                }
+                for key in ["description", "default"] {
+                    if let Some(v) = spec.get(key) {
+                        property.insert(key.into(), v.clone());
+                    }
+                }
+            }
+            // `inputs: {name: sample value}`, the older form: the type of the sample.
+            None => {
+                let t = match spec {
+                    Value::String(_) => "string",
+                    Value::Bool(_) => "boolean",
+                    Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+                    Value::Number(_) => "number",
+                    Value::Array(_) => "array",
+                    Value::Object(_) => "object",
+                    Value::Null => continue,
+                };
+                property.insert("type".into(), json!(t));
+            }
+        }
+        properties.insert(name.clone(), Value::Object(property));
+    }
+    (!properties.is_empty()).then(|| json!({"type": "object", "properties": properties}))
+}
+
+fn output_format(outputs: &Map<String, Value>, notes: &mut Vec<String>) -> Option<Value> {
+    let mut properties = Map::new();
+    for (name, spec) in outputs {
+        let mut property = Map::new();
+        if let Some(kind) = spec.get("type").and_then(Value::as_str) {
+            match json_type(kind) {
+                Some(t) => {
+                    property.insert("type".into(), json!(t));
+                }
+                None => notes.push(format!(
+                    "output `{name}`: type `{kind}` has no JSON Schema equivalent; left untyped"
+                )),
+            }
+        }
+        if let Some(d) = spec.get("description") {
+            property.insert("description".into(), d.clone());
+        }
+        properties.insert(name.clone(), Value::Object(property));
+    }
+    let required: Vec<&String> = properties.keys().collect();
+    let schema = json!({"type": "object", "properties": properties, "required": required,
+                        "additionalProperties": false});
+    (!properties.is_empty()).then(|| json!({"schema": schema}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_lines_in_any_prompty_spelling_become_ours() {
+        let mut notes = Vec::new();
+        let (body, chat) = role_sections("# System:\nHi\n# Customer\nUSER :\n{{q}}", &mut notes);
+        assert!(chat);
+        assert_eq!(body, "system:\nHi\n# Customer\nuser:\n{{q}}");
+        let (body, chat) = role_sections("Just text {{q}}", &mut notes);
+        assert!(!chat);
+        assert_eq!(body, "Just text {{q}}");
+        let (body, _) = role_sections("Lead\nuser:\nQ", &mut notes);
+        assert_eq!(body, "system:\nLead\nuser:\nQ");
+    }
+
+    #[test]
+    fn the_history_loop_becomes_the_marker() {
+        let mut notes = Vec::new();
+        let (body, history) = history_loop(
+            "system:\nHi\n\n{% for item in chat_history %}\n{{item.role}}:\n{{item.content}}\n{% endfor %}\n\nuser:\n{{q}}",
+            &mut notes,
+        );
+        assert_eq!(history.as_deref(), Some("chat_history"));
+        assert_eq!(body, "system:\nHi\n\nconversation:\n\nuser:\n{{q}}");
+        assert_eq!(notes.len(), 1);
+        // Another loop is left as it is.
+        let (body, history) =
+            history_loop("{% for t in topics %}{{ t }}\n{% endfor %}", &mut notes);
+        assert!(history.is_none());
+        assert!(body.starts_with("{% for t"));
+    }
+}
