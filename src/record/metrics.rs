@@ -97,6 +97,8 @@ pub struct Metrics {
     pub reload_error: Gauge,
     /// Prompts in the serving set.
     pub prompts_loaded: Gauge,
+    /// Guarded rollouts: state and halts per prompt.
+    pub rollout: crate::rollout::RolloutMetrics,
 }
 
 impl Default for Metrics {
@@ -203,7 +205,9 @@ impl Metrics {
             "Failed writes of the events file, the audit trail or the statistics checkpoint (a full disk and the like); serving goes on",
             write_errors.clone(),
         );
+        let rollout = crate::rollout::RolloutMetrics::register(&mut registry);
         Metrics {
+            rollout,
             registry,
             write_errors,
             requests,
