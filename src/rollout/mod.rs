@@ -328,7 +328,11 @@ impl Rollouts {
                 continue;
             };
             if t.progress.status == Status::Completed {
-                inner.finished.insert(name, t.progress);
+                let mut progress = t.progress;
+                // The block is gone from the files: the completion was written there.
+                progress.active_written.get_or_insert(true);
+                self.metrics.show(&name, Some(&progress));
+                inner.finished.insert(name, progress);
                 continue;
             }
             tracing::info!(prompt = %name, state = ?t.progress.status, "rollout ended: its block was removed");
