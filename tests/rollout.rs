@@ -280,6 +280,19 @@ async fn a_broken_version_halts_and_no_user_sees_it_after() {
         .expect("the halt is in the audit trail");
     assert_eq!(halt["value"]["guard"]["guard"], "error_rate", "{halt}");
     assert!(halt["value"]["guard"]["interval"].is_array(), "{halt}");
+    // The console's experiment page shows the halt and its guard.
+    let page = app
+        .client
+        .get(app.url("/console/prompts/p/experiment"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"rollout-state\">halted<"), "{page}");
+    assert!(page.contains("<code>error_rate</code>"), "{page}");
     // The manifest still names the rollout, and nothing was activated.
     let manifest = std::fs::read_to_string(prompts.path().join("p/prompt.yaml")).unwrap();
     assert!(manifest.contains("active: 1"), "{manifest}");
