@@ -515,13 +515,15 @@ impl Rollouts {
                 p.share = 0;
                 p.finished_at = Some(now_text());
                 let reason = format!(
-                    "guard `{}` violated: {} is beyond the bound {} with confidence (interval {:?}, {} at α = {:.4}; A n = {}, B n = {})",
+                    "guard `{}` violated: {} is beyond the bound {} with confidence ({}: [{}, {}], {} at α = {:.4}; A n = {}, B n = {})",
                     check.guard,
                     check
                         .observed
                         .map_or("n/a".to_owned(), |o| format!("{o:.4}")),
                     check.bound,
-                    check.interval.map(|(lo, hi)| (round4(lo), round4(hi))),
+                    check.harm,
+                    check.interval.map_or(f64::NAN, |(lo, _)| round4(lo)),
+                    check.interval.map_or(f64::NAN, |(_, hi)| round4(hi)),
                     check.test,
                     check.alpha,
                     check.n_a,
