@@ -369,3 +369,76 @@ async fn a_restart_resumes_at_the_same_step_and_delete_ends_it() {
         assert_eq!(version, 1, "after DELETE, users are back on active");
     }
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_read_only_folder_completion_is_held_in_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let manifest = "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [50, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    error_rate: 0.1\n";
+    let prompts = prompt_folder("You are version two.", manifest);
+    let folder = prompts.path().join("p");
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let upstream = mock_upstream().await;
+    let app = start(prompts.path(), upstream.clone(), state.path()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    let done = loop {
+        let r = rollout(&app).await;
+        if r["state"] == "completed" && !r["active_written"].is_null() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollout did not complete: {r}"
+        );
+        batch(&app, sent, 40).await;
+        sent += 40;
+    };
+    assert_eq!(done["active_written"], false, "{done}");
+    assert!(done["reason"].as_str().unwrap().contains("git"), "{done}");
+    let on_disk = std::fs::read_to_string(folder.join("prompt.yaml")).unwrap();
+    assert_eq!(on_disk, manifest, "nothing was written");
+    for (_, version) in batch(&app, 0, 40).await {
+        assert_eq!(version, 2, "B serves every user from the state folder");
+    }
+    // And it still does after a restart.
+    app.server.shutdown(Duration::from_secs(5)).await.unwrap();
+    let app = start(prompts.path(), upstream, state.path()).await;
+    assert_eq!(rollout(&app).await["state"], "completed");
+    for (_, version) in batch(&app, 0, 40).await {
+        assert_eq!(version, 2);
+    }
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_version_halts_on_the_latency_guard() {
+    let prompts = prompt_folder(
+        "SLOW: you are version two.",
+        "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [50, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    latency_p95: 1.25\n",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let app = start(prompts.path(), mock_upstream().await, state.path()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    let halted = loop {
+        let r = rollout(&app).await;
+        if r["state"] == "halted" {
+            break r;
+        }
+        assert_eq!(r["step"], 50, "a slow version never advances: {r}");
+        assert!(Instant::now() < deadline, "the rollout did not halt: {r}");
+        batch(&app, sent, 40).await;
+        sent += 40;
+    };
+    assert_eq!(halted["halt"]["guard"], "latency_p95", "{halted}");
+    // A answers at once, B 300 ms late: far beyond 1.25 × A's p95.
+    assert!(
+        halted["halt"]["observed"].as_f64().unwrap() > 1.25,
+        "{halted}"
+    );
+    for (user, version) in batch(&app, 0, 100).await {
+        assert_eq!(version, 1, "user {user} saw version 2 after the halt");
+    }
+}

@@ -39,7 +39,7 @@ use plan::Rollout;
 /// How often running rollouts are looked at.
 pub const TICK: Duration = Duration::from_secs(1);
 /// With `--prometheus`, the fleet's numbers are read every this many ticks.
-const FLEET_EVERY: u64 = 5;
+const FLEET_EVERY: u64 = 2;
 /// The state file in the state folder.
 const STATE_FILE: &str = "rollouts.json";
 
