@@ -177,6 +177,7 @@ async fn detail(
         "active_version": prompt.active, "labels": prompt.labels,
         "experiment": prompt.experiment, "examples": prompt.examples_config,
         "examples_count": prompt.examples.len(), "versions": versions,
+        "rollout": prompt.rollout,
     })))
 }
 

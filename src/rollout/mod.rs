@@ -196,6 +196,9 @@ struct Inner {
     finished: BTreeMap<String, Progress>,
     /// Progress read at start, until its prompt's rollout is linked.
     saved: BTreeMap<String, Progress>,
+    /// The state file's text as last written (or read), so unchanged progress is not rewritten
+    /// at every reload.
+    last_saved: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -228,11 +231,13 @@ impl Rollouts {
             }),
             Err(_) => Saved::default(),
         };
+        let last_saved = serde_json::to_string_pretty(&saved).unwrap_or_default();
         Rollouts {
             inner: Mutex::new(Inner {
                 tracked: BTreeMap::new(),
                 finished: saved.finished,
                 saved: saved.rollouts,
+                last_saved,
             }),
             path,
             audit,
@@ -260,11 +265,13 @@ impl Rollouts {
             let Some(fresh) = prompt.rollout_live.clone() else {
                 continue;
             };
-            if let Some(t) = inner.tracked.get(name)
-                && t.live.id == fresh.id
-            {
-                prompt.rollout_live = Some(t.live.clone());
-                continue;
+            if let Some(t) = inner.tracked.get(name) {
+                if t.live.id == fresh.id {
+                    prompt.rollout_live = Some(t.live.clone());
+                    continue;
+                }
+                // The block changed: the old rollout ends, the new one starts afresh.
+                notes.push(entry(actor, Action::RolloutEnded, name, &t.progress, json!({"state": t.progress.status, "step": t.progress.share, "replaced_by": *fresh.id})));
             }
             let plan = &fresh.plan;
             let progress = match inner.saved.remove(name).filter(|p| *p.id == *fresh.id) {
@@ -345,7 +352,7 @@ impl Rollouts {
             ));
             self.metrics.show(&name, None);
         }
-        self.save(&inner);
+        self.save(&mut inner);
         drop(inner);
         for note in notes {
             self.note(note);
@@ -358,7 +365,7 @@ impl Rollouts {
         }
     }
 
-    fn save(&self, inner: &Inner) {
+    fn save(&self, inner: &mut Inner) {
         let saved = Saved {
             rollouts: inner
                 .tracked
@@ -369,8 +376,14 @@ impl Rollouts {
             finished: inner.finished.clone(),
         };
         let text = serde_json::to_string_pretty(&saved).unwrap_or_default();
-        if let Err(e) = crate::admin::write::write_atomic(&self.path, &text) {
-            tracing::error!(file = %self.path.display(), "cannot save the rollouts' progress: {e}; a restart resumes from the last saved step");
+        if text == inner.last_saved {
+            return;
+        }
+        match crate::admin::write::write_atomic(&self.path, &text) {
+            Ok(()) => inner.last_saved = text,
+            Err(e) => {
+                tracing::error!(file = %self.path.display(), "cannot save the rollouts' progress: {e}; a restart resumes from the last saved step")
+            }
         }
     }
 
@@ -582,7 +595,7 @@ impl Rollouts {
         let progress = t.progress.clone();
         if note.is_some() {
             self.metrics.show(name, Some(&progress));
-            self.save(&inner);
+            self.save(&mut inner);
         }
         (note, complete)
     }
@@ -617,7 +630,7 @@ impl Rollouts {
                         "completed; the files could not be written ({e}): version {to} serves every user from the state folder — set `active: {to}` and remove the `rollout` block through git"
                     ));
                 }
-                self.save(&inner);
+                self.save(&mut inner);
             }
         }
     }
@@ -629,7 +642,7 @@ impl Rollouts {
         if let Some(t) = inner.tracked.get_mut(name) {
             t.progress.active_written = Some(true);
         }
-        self.save(&inner);
+        self.save(&mut inner);
     }
 }
 
