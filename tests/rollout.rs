@@ -16,7 +16,7 @@ use common::*;
 use promptgate::config::Upstream;
 use serde_json::{Value, json};
 
-/// An upstream that answers by what the system prompt says: `FAIL` → 500, `SLOW` → 300 ms
+/// An upstream that answers by what the system prompt says: `FAIL` → 500, `SLOW` → 1.5 s
 /// late, anything else → a normal completion at once.
 async fn mock_upstream() -> Upstream {
     let app = Router::new().route(
@@ -25,7 +25,7 @@ async fn mock_upstream() -> Upstream {
             let body: Value = serde_json::from_slice(&body).unwrap_or_default();
             let system = body["messages"][0]["content"].as_str().unwrap_or("").to_owned();
             if system.contains("SLOW") {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
             }
             if system.contains("FAIL") {
                 return (
@@ -416,7 +416,7 @@ async fn on_a_read_only_folder_completion_is_held_in_state() {
 async fn a_slow_version_halts_on_the_latency_guard() {
     let prompts = prompt_folder(
         "SLOW: you are version two.",
-        "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [50, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    latency_p95: 1.25\n",
+        "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [20, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    latency_p95: 1.25\n",
     );
     let state = tempfile::tempdir().unwrap();
     let app = start(prompts.path(), mock_upstream().await, state.path()).await;
@@ -427,13 +427,14 @@ async fn a_slow_version_halts_on_the_latency_guard() {
         if r["state"] == "halted" {
             break r;
         }
-        assert_eq!(r["step"], 50, "a slow version never advances: {r}");
+        assert_eq!(r["step"], 20, "a slow version never advances: {r}");
         assert!(Instant::now() < deadline, "the rollout did not halt: {r}");
-        batch(&app, sent, 40).await;
-        sent += 40;
+        // The latency guard needs about 220 requests on A to bound its p95.
+        batch(&app, sent, 80).await;
+        sent += 80;
     };
     assert_eq!(halted["halt"]["guard"], "latency_p95", "{halted}");
-    // A answers at once, B 300 ms late: far beyond 1.25 × A's p95.
+    // A answers at once, B 1.5 s late: far beyond 1.25 × A's p95.
     assert!(
         halted["halt"]["observed"].as_f64().unwrap() > 1.25,
         "{halted}"

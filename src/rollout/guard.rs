@@ -205,7 +205,8 @@ fn check(g: &Guard, a: &VariantSums, b: &VariantSums, m: f64, alpha: f64) -> Che
                 return c;
             }
             let Some(threshold) = latency_threshold(&a.latency_buckets, g.bound) else {
-                // A's p95 lies past the histogram's last bound: nothing can be said.
+                // Too few requests on A to bound its p95, or it lies past the histogram's
+                // last bound: nothing can be said yet.
                 return c;
             };
             let slower: u64 = b.latency_buckets[threshold + 1..].iter().sum();
@@ -236,11 +237,16 @@ fn check(g: &Guard, a: &VariantSums, b: &VariantSums, m: f64, alpha: f64) -> Che
 /// The latency bucket (index into [`LATENCY_BUCKETS_S`]) whose upper bound is the threshold
 /// B is held to: at or above `ratio` × an upper confidence bound of A's p95. A's p95 is read
 /// from its histogram as the upper bound of the bucket holding the rank 0.95·n + 3 standard
-/// deviations, so the threshold can only overstate what A's p95 allows.
+/// deviations, so the threshold can only overstate what A's p95 allows. While that rank is
+/// A's slowest request (fewer than about 220 requests on A), A's p95 has no upper bound yet and
+/// the guard waits.
 pub fn latency_threshold(a: &[u64], ratio: f64) -> Option<usize> {
     let n: u64 = a.iter().sum();
     let nf = n as f64;
-    let rank = (P95 * nf + 3.0 * (nf * P95 * (1.0 - P95)).sqrt()).min(nf);
+    let rank = P95 * nf + 3.0 * (nf * P95 * (1.0 - P95)).sqrt();
+    if rank > nf - 1.0 {
+        return None;
+    }
     let mut below = 0u64;
     let mut edge = None;
     for (i, count) in a.iter().enumerate() {

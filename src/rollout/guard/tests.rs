@@ -221,6 +221,13 @@ fn the_latency_guard_reads_the_histogram() {
     }
     // A's p95 lies in the (25, 50] ms bucket: B is held to 1.25 × 50 ms → the 100 ms bound.
     assert_eq!(latency_threshold(&a.latency_buckets, 1.25), Some(2));
+    let mut few = [0u64; 13];
+    few[1] = 100;
+    assert_eq!(
+        latency_threshold(&few, 1.25),
+        None,
+        "100 requests cannot bound a p95 from above"
+    );
     let p = plan(vec![guard(GuardKind::LatencyP95, 1.25)], 100);
     let checks = evaluate(&p, &a, &a);
     assert_eq!(checks[0].verdict, Verdict::Holds, "{checks:?}");
