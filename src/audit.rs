@@ -62,9 +62,27 @@ pub enum Action {
     ActiveChanged,
     LabelsChanged,
     ExperimentChanged,
+    /// A guarded rollout started, took a step, halted, completed or was ended.
+    RolloutStarted,
+    RolloutAdvanced,
+    RolloutHalted,
+    RolloutCompleted,
+    RolloutEnded,
 }
 
 impl Action {
+    /// A rollout's own entries, written by the rollout controller.
+    pub fn is_rollout(self) -> bool {
+        matches!(
+            self,
+            Action::RolloutStarted
+                | Action::RolloutAdvanced
+                | Action::RolloutHalted
+                | Action::RolloutCompleted
+                | Action::RolloutEnded
+        )
+    }
+
     /// The name the file writes.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,6 +94,11 @@ impl Action {
             Action::ActiveChanged => "active_changed",
             Action::LabelsChanged => "labels_changed",
             Action::ExperimentChanged => "experiment_changed",
+            Action::RolloutStarted => "rollout_started",
+            Action::RolloutAdvanced => "rollout_advanced",
+            Action::RolloutHalted => "rollout_halted",
+            Action::RolloutCompleted => "rollout_completed",
+            Action::RolloutEnded => "rollout_ended",
         }
     }
 }
@@ -276,6 +299,24 @@ impl Audit {
         let mut inner = self.lock();
         let time = now();
         let entries = changes(&inner.seen, set, actor, &time);
+        self.append(&mut inner, entries)
+    }
+
+    /// Appends an entry that no diff of the files finds (a rollout's step, halt or completion).
+    /// Blocking.
+    pub fn note(&self, mut entry: Entry) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        if entry.time.is_empty() {
+            entry.time = now();
+        }
+        self.append(&mut inner, vec![entry]).map(drop)
+    }
+
+    fn append(
+        &self,
+        inner: &mut std::sync::MutexGuard<'_, Inner>,
+        entries: Vec<Entry>,
+    ) -> std::io::Result<Vec<Entry>> {
         if entries.is_empty() {
             return Ok(entries);
         }
@@ -288,7 +329,7 @@ impl Audit {
             text.push('\n');
         }
         if inner.written > 0 && inner.written + text.len() as u64 > self.options.max_bytes {
-            self.rotate(&mut inner);
+            self.rotate(inner);
         }
         let written = (|| {
             inner.file.write_all(text.as_bytes())?;
@@ -298,7 +339,7 @@ impl Audit {
         if let Err(e) = written {
             inner.torn = true;
             inner.written = inner.file.metadata().map_or(inner.written, |m| m.len());
-            self.failed(&mut inner, "cannot write the audit trail", &e);
+            self.failed(inner, "cannot write the audit trail", &e);
             return Ok(entries);
         }
         inner.written += text.len() as u64;
@@ -449,6 +490,10 @@ fn now() -> String {
 
 /// Updates the replayed state with one entry.
 fn apply(seen: &mut BTreeMap<String, Seen>, entry: &Entry) {
+    if entry.action.is_rollout() {
+        // A rollout's progress is no state of the files.
+        return;
+    }
     let s = seen.entry(entry.prompt.clone()).or_default();
     match entry.action {
         Action::PromptAdded => s.present = true,
@@ -478,6 +523,11 @@ fn apply(seen: &mut BTreeMap<String, Seen>, entry: &Entry) {
         Action::ActiveChanged => s.active = entry.to_version,
         Action::LabelsChanged => s.labels = entry.value.clone().unwrap_or(Value::Null),
         Action::ExperimentChanged => s.experiment = entry.value.clone().unwrap_or(Value::Null),
+        Action::RolloutStarted
+        | Action::RolloutAdvanced
+        | Action::RolloutHalted
+        | Action::RolloutCompleted
+        | Action::RolloutEnded => {}
     }
 }
 

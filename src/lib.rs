@@ -28,6 +28,7 @@ pub mod prompts;
 pub mod proxy;
 pub mod record;
 pub mod reload;
+pub mod rollout;
 pub mod select;
 pub mod server;
 
@@ -63,6 +64,8 @@ pub struct AppState {
     pub telemetry: Option<otel::Telemetry>,
     /// The Prometheus for fleet-wide experiment reports (`--prometheus`).
     pub fleet: Option<record::prometheus::Fleet>,
+    /// Guarded rollouts: their progress and the share each one serves.
+    pub rollouts: Arc<rollout::Rollouts>,
     /// The events writer, joined at shutdown.
     pub events_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -122,6 +125,15 @@ impl AppState {
             )?),
             None => None,
         };
+        let rollouts = Arc::new(rollout::Rollouts::open(
+            &config.state_dir,
+            audit.clone(),
+            metrics.rollout.clone(),
+            recorder.clone(),
+            fleet.is_some(),
+        ));
+        let mut prompts = prompts;
+        rollouts.link(&mut prompts, &audit::Actor::disk());
         let prompts = Arc::new(ArcSwap::from_pointee(prompts));
         let reloader = reload::Reloader::start(
             reload::Target {
@@ -130,6 +142,7 @@ impl AppState {
                 audit: audit.clone(),
                 metrics: metrics.clone(),
                 model: model.clone(),
+                rollouts: Some(rollouts.clone()),
             },
             degraded,
         );
@@ -145,6 +158,7 @@ impl AppState {
             model,
             telemetry,
             fleet,
+            rollouts,
             events_task: Arc::new(std::sync::Mutex::new(events_task)),
         })
     }

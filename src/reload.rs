@@ -73,6 +73,8 @@ pub struct Target {
     pub audit: Arc<Audit>,
     pub metrics: Arc<Metrics>,
     pub model: Arc<ModelSlot>,
+    /// Rollouts keep their live share across reloads.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 impl Reloader {
@@ -205,6 +207,9 @@ fn reload_once(target: &Target, actor: &Actor) -> Result<Reloaded, ReloadError> 
         .audit
         .record(&set, actor)
         .map_err(|e| ReloadError::Failed(format!("cannot write the audit trail: {e}")))?;
+    if let Some(rollouts) = &target.rollouts {
+        rollouts.link(&mut set, actor);
+    }
     let count = set.len();
     target.prompts.store(Arc::new(set));
     target.metrics.prompts_loaded.set(count as i64);

@@ -1,7 +1,7 @@
 //! Step 2 of the request path: choose the version that serves a request.
 //!
-//! In order: a pinned version (a number or a label), then the prompt's experiment, then the
-//! active version.
+//! In order: a pinned version (a number or a label), then the prompt's experiment or rollout,
+//! then the active version.
 
 use md5::{Digest, Md5};
 use serde::Serialize;
@@ -127,9 +127,11 @@ pub fn choose<'a>(
             };
             (n, Selection::Label)
         }
-        None => match &prompt.experiment {
-            Some(experiment) => (assign(&prompt.name, experiment, key), Selection::Experiment),
-            None => (prompt.active, Selection::Active),
+        None => match (&prompt.experiment, &prompt.rollout_live) {
+            (Some(experiment), _) => (assign(&prompt.name, experiment, key), Selection::Experiment),
+            // A rollout's arms are recorded like an experiment's, under the rollout's id.
+            (None, Some(live)) => (roll(&prompt.name, live, key), Selection::Experiment),
+            (None, None) => (prompt.active, Selection::Active),
         },
     };
     let version = prompt
@@ -201,10 +203,58 @@ pub fn assign(name: &str, experiment: &Experiment, key: Option<&str>) -> u32 {
     }
 }
 
+/// Assigns a rollout's version: `to` when the user's bucket (the seed's md5 bucket) is below
+/// the current share. As the share only grows, a user on `to` stays there; after a halt the
+/// share is 0 and everyone is on `from`. One atomic load: no lock, no allocation.
+pub fn roll(name: &str, live: &crate::rollout::Live, key: Option<&str>) -> u32 {
+    let share = live.share();
+    let on_b = match key {
+        Some(user) => bucket(name, live.plan.salt.as_deref(), user) < share,
+        None => fastrand::u32(0..100) < share,
+    };
+    if on_b { live.plan.to } else { live.plan.from }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::prompts::Variant;
+
+    #[test]
+    fn rollout_users_move_one_way() {
+        let plan = crate::rollout::plan::Rollout {
+            from: 1,
+            to: 2,
+            steps: vec![10, 25, 50, 100],
+            min_requests: 1,
+            min_duration: "1s".to_owned(),
+            min_duration_value: std::time::Duration::from_secs(1),
+            guards: Vec::new(),
+            salt: None,
+        };
+        let live = crate::rollout::Live::new(&plan);
+        let users: Vec<String> = (0..2000).map(|i| format!("u{i}")).collect();
+        let mut on_b = vec![false; users.len()];
+        for share in [0, 10, 25, 50, 100] {
+            live.set_share(share);
+            for (i, user) in users.iter().enumerate() {
+                let got = roll("p", &live, Some(user)) == 2;
+                assert!(!on_b[i] || got, "user {user} flipped back at {share}%");
+                assert_eq!(got, bucket("p", None, user) < share);
+                on_b[i] = got;
+            }
+            let share_seen = on_b.iter().filter(|b| **b).count() as f64 / users.len() as f64;
+            assert!(
+                (share_seen - f64::from(share) / 100.0).abs() < 0.04,
+                "{share_seen}"
+            );
+        }
+        live.set_share(0);
+        assert!(
+            users.iter().all(|u| roll("p", &live, Some(u)) == 1),
+            "a halt moves everyone to A"
+        );
+    }
 
     #[test]
     fn bucket_matches_the_seed_formula() {

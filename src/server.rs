@@ -103,6 +103,7 @@ impl Server {
                 stopped.clone(),
             ))
         };
+        tokio::spawn(crate::rollout::run(state.clone(), stopped.clone()));
         let mut tasks = vec![serve(listener, app(state.clone()))];
         let mut admin_addr = None;
         if let Some(admin_listener) = admin_listener {

@@ -508,3 +508,85 @@ async fn fleet_scope_needs_a_prometheus() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["param"], "metrics.quality_score", "{body}");
 }
+
+/// A rollout on two replicas deciding from the fleet's numbers: only the first gets traffic,
+/// yet the second takes the same steps, from the same evidence in Prometheus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_takes_the_rollouts_steps_from_the_fleets_numbers() {
+    let prompts = tempfile::tempdir().unwrap();
+    write(prompts.path(), "checkout/v1.prompt", "Version one.");
+    write(prompts.path(), "checkout/v2.prompt", "Version two.");
+    write(
+        prompts.path(),
+        "checkout/prompt.yaml",
+        "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [50, 100]\n  min_requests: 10\n  min_duration: 1s\n  guards:\n    error_rate: 0.1\n",
+    );
+    let addrs: Vec<SocketAddr> = (0..2)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let prometheus = Prometheus::start(free_port(), &addrs);
+    let client = http();
+    prometheus.wait_ready(&client).await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for (addr, dir) in addrs.iter().zip(&dirs) {
+        replicas.push(
+            replica(
+                prompts.path(),
+                dir.path().join("events.jsonl"),
+                Some(*addr),
+                &prometheus.url,
+            )
+            .await,
+        );
+    }
+    let rollout = |app: &TestApp| {
+        let url = app.url("/admin/prompts/checkout/experiment");
+        let client = app.client.clone();
+        async move {
+            let r: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            r["rollout"].clone()
+        }
+    };
+    let quiet = &replicas[1];
+    assert_eq!(rollout(quiet).await["decided_from"], "fleet");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut steps_seen = vec![50];
+    let mut sent = 0;
+    loop {
+        let r = rollout(quiet).await;
+        let step = r["step"].as_u64().unwrap() as u32;
+        if steps_seen.last() != Some(&step) {
+            steps_seen.push(step);
+        }
+        if r["state"] == "completed" {
+            break;
+        }
+        assert_eq!(r["state"], "running", "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "the quiet replica did not complete: {r}"
+        );
+        // Traffic to the first replica only.
+        for i in sent..sent + 10 {
+            let resp = replicas[0]
+                .post_json(
+                    "/v1/chat/completions",
+                    &json!({"model": "gpt-4o-mini", "user": format!("u{i}"),
+                            "messages": [{"role": "user", "content": "hi"}],
+                            "prompt": {"id": "checkout"}}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        sent += 10;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(steps_seen, [50, 100], "the quiet replica took every step");
+    let quiet_report = rollout(quiet).await;
+    let busy_report = rollout(&replicas[0]).await;
+    assert_eq!(busy_report["state"], "completed", "{busy_report}");
+    assert_eq!(quiet_report["id"], busy_report["id"]);
+}

@@ -42,6 +42,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/admin/prompts/{name}/experiment",
             get(experiment).put(start_experiment).delete(end_experiment),
         )
+        .route(
+            "/admin/prompts/{name}/rollout",
+            axum::routing::put(start_rollout).delete(end_rollout),
+        )
         .route("/admin/audit", get(audit))
         .route("/admin/status", get(status))
         .layer(axum::middleware::from_fn_with_state(state, auth::require))
@@ -194,6 +198,7 @@ async fn detail(
         "active_version": prompt.active, "labels": prompt.labels,
         "experiment": prompt.experiment, "examples": prompt.examples_config,
         "examples_count": prompt.examples.len(), "versions": versions,
+        "rollout": prompt.rollout,
     })))
 }
 
@@ -429,7 +434,13 @@ async fn experiment(
 ) -> Result<Json<Value>, ApiError> {
     let prompt = find(&state, &name)?;
     match query.scope.as_deref().unwrap_or("replica") {
-        "replica" => Ok(Json(state.recorder.experiment_report(&prompt))),
+        "replica" => {
+            let mut report = state.recorder.experiment_report(&prompt);
+            if let Some(rollout) = state.rollouts.status(&name) {
+                report["rollout"] = rollout;
+            }
+            Ok(Json(report))
+        }
         "fleet" => {
             let Some(fleet) = &state.fleet else {
                 return Err(ApiError::bad_request(
@@ -443,7 +454,11 @@ async fn experiment(
                 .unwrap_or("7d")
                 .parse()
                 .map_err(|e: String| ApiError::bad_request(e, Some("range".to_owned())))?;
-            Ok(Json(fleet.report(&prompt, range).await?))
+            let mut report = fleet.report(&prompt, range).await?;
+            if let Some(rollout) = state.rollouts.status(&name) {
+                report["rollout"] = rollout;
+            }
+            Ok(Json(report))
         }
         other => Err(ApiError::bad_request(
             format!("unknown scope `{other}`; known: `replica`, `fleet`"),
@@ -489,6 +504,47 @@ async fn end_experiment(
     let mut body = reload_after_write(&state, actor(&headers, None)).await;
     body["prompt"] = json!(name);
     body["experiment"] = Value::Null;
+    Ok(Json(body))
+}
+
+/// `PUT /admin/prompts/{name}/rollout` with the manifest's `rollout` block as JSON.
+async fn start_rollout(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(rollout): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&name)?;
+    if !rollout.is_object() {
+        return Err(ApiError::bad_request(
+            "the rollout must be a JSON object: the manifest's `rollout` block, like {\"from\": 1, \"to\": 2}",
+            None,
+        ));
+    }
+    // JSON is YAML: the block is written as one flow mapping and validated like the file.
+    let block = rollout.to_string();
+    let writer = state.writer.clone();
+    let prompt = name.clone();
+    blocking(move || writer.set_rollout(&prompt, Some(&block))).await?;
+    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    body["prompt"] = json!(name);
+    body["rollout"] = json!(state.rollouts.status(&name));
+    Ok(Json(body))
+}
+
+/// `DELETE /admin/prompts/{name}/rollout`: ends the rollout; users go back to `active`.
+async fn end_rollout(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&name)?;
+    let writer = state.writer.clone();
+    let prompt = name.clone();
+    blocking(move || writer.set_rollout(&prompt, None)).await?;
+    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    body["prompt"] = json!(name);
+    body["rollout"] = Value::Null;
     Ok(Json(body))
 }
 

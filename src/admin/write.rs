@@ -211,6 +211,28 @@ impl Writer {
         self.commit_manifest(name, &dir, &manifest)
     }
 
+    /// Starts (`Some`, the block as YAML) or ends (`None`) the prompt's guarded rollout.
+    pub fn set_rollout(&self, name: &str, block: Option<&str>) -> Result<(), WriteError> {
+        let dir = self.folder(name)?;
+        let _guard = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
+        if highest_on_disk(&dir) == 0 {
+            return Err(WriteError::NotFound(format!("unknown prompt `{name}`")));
+        }
+        let old = read_optional(&dir.join("prompt.yaml"))?.unwrap_or_default();
+        let manifest = set_key(&old, "rollout", block);
+        self.commit_manifest(name, &dir, &manifest)
+    }
+
+    /// A completed rollout: `to` becomes active and the `rollout` block goes, in one write.
+    pub fn finish_rollout(&self, name: &str, to: u32) -> Result<(), WriteError> {
+        let dir = self.folder(name)?;
+        let _guard = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
+        let old = read_optional(&dir.join("prompt.yaml"))?.unwrap_or_default();
+        let manifest = set_key(&old, "active", Some(&to.to_string()));
+        let manifest = set_key(&manifest, "rollout", None);
+        self.commit_manifest(name, &dir, &manifest)
+    }
+
     fn commit_manifest(&self, name: &str, dir: &Path, manifest: &str) -> Result<(), WriteError> {
         let mut overlay = Overlay::new();
         overlay.insert("prompt.yaml".to_owned(), manifest.to_owned());

@@ -272,6 +272,7 @@ fn render(state: &AppState, viewer: &Viewer, p: &Prompt, error: Option<String>) 
             srm_p => num(&srm["p_value"]).map(p_text), srm_note => srm["note"].as_str(),
             weights => weights(p), error => error,
             write_block => write_block(state, viewer),
+            rollout => state.rollouts.status(&p.name),
         },
     )
 }

@@ -235,7 +235,7 @@ fn find(
 /// ConfigMap or git-sync mount, or one made read-only on purpose) counts as read-only even for
 /// root, and so does one on a read-only filesystem. Nothing is written to find out: a probe file
 /// would wake the watcher and reload the whole set.
-fn folder_writable(dir: &std::path::Path) -> bool {
+pub(crate) fn folder_writable(dir: &std::path::Path) -> bool {
     let Ok(meta) = std::fs::metadata(dir) else {
         return false;
     };

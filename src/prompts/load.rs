@@ -310,6 +310,7 @@ fn load_prompt(
     let numbers: Vec<u32> = version_files.keys().copied().collect();
     let mut manifest_problems = Vec::new();
     let experiment = manifest::check(&raw_manifest, &numbers, &mut manifest_problems);
+    let rollout = manifest::check_rollout(&raw_manifest, &numbers, &mut manifest_problems);
     for (line, message) in manifest_problems {
         problems.push(Problem::new(shown("prompt.yaml"), line, message));
     }
@@ -336,11 +337,17 @@ fn load_prompt(
         .active
         .map(|a| a.value)
         .or_else(|| numbers.last().copied())?;
+    let rollout_live = rollout
+        .as_ref()
+        .map(|r| Arc::new(crate::rollout::Live::new(r)));
     let experiment_id = experiment
         .as_ref()
-        .map(|e| Arc::from(crate::record::experiment_id(e)));
+        .map(|e| Arc::from(crate::record::experiment_id(e)))
+        .or_else(|| rollout_live.as_ref().map(|l| l.id.clone()));
     Some(Prompt {
         experiment_id,
+        rollout,
+        rollout_live,
         name: name.to_owned(),
         description: raw_manifest.description.unwrap_or_default(),
         tags: raw_manifest.tags,

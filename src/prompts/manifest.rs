@@ -24,6 +24,8 @@ pub struct RawManifest {
     /// The feedback metrics this prompt accepts (besides `quality_score`); without the key,
     /// the first `--feedback-metrics-max` names sent are accepted.
     pub feedback_metrics: Option<Vec<Spanned<String>>>,
+    /// A guarded rollout from one version to another (see [`crate::rollout`]).
+    pub rollout: Option<crate::rollout::plan::RawRollout>,
 }
 
 /// The `experiment` block, either the seed form (`version_a`, `version_b`, `traffic_split`) or
@@ -302,6 +304,29 @@ pub fn check(
     })
 }
 
+/// Checks the manifest's `rollout` block: against the versions, the declared feedback metrics,
+/// and the experiment (a prompt has one or the other).
+pub fn check_rollout(
+    raw: &RawManifest,
+    versions: &[u32],
+    problems: &mut Vec<ManifestProblem>,
+) -> Option<crate::rollout::plan::Rollout> {
+    let rollout = raw.rollout.as_ref()?;
+    if raw.experiment.is_some() {
+        problems.push((
+            rollout.from.as_ref().and_then(line_of),
+            "a prompt has an `experiment` or a `rollout`, not both: end the experiment first"
+                .to_owned(),
+        ));
+        return None;
+    }
+    let declared: Option<Vec<String>> = raw
+        .feedback_metrics
+        .as_ref()
+        .map(|names| names.iter().map(|n| n.value.clone()).collect());
+    crate::rollout::plan::check(rollout, versions, declared.as_deref(), problems)
+}
+
 /// A feedback metric name: short, and safe as a Prometheus label value and a JSON key.
 pub fn valid_metric_name(name: &str) -> bool {
     !name.is_empty()
@@ -329,6 +354,7 @@ mod tests {
         let raw = parse(text).unwrap();
         let mut problems = Vec::new();
         check(&raw, versions, &mut problems);
+        check_rollout(&raw, versions, &mut problems);
         problems
     }
 

@@ -59,9 +59,17 @@ pub struct Prompt {
     pub example_vectors: Vec<Arc<[f32]>>,
     #[serde(skip)]
     pub versions: BTreeMap<u32, Version>,
-    /// The experiment's id ([`crate::record::experiment_id`]), computed once at load.
+    /// The experiment's id ([`crate::record::experiment_id`]), computed once at load; a
+    /// rollout's id ([`crate::rollout::plan::Rollout::id`]) when the prompt has a rollout, whose
+    /// arms are recorded like an experiment's.
     #[serde(skip)]
     pub experiment_id: Option<Arc<str>>,
+    /// A guarded rollout from one version to another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::plan::Rollout>,
+    /// The rollout's live share of users on `to`, swapped in by the rollout controller.
+    #[serde(skip)]
+    pub rollout_live: Option<Arc<crate::rollout::Live>>,
 }
 
 impl Prompt {

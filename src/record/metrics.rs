@@ -136,6 +136,8 @@ pub struct Metrics {
     pub reload_error: Gauge,
     /// Prompts in the serving set.
     pub prompts_loaded: Gauge,
+    /// Guarded rollouts: state and halts per prompt.
+    pub rollout: crate::rollout::RolloutMetrics,
 }
 
 impl Default for Metrics {
@@ -242,8 +244,10 @@ impl Metrics {
             "Failed writes of the events file, the audit trail or the statistics checkpoint (a full disk and the like); serving goes on",
             write_errors.clone(),
         );
+        let rollout = crate::rollout::RolloutMetrics::register(&mut registry);
         Metrics {
             series: RwLock::default(),
+            rollout,
             registry,
             write_errors,
             requests,

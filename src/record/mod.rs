@@ -701,6 +701,21 @@ impl Recorder {
 
     /// The experiment report of a prompt (see [`stats::Stats::report`]).
     pub fn experiment_report(&self, prompt: &Prompt) -> Value {
+        if let (None, Some(rollout), Some(id)) = (
+            &prompt.experiment,
+            &prompt.rollout,
+            prompt.experiment_id.as_deref(),
+        ) {
+            // A rollout's arms, under its id, over the whole rollout.
+            let mut report = lock(&self.inner.stats).report_versions(
+                &prompt.name,
+                id,
+                &[rollout.from, rollout.to],
+            );
+            report["experiment"] = Value::Null;
+            report["scope"] = Value::from("replica");
+            return report;
+        }
         let id = prompt.experiment.as_ref().map(experiment_id);
         let exp = prompt.experiment.as_ref().zip(id.as_deref());
         let mut report = lock(&self.inner.stats).report(&prompt.name, exp);

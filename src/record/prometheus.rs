@@ -115,24 +115,64 @@ impl Fleet {
 
     /// The experiment report of `prompt` over the fleet, for the last `range`.
     pub async fn report(&self, prompt: &Prompt, range: Range) -> Result<Value, FleetError> {
-        let id = prompt.experiment.as_ref().map(super::experiment_id);
+        // An experiment's id, or a rollout's (its arms are recorded like an experiment's).
+        let id = prompt.experiment_id.as_deref().unwrap_or("");
+        let (by_version, replicas) = self
+            .variant_sums(&prompt.name, id, range.seconds, &range.text)
+            .await?;
+        let versions: Vec<u32> = match (&prompt.experiment, &prompt.rollout) {
+            (Some(exp), _) => exp.versions(),
+            (None, Some(r)) => vec![r.from, r.to],
+            (None, None) => by_version.keys().copied().collect(),
+        };
+        let empty = VariantSums::default();
+        let variants: Vec<(u32, &VariantSums, Percentiles)> = versions
+            .iter()
+            .map(|v| {
+                let sums = by_version.get(v).unwrap_or(&empty);
+                (*v, sums, stats::bucket_percentiles(&sums.latency_buckets))
+            })
+            .collect();
+        let exp = prompt.experiment.as_ref().zip(Some(id));
+        let mut report = stats::report(&prompt.name, exp, &variants);
+        if prompt.experiment.is_none() && !id.is_empty() {
+            report["experiment_id"] = json!(id);
+        }
+        report["experiment"] = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
+        report["scope"] = json!("fleet");
+        report["fleet"] = json!({
+            "prometheus": self.url(),
+            "range": range.text,
+            "replicas": replicas,
+            "latency_percentiles": "estimates: interpolated in the request duration histogram's buckets, as histogram_quantile does",
+        });
+        Ok(report)
+    }
+
+    /// Each version's sums over the fleet for one prompt and experiment (or rollout) id, over
+    /// the last `seconds`, and how many replicas reported: what the report and a rollout's
+    /// fleet-wide decisions are computed from.
+    pub async fn variant_sums(
+        &self,
+        prompt: &str,
+        experiment: &str,
+        seconds: u64,
+        range_text: &str,
+    ) -> Result<(BTreeMap<u32, VariantSums>, usize), FleetError> {
         let selector = format!(
             "prompt=\"{}\",experiment=\"{}\"",
-            prompt.name,
-            id.as_deref().unwrap_or("")
+            promql_string(prompt),
+            promql_string(experiment)
         );
         let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-        let window = Window {
-            end: now,
-            seconds: range.seconds,
-        };
+        let window = Window { end: now, seconds };
         let series = self.increases(&selector, window).await?;
         let requests = series.iter().filter(|s| s.family == names::REQUESTS);
         if requests.clone().next().is_none() {
             return Err(FleetError::NoSeries {
                 url: self.url().to_owned(),
                 query: format!("{}{{{selector}}}", names::REQUESTS),
-                range: range.text,
+                range: range_text.to_owned(),
             });
         }
         let replicas: BTreeSet<&str> = requests
@@ -169,29 +209,7 @@ impl Fleet {
                 below = at_most.max(below);
             }
         }
-        let versions: Vec<u32> = match &prompt.experiment {
-            Some(exp) => exp.versions(),
-            None => by_version.keys().copied().collect(),
-        };
-        let empty = VariantSums::default();
-        let variants: Vec<(u32, &VariantSums, Percentiles)> = versions
-            .iter()
-            .map(|v| {
-                let sums = by_version.get(v).unwrap_or(&empty);
-                (*v, sums, stats::bucket_percentiles(&sums.latency_buckets))
-            })
-            .collect();
-        let exp = prompt.experiment.as_ref().zip(id.as_deref());
-        let mut report = stats::report(&prompt.name, exp, &variants);
-        report["experiment"] = serde_json::to_value(&prompt.experiment).unwrap_or(Value::Null);
-        report["scope"] = json!("fleet");
-        report["fleet"] = json!({
-            "prometheus": self.url(),
-            "range": range.text,
-            "replicas": replicas,
-            "latency_percentiles": "estimates: interpolated in the request duration histogram's buckets, as histogram_quantile does",
-        });
-        Ok(report)
+        Ok((by_version, replicas))
     }
 
     /// Every counter series' exact increase over the window.

@@ -209,6 +209,10 @@ pub struct VariantSums {
     pub priced: u64,
     /// Σ cost in pico-dollars.
     pub cost: Exact,
+    /// Σ cost² in pico-dollars² (a rollout's cost guard needs the spread). Local only: the
+    /// fleet does not export it, and older checkpoints lack it.
+    #[serde(default)]
+    pub cost_squares: Exact,
     pub tokens: [u64; 3],
     /// Feedback events (one may carry several metrics).
     pub feedback: u64,
@@ -232,7 +236,10 @@ impl VariantSums {
         self.latency_buckets[bucket] += 1;
         if let Some(cost) = r.cost_usd.filter(|c| c.is_finite()) {
             self.priced += 1;
-            self.cost.add(units(cost, COST_SCALE));
+            let u = units(cost, COST_SCALE);
+            self.cost.add(u);
+            // Below 2^100 for any cost under $1,000 a request; beyond, capped.
+            self.cost_squares.add(u.min(1 << 50).pow(2));
         }
         for (sum, n) in self.tokens.iter_mut().zip(r.tokens) {
             *sum += n.unwrap_or(0);
@@ -261,6 +268,7 @@ impl VariantSums {
         }
         self.priced += other.priced;
         self.cost.merge(&other.cost);
+        self.cost_squares.merge(&other.cost_squares);
         for (a, b) in self.tokens.iter_mut().zip(other.tokens) {
             *a += b;
         }
@@ -540,6 +548,11 @@ impl Stats {
             .add_feedback(metrics);
     }
 
+    /// One variant's sums, if it has any.
+    pub fn variant(&self, key: &Key) -> Option<&VariantSums> {
+        self.variants.get(key).map(|v| &v.sums)
+    }
+
     /// Every variant's sums, for the exported counters.
     pub fn sums(&self) -> impl Iterator<Item = (&Key, &VariantSums)> {
         self.variants.iter().map(|(k, v)| (k, &v.sums))
@@ -572,6 +585,25 @@ impl Stats {
             })
             .collect();
         report(prompt, experiment, &variants)
+    }
+}
+
+impl Stats {
+    /// The report of some versions recorded under one id, without an experiment's split (a
+    /// rollout's arms, whose split changes step by step).
+    pub fn report_versions(&self, prompt: &str, id: &str, versions: &[u32]) -> Value {
+        let empty = VariantStats::default();
+        let variants: Vec<(u32, &VariantSums, Percentiles)> = versions
+            .iter()
+            .map(|v| {
+                let key = (prompt.to_owned(), id.to_owned(), *v);
+                let s = self.variants.get(&key).unwrap_or(&empty);
+                (*v, &s.sums, s.percentiles())
+            })
+            .collect();
+        let mut out = report(prompt, None, &variants);
+        out["experiment_id"] = Value::from(id);
+        out
     }
 }
 

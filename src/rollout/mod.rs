@@ -1,0 +1,721 @@
+//! Guarded rollouts: move users from version A to version B step by step, and move them all
+//! back the moment B is shown to hurt.
+//!
+//! Off the request path. A background task looks at each running rollout every tick
+//! ([`TICK`]): it reads the arms' sums (this replica's statistics, or with `--prometheus` the
+//! fleet's, so every replica takes the same decision from the same numbers), tests the guards
+//! ([`guard`]) and advances, holds, halts or completes. The request path only reads the share
+//! of users on B: one atomic per prompt ([`Live`]), linked into every new prompt set so a
+//! reload keeps it. A halt stores 0 there before anything else, so the next request goes to A.
+//!
+//! Progress is saved in the state folder (`rollouts.json`) at every change, so a restart resumes
+//! at the same step; every start, step, halt, completion and end is in the audit trail.
+
+pub mod guard;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::audit::{Action, Actor, Audit, Entry};
+use crate::prompts::PromptSet;
+use crate::record::Recorder;
+use crate::record::stats::VariantSums;
+use guard::{Check, Decision, StepProgress};
+use plan::Rollout;
+
+/// How often running rollouts are looked at.
+pub const TICK: Duration = Duration::from_secs(1);
+/// With `--prometheus`, the fleet's numbers are read every this many ticks.
+const FLEET_EVERY: u64 = 2;
+/// The state file in the state folder.
+const STATE_FILE: &str = "rollouts.json";
+
+/// A rollout as the request path sees it: its plan and the share of users on `to`.
+#[derive(Debug)]
+pub struct Live {
+    pub id: Arc<str>,
+    pub plan: Rollout,
+    share: AtomicU32,
+}
+
+impl Live {
+    /// A rollout not yet linked: every user on `from` until the controller sets the share.
+    pub fn new(plan: &Rollout) -> Self {
+        Live {
+            id: Arc::from(plan.id()),
+            plan: plan.clone(),
+            share: AtomicU32::new(0),
+        }
+    }
+
+    /// Percent of users on `to` (their md5 bucket is below it).
+    pub fn share(&self) -> u32 {
+        self.share.load(Ordering::Relaxed)
+    }
+
+    pub fn set_share(&self, share: u32) {
+        self.share.store(share.min(100), Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PromptLabel {
+    pub prompt: String,
+}
+
+/// `promptgate_rollout_state{prompt}` (1 running, 2 halted, 3 completed, 0 ended),
+/// `promptgate_rollout_share{prompt}` and `promptgate_rollout_halts_total{prompt}`.
+#[derive(Clone, Debug, Default)]
+pub struct RolloutMetrics {
+    pub state: Family<PromptLabel, Gauge>,
+    pub share: Family<PromptLabel, Gauge>,
+    pub halts: Family<PromptLabel, Counter>,
+}
+
+impl RolloutMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = RolloutMetrics::default();
+        registry.register(
+            "rollout_state",
+            "Guarded rollout state: 1 running, 2 halted, 3 completed, 0 ended",
+            m.state.clone(),
+        );
+        registry.register(
+            "rollout_share",
+            "Percent of users a guarded rollout has moved to the new version",
+            m.share.clone(),
+        );
+        registry.register(
+            "rollout_halts",
+            "Guarded rollouts halted because a guard was violated",
+            m.halts.clone(),
+        );
+        m
+    }
+
+    fn show(&self, prompt: &str, progress: Option<&Progress>) {
+        let label = PromptLabel {
+            prompt: prompt.to_owned(),
+        };
+        let (state, share) = progress.map_or((0, 0), |p| (p.status.gauge(), p.share));
+        self.state.get_or_create(&label).set(state);
+        self.share.get_or_create(&label).set(i64::from(share));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Halted,
+    Completed,
+}
+
+impl Status {
+    fn gauge(self) -> i64 {
+        match self {
+            Status::Running => 1,
+            Status::Halted => 2,
+            Status::Completed => 3,
+        }
+    }
+}
+
+/// A rollout's progress, as saved in the state folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub id: String,
+    pub from: u32,
+    pub to: u32,
+    pub status: Status,
+    /// Index into `steps`.
+    pub step_index: usize,
+    /// Percent of users on `to` now (0 after a halt).
+    pub share: u32,
+    pub started_at: String,
+    /// When the current step started (Unix milliseconds).
+    pub step_started_ms: i64,
+    /// Each arm's requests (A, B) when the current step started.
+    pub step_base: [u64; 2],
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The violated guard's test, when halted.
+    #[serde(default)]
+    pub halt: Option<Value>,
+    /// When completed: whether `active` was written to the files.
+    #[serde(default)]
+    pub active_written: Option<bool>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    #[serde(default)]
+    rollouts: BTreeMap<String, Progress>,
+    /// Completed rollouts whose block is gone, still reported.
+    #[serde(default)]
+    finished: BTreeMap<String, Progress>,
+}
+
+/// A rollout being run.
+struct Tracked {
+    live: Arc<Live>,
+    progress: Progress,
+    checks: Vec<Check>,
+    /// Why the step is held, at the last look.
+    holding: Option<String>,
+}
+
+/// The rollout controller.
+pub struct Rollouts {
+    inner: Mutex<Inner>,
+    path: PathBuf,
+    audit: Arc<Audit>,
+    metrics: crate::rollout::RolloutMetrics,
+    recorder: Recorder,
+    /// `replica` or `fleet`: whose numbers decide.
+    scope: &'static str,
+}
+
+struct Inner {
+    tracked: BTreeMap<String, Tracked>,
+    finished: BTreeMap<String, Progress>,
+    /// Progress read at start, until its prompt's rollout is linked.
+    saved: BTreeMap<String, Progress>,
+    /// The state file's text as last written (or read), so unchanged progress is not rewritten
+    /// at every reload.
+    last_saved: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Rollouts {
+    /// Reads the saved progress from the state folder. A file that cannot be read is logged
+    /// and ignored: rollouts then start from their first step.
+    pub fn open(
+        state_dir: &Path,
+        audit: Arc<Audit>,
+        metrics: crate::rollout::RolloutMetrics,
+        recorder: Recorder,
+        fleet: bool,
+    ) -> Self {
+        let path = state_dir.join(STATE_FILE);
+        let saved: Saved = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                tracing::error!(file = %path.display(), "cannot read the rollouts' progress: {e}; running rollouts start again from their first step");
+                Saved::default()
+            }),
+            Err(_) => Saved::default(),
+        };
+        let last_saved = serde_json::to_string_pretty(&saved).unwrap_or_default();
+        Rollouts {
+            inner: Mutex::new(Inner {
+                tracked: BTreeMap::new(),
+                finished: saved.finished,
+                saved: saved.rollouts,
+                last_saved,
+            }),
+            path,
+            audit,
+            metrics,
+            recorder,
+            scope: if fleet { "fleet" } else { "replica" },
+        }
+    }
+
+    /// Links a newly loaded set to the running rollouts (before it is swapped in): a rollout
+    /// already running keeps its live share; a new one starts (or resumes from the state
+    /// folder); one whose block is gone ends. Blocking (audit, state file).
+    pub fn link(&self, set: &mut PromptSet, actor: &Actor) {
+        let mut inner = lock(&self.inner);
+        let mut notes = Vec::new();
+        let names: Vec<String> = set
+            .prompts()
+            .filter(|p| p.rollout_live.is_some())
+            .map(|p| p.name.clone())
+            .collect();
+        for name in &names {
+            let Some(prompt) = set.get_mut(name) else {
+                continue;
+            };
+            let Some(fresh) = prompt.rollout_live.clone() else {
+                continue;
+            };
+            if let Some(t) = inner.tracked.get(name) {
+                if t.live.id == fresh.id {
+                    prompt.rollout_live = Some(t.live.clone());
+                    continue;
+                }
+                // The block changed: the old rollout ends, the new one starts afresh.
+                notes.push(entry(actor, Action::RolloutEnded, name, &t.progress, json!({"state": t.progress.status, "step": t.progress.share, "replaced_by": *fresh.id})));
+            }
+            let plan = &fresh.plan;
+            let progress = match inner.saved.remove(name).filter(|p| *p.id == *fresh.id) {
+                Some(resumed) => {
+                    tracing::info!(prompt = %name, step = resumed.share, state = ?resumed.status, "rollout resumed from the state folder");
+                    resumed
+                }
+                None => {
+                    let base = if self.scope == "fleet" {
+                        [0, 0]
+                    } else {
+                        self.local_sums(name, &fresh).map(|s| s.requests)
+                    };
+                    let progress = Progress {
+                        id: fresh.id.to_string(),
+                        from: plan.from,
+                        to: plan.to,
+                        status: Status::Running,
+                        step_index: 0,
+                        share: plan.steps.first().copied().unwrap_or(100),
+                        started_at: now_text(),
+                        step_started_ms: now_ms(),
+                        step_base: base,
+                        reason: None,
+                        halt: None,
+                        active_written: None,
+                        finished_at: None,
+                    };
+                    tracing::info!(prompt = %name, from = plan.from, to = plan.to, step = progress.share, "rollout started");
+                    notes.push(entry(
+                        actor,
+                        Action::RolloutStarted,
+                        name,
+                        &progress,
+                        json!({"plan": plan, "step": progress.share}),
+                    ));
+                    progress
+                }
+            };
+            fresh.set_share(progress.share);
+            self.metrics.show(name, Some(&progress));
+            inner.finished.remove(name);
+            inner.tracked.insert(
+                name.clone(),
+                Tracked {
+                    live: fresh,
+                    progress,
+                    checks: Vec::new(),
+                    holding: None,
+                },
+            );
+        }
+        let gone: Vec<String> = inner
+            .tracked
+            .keys()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            let Some(t) = inner.tracked.remove(&name) else {
+                continue;
+            };
+            if t.progress.status == Status::Completed {
+                let mut progress = t.progress;
+                // The block is gone from the files: the completion was written there.
+                progress.active_written.get_or_insert(true);
+                self.metrics.show(&name, Some(&progress));
+                inner.finished.insert(name, progress);
+                continue;
+            }
+            tracing::info!(prompt = %name, state = ?t.progress.status, "rollout ended: its block was removed");
+            notes.push(entry(
+                actor,
+                Action::RolloutEnded,
+                &name,
+                &t.progress,
+                json!({"state": t.progress.status, "step": t.progress.share}),
+            ));
+            self.metrics.show(&name, None);
+        }
+        self.save(&mut inner);
+        drop(inner);
+        for note in notes {
+            self.note(note);
+        }
+    }
+
+    fn note(&self, entry: Entry) {
+        if let Err(e) = self.audit.note(entry) {
+            tracing::error!("cannot write a rollout's entry to the audit trail: {e}");
+        }
+    }
+
+    fn save(&self, inner: &mut Inner) {
+        let saved = Saved {
+            rollouts: inner
+                .tracked
+                .iter()
+                .map(|(n, t)| (n.clone(), t.progress.clone()))
+                .chain(inner.saved.iter().map(|(n, p)| (n.clone(), p.clone())))
+                .collect(),
+            finished: inner.finished.clone(),
+        };
+        let text = serde_json::to_string_pretty(&saved).unwrap_or_default();
+        if text == inner.last_saved {
+            return;
+        }
+        match crate::admin::write::write_atomic(&self.path, &text) {
+            Ok(()) => inner.last_saved = text,
+            Err(e) => {
+                tracing::error!(file = %self.path.display(), "cannot save the rollouts' progress: {e}; a restart resumes from the last saved step")
+            }
+        }
+    }
+
+    /// The arms' (A, B) sums in this replica's statistics.
+    fn local_sums(&self, name: &str, live: &Live) -> [VariantSums; 2] {
+        self.recorder.with_stats(|stats| {
+            [live.plan.from, live.plan.to].map(|v| {
+                stats
+                    .variant(&(name.to_owned(), live.id.to_string(), v))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+        })
+    }
+
+    /// The rollout of a prompt as the experiment report shows it, if it has (or had) one.
+    pub fn status(&self, name: &str) -> Option<Value> {
+        let inner = lock(&self.inner);
+        if let Some(t) = inner.tracked.get(name) {
+            let mut v = progress_json(&t.progress, Some(&t.live.plan));
+            v["decided_from"] = json!(self.scope);
+            v["holding"] = json!(t.holding);
+            v["guards"] = json!(t.checks);
+            return Some(v);
+        }
+        inner.finished.get(name).map(|p| progress_json(p, None))
+    }
+
+    /// Looks at every running rollout once. `fleet`: read the fleet's numbers this time.
+    async fn tick(&self, state: &AppState, fleet: bool) {
+        let running: Vec<(String, Arc<Live>, Progress)> = {
+            let inner = lock(&self.inner);
+            inner
+                .tracked
+                .iter()
+                .filter(|(_, t)| t.progress.status == Status::Running)
+                .map(|(n, t)| (n.clone(), t.live.clone(), t.progress.clone()))
+                .collect()
+        };
+        for (name, live, progress) in running {
+            let sums = match (&state.fleet, self.scope) {
+                (Some(prometheus), "fleet") => {
+                    if !fleet {
+                        continue;
+                    }
+                    let age = (now_ms() - started_ms(&progress)).max(0) as u64 / 1000;
+                    match prometheus
+                        .variant_sums(&name, &live.id, age + 60, "the rollout")
+                        .await
+                    {
+                        Ok((mut by_version, _)) => [live.plan.from, live.plan.to]
+                            .map(|v| by_version.remove(&v).unwrap_or_default()),
+                        Err(crate::record::prometheus::FleetError::NoSeries { .. }) => {
+                            Default::default()
+                        }
+                        Err(e) => {
+                            self.hold(
+                                &name,
+                                &live,
+                                format!("the fleet's numbers are unavailable: {e}"),
+                            );
+                            continue;
+                        }
+                    }
+                }
+                _ => self.local_sums(&name, &live),
+            };
+            self.look(state, &name, &live, &sums).await;
+        }
+    }
+
+    fn hold(&self, name: &str, live: &Live, why: String) {
+        let mut inner = lock(&self.inner);
+        if let Some(t) = inner.tracked.get_mut(name)
+            && t.live.id == live.id
+        {
+            if t.holding.as_deref() != Some(why.as_str()) {
+                tracing::warn!(prompt = %name, "rollout held: {why}");
+            }
+            t.holding = Some(why);
+        }
+    }
+
+    /// One look at one rollout: test, decide, act.
+    async fn look(&self, state: &AppState, name: &str, live: &Arc<Live>, sums: &[VariantSums; 2]) {
+        let (note, complete) = self.decide(name, live, sums);
+        if let Some(note) = note {
+            let audit = self.audit.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = audit.note(note) {
+                    tracing::error!("cannot write a rollout's entry to the audit trail: {e}");
+                }
+            })
+            .await;
+        }
+        if complete {
+            self.make_active(state, name, live.plan.to).await;
+        }
+    }
+
+    /// Tests the guards and applies the decision: the audit entry to write, and whether the
+    /// rollout just completed.
+    fn decide(
+        &self,
+        name: &str,
+        live: &Arc<Live>,
+        sums: &[VariantSums; 2],
+    ) -> (Option<Entry>, bool) {
+        let plan = &live.plan;
+        let checks = guard::evaluate(plan, &sums[0], &sums[1]);
+        let mut inner = lock(&self.inner);
+        let Some(t) = inner.tracked.get_mut(name).filter(|t| t.live.id == live.id) else {
+            return (None, false);
+        };
+        if t.progress.status != Status::Running {
+            return (None, false);
+        }
+        let p = &mut t.progress;
+        let step = StepProgress {
+            index: p.step_index,
+            requests: [
+                sums[0].requests.saturating_sub(p.step_base[0]),
+                sums[1].requests.saturating_sub(p.step_base[1]),
+            ],
+            aged: now_ms() - p.step_started_ms >= plan.min_duration_value.as_millis() as i64,
+        };
+        let decision = guard::decide(plan, step, &checks);
+        t.checks = checks;
+        t.holding = None;
+        let mut complete = false;
+        let note = match decision {
+            Decision::Hold(why) => {
+                t.holding = Some(why.to_owned());
+                None
+            }
+            Decision::Halt(i) => {
+                // Everyone back to A first: the next request sees it.
+                live.set_share(0);
+                let check = &t.checks[i];
+                let p = &mut t.progress;
+                p.status = Status::Halted;
+                p.share = 0;
+                p.finished_at = Some(now_text());
+                let reason = format!(
+                    "guard `{}` violated: {} is beyond the bound {} with confidence ({}: [{}, {}], {} at α = {:.4}; A n = {}, B n = {})",
+                    check.guard,
+                    check
+                        .observed
+                        .map_or("n/a".to_owned(), |o| format!("{o:.4}")),
+                    check.bound,
+                    check.harm,
+                    check.interval.map_or(f64::NAN, |(lo, _)| round4(lo)),
+                    check.interval.map_or(f64::NAN, |(_, hi)| round4(hi)),
+                    check.test,
+                    check.alpha,
+                    check.n_a,
+                    check.n_b,
+                );
+                tracing::error!(prompt = %name, guard = %check.guard, observed = check.observed, bound = check.bound, n_a = check.n_a, n_b = check.n_b, "rollout halted, every user back on version {}: {reason}", plan.from);
+                p.reason = Some(reason);
+                p.halt = serde_json::to_value(check).ok();
+                self.metrics
+                    .halts
+                    .get_or_create(&PromptLabel {
+                        prompt: name.to_owned(),
+                    })
+                    .inc();
+                Some(entry(
+                    &rollout_actor(),
+                    Action::RolloutHalted,
+                    name,
+                    p,
+                    json!({"guard": check, "reason": p.reason}),
+                ))
+            }
+            Decision::Advance => {
+                let p = &mut t.progress;
+                p.step_index += 1;
+                p.share = plan.steps.get(p.step_index).copied().unwrap_or(100);
+                p.step_started_ms = now_ms();
+                p.step_base = [sums[0].requests, sums[1].requests];
+                live.set_share(p.share);
+                tracing::info!(prompt = %name, step = p.share, "rollout advanced");
+                Some(entry(
+                    &rollout_actor(),
+                    Action::RolloutAdvanced,
+                    name,
+                    p,
+                    json!({"step": p.share, "guards": t.checks}),
+                ))
+            }
+            Decision::Complete => {
+                let p = &mut t.progress;
+                p.status = Status::Completed;
+                p.share = 100;
+                p.finished_at = Some(now_text());
+                live.set_share(100);
+                complete = true;
+                tracing::info!(prompt = %name, version = plan.to, "rollout completed: version {} serves every user", plan.to);
+                Some(entry(
+                    &rollout_actor(),
+                    Action::RolloutCompleted,
+                    name,
+                    p,
+                    json!({"guards": t.checks}),
+                ))
+            }
+        };
+        let progress = t.progress.clone();
+        if note.is_some() {
+            self.metrics.show(name, Some(&progress));
+            self.save(&mut inner);
+        }
+        (note, complete)
+    }
+
+    /// A completed rollout: `to` becomes `active` in the files when they are writable;
+    /// otherwise the state folder holds it (B keeps every user) and the report says to change
+    /// the files through git.
+    async fn make_active(&self, state: &AppState, name: &str, to: u32) {
+        let writer = state.writer.clone();
+        let folder = state.config.prompts_dir.join(name);
+        let prompt = name.to_owned();
+        let written = crate::admin::blocking(move || {
+            if !crate::console::folder_writable(&folder) {
+                return Err(crate::admin::write::WriteError::BadRequest(
+                    "the prompt's folder is read-only".to_owned(),
+                ));
+            }
+            writer.finish_rollout(&prompt, to)
+        })
+        .await;
+        match written {
+            Ok(()) => {
+                self.mark_written(name);
+                let _ = state.reloader.reload(rollout_actor()).await;
+            }
+            Err(e) => {
+                tracing::warn!(prompt = %name, "rollout completed, but `active: {to}` cannot be written ({e}): version {to} keeps every user through the state folder; set `active: {to}` and remove the `rollout` block through git");
+                let mut inner = lock(&self.inner);
+                if let Some(t) = inner.tracked.get_mut(name) {
+                    t.progress.active_written = Some(false);
+                    t.progress.reason = Some(format!(
+                        "completed; the files could not be written ({e}): version {to} serves every user from the state folder — set `active: {to}` and remove the `rollout` block through git"
+                    ));
+                }
+                self.save(&mut inner);
+            }
+        }
+    }
+}
+
+impl Rollouts {
+    fn mark_written(&self, name: &str) {
+        let mut inner = lock(&self.inner);
+        if let Some(t) = inner.tracked.get_mut(name) {
+            t.progress.active_written = Some(true);
+        }
+        self.save(&mut inner);
+    }
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+fn started_ms(p: &Progress) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&p.started_at)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(p.step_started_ms)
+}
+
+fn rollout_actor() -> Actor {
+    Actor {
+        name: "rollout".to_owned(),
+        source: "rollout",
+    }
+}
+
+fn entry(actor: &Actor, action: Action, prompt: &str, p: &Progress, value: Value) -> Entry {
+    Entry {
+        time: String::new(),
+        actor: actor.name.clone(),
+        source: actor.source.to_owned(),
+        action,
+        prompt: prompt.to_owned(),
+        version: None,
+        hash: None,
+        previous_hash: None,
+        from_version: Some(p.from),
+        to_version: Some(p.to),
+        value: Some(value),
+    }
+}
+
+fn progress_json(p: &Progress, plan: Option<&Rollout>) -> Value {
+    json!({
+        "id": p.id,
+        "state": p.status,
+        "step": p.share,
+        "step_index": p.step_index,
+        "from": p.from,
+        "to": p.to,
+        "steps": plan.map(|r| &r.steps),
+        "plan": plan,
+        "started_at": p.started_at,
+        "step_started_at": chrono::DateTime::from_timestamp_millis(p.step_started_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        "finished_at": p.finished_at,
+        "reason": p.reason,
+        "halt": p.halt,
+        "active_written": p.active_written,
+    })
+}
+
+/// Runs the rollouts until `stop` turns true.
+pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        state
+            .rollouts
+            .tick(&state, n.is_multiple_of(FLEET_EVERY))
+            .await;
+        n += 1;
+    }
+}
