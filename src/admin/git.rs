@@ -662,7 +662,8 @@ impl GitStore {
 /// credential helper from its file at each use: it is in no URL, argument or environment.
 pub fn git_command(config: &GitConfig, dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("git");
-    cmd.arg("-C").arg(dir);
+    // A git-sync checkout belongs to git-sync's user: reading it is still safe.
+    cmd.arg("-C").arg(dir).args(["-c", "safe.directory=*"]);
     if let Some(token) = &config.token_file {
         cmd.env("PROMPTGATE_GIT_TOKEN_FILE", token)
             .env("PROMPTGATE_GIT_USERNAME", &config.username)
@@ -679,7 +680,12 @@ pub fn git_command(config: &GitConfig, dir: &Path, args: &[&str]) -> Command {
                 "-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
                 shell_quote(&file.to_string_lossy())
             ),
-            None => "-o StrictHostKeyChecking=accept-new".to_owned(),
+            // Trust on first use, remembered in the state folder (the home folder of a
+            // container is usually read-only).
+            None => format!(
+                "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+                shell_quote(&dir.join("..").join("known_hosts").to_string_lossy())
+            ),
         };
         cmd.env(
             "GIT_SSH_COMMAND",
