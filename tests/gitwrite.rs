@@ -322,8 +322,97 @@ async fn a_write_on_the_console_reaches_every_replica_and_the_history_is_the_aud
     for app in &replicas {
         assert_eq!(get(app, "/admin/audit?prompt=support").await, audit);
     }
-    let all = get(&console, "/admin/audit?limit=1").await;
-    assert_eq!(all.as_array().unwrap().len(), 1);
+    let page = get_text(&console, "/admin/audit?limit=1").await;
+    assert_eq!(page.0.as_array().unwrap().len(), 1);
+    let older = page.1.expect("a cursor to older commits");
+    let before = get(&console, &format!("/admin/audit?limit=1&before={older}")).await;
+    assert_eq!(before[0]["summary"], "seed the prompts");
+    assert_eq!(before[0]["source"], "git");
+    // The console's trail is the same history.
+    let trail = console
+        .client
+        .get(console.url("/console/audit"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        trail.contains("new version v3 (active) — shorter answers"),
+        "{trail}"
+    );
+    let status = get(&console, "/admin/status").await;
+    assert_eq!(status["git"]["commit"], commit);
+    assert_eq!(status["git"]["branch"], "main");
+}
+
+async fn get_text(app: &TestApp, path: &str) -> (Value, Option<String>) {
+    let response = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let next = response
+        .headers()
+        .get("x-audit-next")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.json().await.unwrap(), next)
+}
+
+#[tokio::test]
+async fn the_binary_writes_through_git_from_its_flags_and_environment() {
+    let repo = Repo::new();
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptgate"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--git-remote")
+        .arg(&repo.remote)
+        .env("PROMPTGATE_CONSOLE_ONLY", "true")
+        .env("PROMPTGATE_ADMIN_TOKEN", TOKEN)
+        .env("PROMPTGATE_GIT_BRANCH", "main");
+    let running = common::spawn_listening(cmd);
+    let client = common::http();
+    let response = client
+        .post(format!("{}/admin/prompts/ab/rollback", running.base))
+        .bearer_auth(TOKEN)
+        .header("x-actor", "dee")
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(repo.tip("main"), body["commit"].as_str().unwrap());
+    assert_eq!(
+        git(&repo.remote, &["log", "-1", "--format=%an|%s", "main"]),
+        "dee|ab: make v1 active"
+    );
+}
+
+#[test]
+fn a_remote_that_fails_is_named_without_its_credentials() {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_promptgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--console-only"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env(
+            "PROMPTGATE_GIT_REMOTE",
+            "http://bot:s3cret@127.0.0.1:9/prompts.git",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fetch branch `main`"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
 }
 
 #[tokio::test]

@@ -468,7 +468,19 @@ impl GitStore {
             &["fetch", "-q", "--no-tags", "origin", &spec],
             &format!("fetch branch `{branch}` from {}", self.remote_shown()),
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            GitError::Command { what, detail } if detail.contains("couldn't find remote ref") => {
+                GitError::Command {
+                    what,
+                    detail: format!(
+                        "{detail} (the branch must exist, holding the prompts folder `{}`: push a first commit, or set --git-branch)",
+                        self.config.path.display()
+                    ),
+                }
+            }
+            e => e,
+        })?;
         self.output(
             &[
                 "rev-parse",
@@ -956,6 +968,34 @@ mod tests {
             "https://github.com/o/r.git"
         );
         assert_eq!(redact("no url here"), "no url here");
+    }
+
+    #[tokio::test]
+    async fn the_token_file_is_read_by_the_credential_helper() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok-123\n").unwrap();
+        let mut config = GitConfig::new("https://git.example.com/prompts.git");
+        config.token_file = Some(token);
+        config.username = "bot".to_owned();
+        let mut cmd = git_command(&config, dir.path(), &["credential", "fill"]);
+        let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"protocol=https\nhost=git.example.com\n\n")
+            .await
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("username=bot\n"), "{text}");
+        assert!(text.contains("password=tok-123\n"), "{text}");
     }
 
     #[test]

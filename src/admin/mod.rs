@@ -562,5 +562,10 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "upstream": state.config.upstream.to_string(),
         "embedding_model": state.model.status(),
         "version": env!("CARGO_PKG_VERSION"),
+        "git": state.git.as_ref().map(|git| json!({
+            "remote": git.remote_shown(), "branch": git.config().branch,
+            "commit": git.served_commit(), "review_branch": git.config().review_prefix,
+            "pending": git.pending(),
+        })),
     }))
 }

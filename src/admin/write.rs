@@ -106,7 +106,12 @@ pub async fn commit<T: Send + 'static>(
         let outcome = super::reload_after_write(state, actor).await;
         return Ok((value, outcome));
     };
-    let (value, landed) = git.write(&actor, op).await?;
+    // Its own task: a client that goes away mid-push does not cut the push short.
+    let store = git.clone();
+    let who = actor.clone();
+    let (value, landed) = tokio::spawn(async move { store.write(&who, op).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the git write failed: {e}")))??;
     let mut outcome = if landed.review.is_some() {
         serde_json::json!({"serving": false})
     } else {
