@@ -110,6 +110,11 @@ impl Server {
             None => None,
         };
         let mut state = AppState::new(config, set, model, degraded)?;
+        if git.is_some() {
+            state.writer = Arc::new(crate::admin::write::Writer::refusing(
+                &state.config.prompts_dir,
+            ));
+        }
         state.git = git;
         let git_poll = state.git.clone().map(|git| {
             let reloader = state.reloader.clone();

@@ -99,6 +99,8 @@ pub struct Landed {
     pub commit: Option<String>,
     /// With review: the branch pushed, and its link.
     pub review: Option<Pending>,
+    /// Pushed, but not fetched back and served yet: why (the next poll serves it).
+    pub not_served: Option<String>,
 }
 
 /// A change pushed for review and not yet on the served branch.
@@ -297,6 +299,7 @@ impl GitStore {
                 Landed {
                     commit: None,
                     review: None,
+                    not_served: None,
                 },
             ));
         }
@@ -321,7 +324,7 @@ impl GitStore {
         .await?;
         let landed = match &self.config.review_prefix {
             Some(prefix) => {
-                let branch = format!("{prefix}/{}", change.branch);
+                let branch = format!("{prefix}/{}", ref_safe(&change.branch));
                 let commit = self.push_review(&branch).await?;
                 let pending = Pending {
                     url: self.web_url(&branch, &commit, &base),
@@ -339,16 +342,23 @@ impl GitStore {
                 Landed {
                     commit: Some(commit),
                     review: Some(pending),
+                    not_served: None,
                 }
             }
             None => {
                 let commit = self.push_direct(&change).await?;
-                // Served only as it comes back from the remote.
-                let tip = self.fetch_branch().await?;
-                self.publish(&mut clone, &tip).await?;
+                // Served only as it comes back from the remote. The push has happened either
+                // way, so a failure here is reported, not an error.
+                let served = match self.fetch_branch().await {
+                    Ok(tip) => self.publish(&mut clone, &tip).await,
+                    Err(e) => Err(e),
+                };
                 Landed {
                     commit: Some(commit),
                     review: None,
+                    not_served: served
+                        .err()
+                        .map(|e| format!("pushed, but not yet fetched back to serve it: {e}")),
                 }
             }
         };
@@ -762,6 +772,15 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// A branch name git accepts: prompt and label names may hold `..` or end in `.lock`.
+fn ref_safe(name: &str) -> String {
+    let mut out = name.replace("..", "-");
+    if let Some(stem) = out.strip_suffix(".lock") {
+        out = format!("{stem}-lock");
+    }
+    out.trim_end_matches('.').to_owned()
+}
+
 fn short(commit: &str) -> &str {
     commit.get(..10).unwrap_or(commit)
 }
@@ -996,6 +1015,13 @@ mod tests {
         );
         assert!(text.contains("username=bot\n"), "{text}");
         assert!(text.contains("password=tok-123\n"), "{text}");
+    }
+
+    #[test]
+    fn review_branches_are_valid_refs() {
+        assert_eq!(ref_safe("a..b-v3"), "a-b-v3");
+        assert_eq!(ref_safe("support-label-x.lock"), "support-label-x-lock");
+        assert_eq!(ref_safe("support-v3"), "support-v3");
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub async fn commit<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("the git write failed: {e}")))??;
     let mut outcome = if landed.review.is_some() {
         serde_json::json!({"serving": false})
+    } else if let Some(why) = &landed.not_served {
+        serde_json::json!({"serving": false, "reload_error": [why]})
     } else {
         super::reload_after_write(state, actor).await
     };
@@ -159,6 +161,8 @@ pub struct Writer {
     root: PathBuf,
     /// Highest version number handed out per prompt in this process.
     allocated: Mutex<HashMap<String, u32>>,
+    /// Why this folder must not be written (the served checkout in git write mode).
+    refuse: Option<String>,
 }
 
 impl Writer {
@@ -166,6 +170,19 @@ impl Writer {
         Writer {
             root: root.into(),
             allocated: Mutex::new(HashMap::new()),
+            refuse: None,
+        }
+    }
+
+    /// A writer that refuses every change: in git write mode the served folder is a checkout
+    /// of the remote, and a change written there would be half written — served here, pushed
+    /// nowhere. Changes go through [`commit`].
+    pub fn refusing(root: impl Into<PathBuf>) -> Self {
+        Writer {
+            refuse: Some(
+                "in git write mode changes are commits: this change did not go through the git write path (a bug), nothing was written".to_owned(),
+            ),
+            ..Writer::new(root)
         }
     }
 
@@ -178,6 +195,12 @@ impl Writer {
     }
 
     fn folder(&self, name: &str) -> Result<PathBuf, WriteError> {
+        if let Some(why) = &self.refuse {
+            return Err(WriteError::Io(std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                why.clone(),
+            )));
+        }
         if !valid_prompt_name(name) {
             return Err(WriteError::BadRequest(format!(
                 "`{name}` is not a valid prompt name: use [a-z0-9][a-z0-9_.-]*"
