@@ -477,11 +477,29 @@ async fn review_mode_leaves_the_branch_alone_until_the_review_is_merged() {
     let console = console(config).await;
     let before = repo.tip("main");
 
-    // Saved from the console's editor, signed in with the token.
+    // Saved from the console's editor by a signed-in person, who is the commit's author.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = no_redirects
+        .post(console.url("/console/sign-in"))
+        .header("origin", &console.base)
+        .form(&[("token", TOKEN), ("name", "Ana Reviewer")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let saved = console
         .client
         .post(console.url("/console/prompts/support/versions"))
-        .bearer_auth(TOKEN)
+        .header("cookie", &cookie)
         .header("origin", &console.base)
         .form(&[
             ("template", "Reviewed text for {{ company }}."),
@@ -496,6 +514,7 @@ async fn review_mode_leaves_the_branch_alone_until_the_review_is_merged() {
         "{}",
         saved.url()
     );
+    assert_eq!(saved.status(), 200);
     let page = saved.text().await.unwrap().replace("&#x2f;", "/");
     assert!(page.contains("waiting for review"), "{page}");
     assert!(
@@ -505,8 +524,11 @@ async fn review_mode_leaves_the_branch_alone_until_the_review_is_merged() {
     assert_eq!(repo.tip("main"), before);
     let branch_tip = repo.tip("promptgate/support-v3");
     assert_eq!(
-        git(&repo.remote, &["log", "-1", "--format=%an|%s", &branch_tip]),
-        "admin|support: new version v3 (active)"
+        git(
+            &repo.remote,
+            &["log", "-1", "--format=%an <%ae>|%s|%b", &branch_tip]
+        ),
+        "Ana Reviewer <ana.reviewer@promptgate.invalid>|support: new version v3 (active)|needs a second pair of eyes\n\nPromptgate-Actor: Ana Reviewer\nPromptgate-Source: console"
     );
     // Not served anywhere yet.
     assert_eq!(
