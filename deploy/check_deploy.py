@@ -365,11 +365,16 @@ def check_workload(name: str, workload: dict, objects: dict, image_env: dict[str
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = host == "localhost"
-        if not loopback:
+        # --console-only serves no proxy: its one port is the console and admin API, held to
+        # a NetworkPolicy like any admin port below.
+        console_only = "--console-only" in argv or str(env.get("PROMPTGATE_CONSOLE_ONLY", "")).lower() in ("true", "1", "yes", "on")
+        if console_only:
+            info(f"{where}: console only (no proxy)")
+        if not loopback and not console_only:
             fail("exposure", f"{where}: the proxy listens on {listen_addr}, reachable from outside the pod; "
                              f"listen on 127.0.0.1 and give the probes --health-listen")
         for p in c.get("ports", []):
-            if p.get("containerPort") == listen:
+            if p.get("containerPort") == listen and not console_only:
                 fail("exposure", f"{where}: the proxy port {listen} is declared as a containerPort "
                                  f"({p.get('name')}); it must stay inside the pod")
             if p.get("hostPort"):
@@ -385,7 +390,7 @@ def check_workload(name: str, workload: dict, objects: dict, image_env: dict[str
             if not selector or not selector.items() <= labels.items():
                 continue
             for sp in (svc.get("spec") or {}).get("ports") or []:
-                if resolve_port(pod, sp.get("targetPort", sp.get("port"))) == listen:
+                if resolve_port(pod, sp.get("targetPort", sp.get("port"))) == listen and not console_only:
                     fail("exposure", f"{name}: Service {svc['metadata']['name']} publishes the proxy port {listen}")
         # The admin port beyond the pod: only with a NetworkPolicy that admits it from a named
         # source (the scraper), not from everywhere.
@@ -448,9 +453,15 @@ def check_workload(name: str, workload: dict, objects: dict, image_env: dict[str
             if not any(under(p, m["mountPath"]) or under(m["mountPath"], p) for p in paths):
                 fail("wiring", f"{where}: {m['mountPath']} (volume {m['name']}) is mounted but no "
                                f"PROMPTGATE_* setting uses it")
+        # Git write mode clones into the state folder: the credentials must be mounted, the
+        # prompts folder is not used.
+        git_mode = bool(env.get("PROMPTGATE_GIT_REMOTE"))
+        for key in ("PROMPTGATE_GIT_TOKEN_FILE", "PROMPTGATE_GIT_SSH_KEY", "PROMPTGATE_GIT_KNOWN_HOSTS"):
+            if git_mode and key in env and not any(under(env[key], m["mountPath"]) for m in mounts):
+                fail("wiring", f"{where}: {key} ({env[key]}) is on no volume")
         prompts = env.get("PROMPTGATE_PROMPTS", "prompts")
         prompt_mounts = [m for m in mounts if under(m["mountPath"], prompts) or under(prompts, m["mountPath"])]
-        if not prompt_mounts:
+        if not prompt_mounts and not git_mode:
             fail("wiring", f"{where}: nothing is mounted at PROMPTGATE_PROMPTS ({prompts})")
 
         # Prompt ConfigMaps mounted per folder: exactly the repository's prompts/ folder.

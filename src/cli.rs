@@ -246,6 +246,92 @@ struct ServeArgs {
     prometheus: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    git: GitArgs,
+}
+
+/// Git write mode: the admin API and the console write through git.
+#[derive(Debug, Args)]
+struct GitArgs {
+    /// Write through git: every admin or console change is one commit pushed to this
+    /// repository's --git-branch, and the prompts served are that branch's (cloned into
+    /// STATE_DIR/git; --prompts is not used).
+    #[arg(long, env = "PROMPTGATE_GIT_REMOTE", value_name = "URL")]
+    git_remote: Option<String>,
+    /// The branch every replica serves.
+    #[arg(
+        long,
+        env = "PROMPTGATE_GIT_BRANCH",
+        default_value = "main",
+        value_name = "BRANCH"
+    )]
+    git_branch: String,
+    /// The prompts folder inside the repository.
+    #[arg(
+        long,
+        env = "PROMPTGATE_GIT_PATH",
+        default_value = "prompts",
+        value_name = "DIR"
+    )]
+    git_path: PathBuf,
+    /// Push each change to a branch of its own, PREFIX/<prompt>-v<N>, for review, instead of
+    /// to --git-branch; it is live once merged.
+    #[arg(long, env = "PROMPTGATE_GIT_REVIEW_BRANCH", value_name = "PREFIX")]
+    git_review_branch: Option<String>,
+    /// A link to a change waiting for review, `{branch}`, `{commit}` and `{base}` filled in:
+    /// `https://github.com/org/prompts/compare/{base}...{branch}`.
+    #[arg(long, env = "PROMPTGATE_GIT_WEB_URL", value_name = "TEMPLATE")]
+    git_web_url: Option<String>,
+    /// A private SSH key for the remote (a mounted Secret); otherwise the standard git
+    /// environment (GIT_SSH_COMMAND, credential helpers) applies.
+    #[arg(long, env = "PROMPTGATE_GIT_SSH_KEY", value_name = "FILE")]
+    git_ssh_key: Option<PathBuf>,
+    /// known_hosts for --git-ssh-key; without it the host key is accepted on first use.
+    #[arg(long, env = "PROMPTGATE_GIT_KNOWN_HOSTS", value_name = "FILE")]
+    git_known_hosts: Option<PathBuf>,
+    /// A file holding an HTTPS access token (a mounted Secret), read at each push or fetch.
+    #[arg(long, env = "PROMPTGATE_GIT_TOKEN_FILE", value_name = "FILE")]
+    git_token_file: Option<PathBuf>,
+    /// The user name sent with --git-token-file.
+    #[arg(
+        long,
+        env = "PROMPTGATE_GIT_USERNAME",
+        default_value = "x-access-token"
+    )]
+    git_username: String,
+    /// Seconds between fetches of the branch (changes pushed by others, merged reviews).
+    #[arg(long, env = "PROMPTGATE_GIT_POLL", default_value = "30", value_name = "SECONDS", value_parser = seconds)]
+    git_poll: Duration,
+    /// Without --git-remote: `GET /admin/audit` reads the git history of the checkout the
+    /// prompts folder is in (a git-sync worktree cloned with --depth=0), so every replica
+    /// tells the same story as the repository.
+    #[arg(long, env = "PROMPTGATE_GIT_AUDIT")]
+    git_audit: bool,
+    /// Serve no proxy: the console, the admin API, /metrics and the probes only, on --listen
+    /// (one place to edit prompts for a fleet, beside sidecars that read through git-sync).
+    #[arg(long, env = "PROMPTGATE_CONSOLE_ONLY")]
+    console_only: bool,
+}
+
+impl GitArgs {
+    fn config(&self) -> Option<crate::admin::git::GitConfig> {
+        let remote = self.git_remote.as_ref().filter(|r| !r.is_empty())?;
+        let mut config = crate::admin::git::GitConfig::new(remote.clone());
+        config.branch.clone_from(&self.git_branch);
+        config.path.clone_from(&self.git_path);
+        config.review_prefix = self
+            .git_review_branch
+            .as_ref()
+            .map(|p| p.trim_end_matches('/').to_owned())
+            .filter(|p| !p.is_empty());
+        config.web_url = self.git_web_url.clone().filter(|u| !u.is_empty());
+        config.ssh_key.clone_from(&self.git_ssh_key);
+        config.known_hosts.clone_from(&self.git_known_hosts);
+        config.token_file.clone_from(&self.git_token_file);
+        config.username.clone_from(&self.git_username);
+        config.poll = self.git_poll;
+        Some(config)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -426,6 +512,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         audit_max_bytes: args.audit_max_bytes,
         rotated_kept: usize::try_from(args.rotated_kept).unwrap_or(1000),
         prometheus: args.prometheus.filter(|url| !url.is_empty()),
+        git: args.git.config(),
+        git_audit: args.git.git_audit,
+        console_only: args.git.console_only,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -93,6 +93,12 @@ pub struct Config {
     pub rotated_kept: usize,
     /// The Prometheus that scrapes every replica, for fleet-wide experiment reports.
     pub prometheus: Option<String>,
+    /// Git write mode: admin and console writes are commits pushed to this repository.
+    pub git: Option<crate::admin::git::GitConfig>,
+    /// `GET /admin/audit` reads the git history of the checkout the prompts folder is in.
+    pub git_audit: bool,
+    /// Serve only the console, the admin API, `/metrics` and the probes: no proxy.
+    pub console_only: bool,
 }
 
 /// Limits on what clients of the listeners may hold, so one stuck or runaway client cannot
@@ -148,6 +154,9 @@ impl Config {
             audit_max_bytes: 16 * 1024 * 1024,
             rotated_kept: 3,
             prometheus: None,
+            git: None,
+            git_audit: false,
+            console_only: false,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum ApiError {
     Unavailable { message: String, code: &'static str },
     #[error("{message}")]
     Forbidden { message: String },
+    /// The change collides with one made meanwhile (git write mode).
+    #[error("{message}")]
+    Conflict { message: String, code: &'static str },
     #[error("{0}")]
     Internal(String),
 }
@@ -120,6 +123,9 @@ impl ApiError {
                 "permission_error",
                 "admin_writes_disabled",
             ),
+            ApiError::Conflict { code, .. } => {
+                (StatusCode::CONFLICT, "invalid_request_error", code)
+            }
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",

@@ -57,6 +57,8 @@ pub struct AppState {
     pub audit: Arc<audit::Audit>,
     pub reloader: reload::Reloader,
     pub writer: Arc<admin::write::Writer>,
+    /// Git write mode (`--git-remote`): writes become commits pushed to the branch.
+    pub git: Option<Arc<admin::git::GitStore>>,
     pub recorder: record::Recorder,
     /// The embedding model, loaded when a prompt needs it.
     pub model: Arc<fewshot::ModelSlot>,
@@ -149,6 +151,7 @@ impl AppState {
         Ok(AppState {
             prompts,
             writer: Arc::new(admin::write::Writer::new(&config.prompts_dir)),
+            git: None,
             config: Arc::new(config),
             http,
             metrics,

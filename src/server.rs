@@ -24,12 +24,40 @@ pub struct Server {
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     state: AppState,
     _watch: Option<WatchGuard>,
+    _git_poll: Option<AbortOnDrop>,
+}
+
+/// Stops a background task when the server goes.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Server {
     /// Loads the prompts (refusing to start if any problem is found), binds `config.listen`
     /// (port 0 picks a free port) and starts serving.
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Server> {
+        // Git write mode serves the branch's tip, checked out under the state folder.
+        let git = match config.git.clone() {
+            Some(git) => {
+                let store = crate::admin::git::GitStore::open(git, &config.state_dir)
+                    .await
+                    .context("git write mode (--git-remote)")?;
+                config.prompts_dir = store.prompts_dir();
+                tracing::info!(
+                    remote = %store.remote_shown(),
+                    branch = %store.config().branch,
+                    commit = %store.served_commit(),
+                    review = ?store.config().review_prefix,
+                    "writing through git"
+                );
+                Some(Arc::new(store))
+            }
+            None => None,
+        };
         let model = Arc::new(ModelSlot::new(
             config.embedding_model.clone(),
             config.onnxruntime.clone(),
@@ -81,7 +109,27 @@ impl Server {
             ),
             None => None,
         };
-        let state = AppState::new(config, set, model, degraded)?;
+        let mut state = AppState::new(config, set, model, degraded)?;
+        if git.is_some() {
+            state.writer = Arc::new(crate::admin::write::Writer::refusing(
+                &state.config.prompts_dir,
+            ));
+        }
+        state.git = git;
+        let git_poll = state.git.clone().map(|git| {
+            let reloader = state.reloader.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(git.config().poll);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker.tick().await;
+                loop {
+                    ticker.tick().await;
+                    if let Err(e) = git.sync(&reloader).await {
+                        tracing::warn!("{e}");
+                    }
+                }
+            })
+        });
         let watch_guard = if state.config.watch {
             let reloader = state.reloader.clone();
             let guard = prompts::watch::watch(
@@ -104,7 +152,15 @@ impl Server {
             ))
         };
         tokio::spawn(crate::rollout::run(state.clone(), stopped.clone()));
-        let mut tasks = vec![serve(listener, app(state.clone()))];
+        let main = if state.config.console_only {
+            // No proxy: the console and the admin API, with the probes.
+            admin_app(state.clone())
+                .merge(health_app(state.clone()).with_state::<AppState>(()))
+                .with_state(state.clone())
+        } else {
+            app(state.clone())
+        };
+        let mut tasks = vec![serve(listener, main)];
         let mut admin_addr = None;
         if let Some(admin_listener) = admin_listener {
             admin_addr = Some(admin_listener.local_addr()?);
@@ -126,6 +182,7 @@ impl Server {
             tasks,
             state,
             _watch: watch_guard,
+            _git_poll: git_poll.map(AbortOnDrop),
         })
     }
 

@@ -6,6 +6,7 @@
 //! the audit trail records who did it.
 
 pub mod auth;
+pub mod git;
 pub mod write;
 
 use std::borrow::Cow;
@@ -27,7 +28,8 @@ use crate::proxy::parse::{self, PromptRef};
 use crate::proxy::request::{self, Endpoint};
 use crate::record::prometheus::{FleetError, Range};
 use crate::reload::ReloadError;
-use write::{NewVersion, WriteError};
+use git::GitError;
+use write::{Change, NewVersion, WriteError};
 
 /// The admin routes, behind the auth layer.
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -70,6 +72,22 @@ impl From<WriteError> for ApiError {
                 }
             }
             WriteError::Io(_) => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<GitError> for ApiError {
+    fn from(err: GitError) -> Self {
+        match err {
+            GitError::Write(e) => e.into(),
+            GitError::Conflict(message) => ApiError::Conflict {
+                message,
+                code: "git_conflict",
+            },
+            GitError::Command { .. } => ApiError::Unavailable {
+                message: format!("{err}; nothing was changed"),
+                code: "git_unavailable",
+            },
         }
     }
 }
@@ -332,19 +350,25 @@ async fn create_version(
     checked_name(&name)?;
     let (new, extra_front) = new_version(body)?;
     let who = actor(&headers, new.created_by.as_deref());
-    let writer = state.writer.clone();
     let audit = state.audit.clone();
     let prompt = name.clone();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let (number, hash) =
-        blocking(move || writer.create_version_with(&audit, &prompt, &new, &extra_front, &now))
-            .await?;
-    let mut body = reload_after_write(&state, who).await;
+    let ((number, hash), mut body) = write::commit(&state, who, move |writer| {
+        let (number, hash) = writer.create_version_with(&audit, &prompt, &new, &extra_front, &now)?;
+        Ok(((number, hash), Change::new_version(&prompt, number, &new)))
+    })
+    .await?;
     body["prompt"] = json!(name);
     body["version"] = json!(number);
     body["hash"] = json!(hash);
     body["active_version"] = json!(state.prompts.load().get(&name).map(|p| p.active));
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    // A change waiting for review is accepted, not created.
+    let status = if body.get("review").is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 /// A new version's fields: [`NewVersion`], or `messages` (a chat template) in place of
@@ -394,10 +418,12 @@ async fn rollback(
     Json(req): Json<Rollback>,
 ) -> Result<Json<Value>, ApiError> {
     checked_name(&name)?;
-    let writer = state.writer.clone();
     let prompt = name.clone();
-    blocking(move || writer.set_active(&prompt, req.version)).await?;
-    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    let ((), mut body) = write::commit(&state, actor(&headers, None), move |writer| {
+        writer.set_active(&prompt, req.version)?;
+        Ok(((), Change::rollback(&prompt, req.version)))
+    })
+    .await?;
     body["prompt"] = json!(name);
     body["active_version"] = json!(req.version);
     Ok(Json(body))
@@ -476,10 +502,12 @@ async fn start_experiment(
 ) -> Result<Json<Value>, ApiError> {
     checked_name(&name)?;
     let block = write::experiment_block(&experiment)?;
-    let writer = state.writer.clone();
     let prompt = name.clone();
-    blocking(move || writer.set_experiment(&prompt, Some(&block))).await?;
-    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    let ((), mut body) = write::commit(&state, actor(&headers, None), move |writer| {
+        writer.set_experiment(&prompt, Some(&block))?;
+        Ok(((), Change::experiment(&prompt, true)))
+    })
+    .await?;
     body["prompt"] = json!(name);
     body["experiment"] = json!(
         state
@@ -498,10 +526,12 @@ async fn end_experiment(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     checked_name(&name)?;
-    let writer = state.writer.clone();
     let prompt = name.clone();
-    blocking(move || writer.set_experiment(&prompt, None)).await?;
-    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    let ((), mut body) = write::commit(&state, actor(&headers, None), move |writer| {
+        writer.set_experiment(&prompt, None)?;
+        Ok(((), Change::experiment(&prompt, false)))
+    })
+    .await?;
     body["prompt"] = json!(name);
     body["experiment"] = Value::Null;
     Ok(Json(body))
@@ -572,6 +602,9 @@ async fn audit(
             Some("limit".to_owned()),
         ));
     }
+    if state.git.is_some() || state.config.git_audit {
+        return git_audit(&state, query, limit).await;
+    }
     let before = match &query.before {
         None => None,
         Some(text) => Some(
@@ -594,6 +627,42 @@ async fn audit(
     Ok(response)
 }
 
+/// The audit trail in git mode: the history of the prompts folder, one entry per commit.
+async fn git_audit(
+    state: &AppState,
+    query: AuditQuery,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    if let Some(prompt) = &query.prompt {
+        checked_name(prompt)?;
+    }
+    let timeout = state
+        .git
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(60), |g| g.config().timeout);
+    let (commits, next) = git::history(
+        &state.config.prompts_dir,
+        query.prompt.as_deref(),
+        query.before.as_deref(),
+        limit,
+        timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        GitError::Command { ref detail, .. } if detail.contains("x-audit-next") => {
+            ApiError::bad_request(detail.clone(), Some("before".to_owned()))
+        }
+        e => ApiError::Internal(e.to_string()),
+    })?;
+    let mut response = Json(serde_json::to_value(commits).unwrap_or(Value::Null)).into_response();
+    if let Some(next) = next
+        && let Ok(value) = axum::http::HeaderValue::from_str(&next)
+    {
+        response.headers_mut().insert("x-audit-next", value);
+    }
+    Ok(response)
+}
+
 /// `GET /admin/status`
 async fn status(State(state): State<AppState>) -> Json<Value> {
     let prompts = state.prompts.load();
@@ -604,5 +673,10 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "upstream": state.config.upstream.to_string(),
         "embedding_model": state.model.status(),
         "version": env!("CARGO_PKG_VERSION"),
+        "git": state.git.as_ref().map(|git| json!({
+            "remote": git.remote_shown(), "branch": git.config().branch,
+            "commit": git.served_commit(), "review_branch": git.config().review_prefix,
+            "pending": git.pending(),
+        })),
     }))
 }

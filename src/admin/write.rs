@@ -6,6 +6,11 @@
 //! blocking code, so two concurrent writes both land and never share a version number. The
 //! order of the files written keeps every state in between valid, in case the watcher reloads
 //! halfway.
+//!
+//! [`commit`] is the one way a handler makes a change: it runs a [`Writer`] operation on the
+//! prompts folder and reloads, or — in git write mode — runs it on the working clone and
+//! commits and pushes whatever files it changed ([`super::git`]). An operation says what it
+//! did as a [`Change`], so new kinds of change need nothing from the git side.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -16,8 +21,110 @@ use std::sync::Mutex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::audit::Audit;
+use crate::AppState;
+use crate::audit::{Actor, Audit};
+use crate::error::ApiError;
 use crate::prompts::{self, Overlay, Problems, valid_prompt_name, version};
+
+/// What a write did, for the commit message and the review branch in git mode.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The prompt it changes.
+    pub prompt: String,
+    /// One line: what changed (`new version v3 (active)`).
+    pub summary: String,
+    /// Why (the change note): the commit message's body.
+    pub note: Option<String>,
+    /// The review branch's name after the prefix (`support-v3`).
+    pub branch: String,
+}
+
+impl Change {
+    /// A new version, `number`, of `prompt`.
+    pub fn new_version(prompt: &str, number: u32, new: &NewVersion) -> Change {
+        Change {
+            prompt: prompt.to_owned(),
+            summary: format!(
+                "new version v{number}{}",
+                if new.activate { " (active)" } else { "" }
+            ),
+            note: new.notes.clone(),
+            branch: format!("{prompt}-v{number}"),
+        }
+    }
+
+    /// `version` made active.
+    pub fn rollback(prompt: &str, version: u32) -> Change {
+        Change {
+            prompt: prompt.to_owned(),
+            summary: format!("make v{version} active"),
+            note: None,
+            branch: format!("{prompt}-active-v{version}"),
+        }
+    }
+
+    /// `label` pointed at `version`, or removed.
+    pub fn label(prompt: &str, label: &str, version: Option<u32>) -> Change {
+        let (summary, tail) = match version {
+            Some(v) => (format!("point label {label} at v{v}"), format!("v{v}")),
+            None => (format!("remove label {label}"), "removed".to_owned()),
+        };
+        Change {
+            prompt: prompt.to_owned(),
+            summary,
+            note: None,
+            branch: format!("{prompt}-label-{label}-{tail}"),
+        }
+    }
+
+    /// The experiment started (`true`) or ended.
+    pub fn experiment(prompt: &str, started: bool) -> Change {
+        Change {
+            prompt: prompt.to_owned(),
+            summary: if started {
+                "start an experiment".to_owned()
+            } else {
+                "end the experiment".to_owned()
+            },
+            note: None,
+            branch: format!("{prompt}-experiment{}", if started { "" } else { "-end" }),
+        }
+    }
+}
+
+/// Makes one change and answers what became of it: `serving` (and `reload_error`) as
+/// [`super::reload_after_write`] says, plus in git mode `commit` and, for review, `review`
+/// (`branch`, `url`) with `serving: false` until the change is merged.
+pub async fn commit<T: Send + 'static>(
+    state: &AppState,
+    actor: Actor,
+    op: impl FnOnce(&Writer) -> Result<(T, Change), WriteError> + Send + 'static,
+) -> Result<(T, serde_json::Value), ApiError> {
+    let Some(git) = &state.git else {
+        let writer = state.writer.clone();
+        let (value, _) = super::blocking(move || op(&writer)).await?;
+        let outcome = super::reload_after_write(state, actor).await;
+        return Ok((value, outcome));
+    };
+    // Its own task: a client that goes away mid-push does not cut the push short.
+    let store = git.clone();
+    let who = actor.clone();
+    let (value, landed) = tokio::spawn(async move { store.write(&who, op).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the git write failed: {e}")))??;
+    let mut outcome = if landed.review.is_some() {
+        serde_json::json!({"serving": false})
+    } else if let Some(why) = &landed.not_served {
+        serde_json::json!({"serving": false, "reload_error": [why]})
+    } else {
+        super::reload_after_write(state, actor).await
+    };
+    outcome["commit"] = serde_json::json!(landed.commit);
+    if let Some(review) = &landed.review {
+        outcome["review"] = serde_json::json!(review);
+    }
+    Ok((value, outcome))
+}
 
 /// `POST /admin/prompts/{name}/versions`
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +161,8 @@ pub struct Writer {
     root: PathBuf,
     /// Highest version number handed out per prompt in this process.
     allocated: Mutex<HashMap<String, u32>>,
+    /// Why this folder must not be written (the served checkout in git write mode).
+    refuse: Option<String>,
 }
 
 impl Writer {
@@ -61,10 +170,37 @@ impl Writer {
         Writer {
             root: root.into(),
             allocated: Mutex::new(HashMap::new()),
+            refuse: None,
         }
     }
 
+    /// A writer that refuses every change: in git write mode the served folder is a checkout
+    /// of the remote, and a change written there would be half written — served here, pushed
+    /// nowhere. Changes go through [`commit`].
+    pub fn refusing(root: impl Into<PathBuf>) -> Self {
+        Writer {
+            refuse: Some(
+                "in git write mode changes are commits: this change did not go through the git write path (a bug), nothing was written".to_owned(),
+            ),
+            ..Writer::new(root)
+        }
+    }
+
+    /// Version numbers up to `number` of `name` are taken (a change waiting for review holds
+    /// them).
+    pub fn reserve(&self, name: &str, number: u32) {
+        let mut allocated = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
+        let at = allocated.entry(name.to_owned()).or_insert(0);
+        *at = (*at).max(number);
+    }
+
     fn folder(&self, name: &str) -> Result<PathBuf, WriteError> {
+        if let Some(why) = &self.refuse {
+            return Err(WriteError::Io(std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                why.clone(),
+            )));
+        }
         if !valid_prompt_name(name) {
             return Err(WriteError::BadRequest(format!(
                 "`{name}` is not a valid prompt name: use [a-z0-9][a-z0-9_.-]*"

@@ -1,9 +1,10 @@
 //! Changing a prompt from the console: the editor for a new version (validated as you type),
 //! saving it, rollback and label moves behind a confirmation that shows what changes.
 //!
-//! Every write goes through the admin write path ([`crate::admin::write::Writer`]: validated
+//! Every write goes through the admin write path ([`crate::admin::write::commit`]: validated
 //! whole, atomic files, then a reload recorded in the audit trail with the signed-in person as
-//! the actor). When writing is not possible the page says why before anything is tried.
+//! the actor — or, in git write mode, one commit by that person pushed to the branch or to a
+//! review branch). When writing is not possible the page says why before anything is tried.
 
 use std::collections::BTreeSet;
 
@@ -18,8 +19,8 @@ use super::pages::version_row;
 use super::session::Viewer;
 use super::{PageError, diff, find, page, page_with, write_block};
 use crate::AppState;
-use crate::admin::write::{NewVersion, WriteError, version_text};
-use crate::admin::{blocking, reload_after_write};
+use crate::admin::write::{self, Change, NewVersion, WriteError, version_text};
+use crate::error::ApiError;
 use crate::prompts::{self, Builtins, Overlay, Prompt, template, version};
 
 /// The editor's fields, as the form sends them (all text).
@@ -423,9 +424,20 @@ fn refuse_write(state: &AppState, viewer: &Viewer) -> Result<(), PageError> {
     }
 }
 
-fn done(name: &str, code: &str, n: Option<u32>, serving: bool) -> Response {
-    let code = if serving { code } else { "not_serving" };
-    let n = n.map_or(String::new(), |n| format!("&n={n}&v={n}"));
+/// Back to the prompt's page, saying what became of the change: live, not serving (the set
+/// does not reload), or waiting for review on a branch.
+pub(super) fn done(name: &str, code: &str, n: Option<u32>, outcome: &Value) -> Response {
+    let serving = outcome["serving"].as_bool().unwrap_or(false);
+    let review = outcome["review"]["branch"].as_str();
+    let code = match (review, serving) {
+        (Some(_), _) => "review",
+        (None, true) => code,
+        (None, false) => "not_serving",
+    };
+    // A version waiting for review is not served yet: nothing to show of it.
+    let n = n
+        .filter(|_| review.is_none())
+        .map_or(String::new(), |n| format!("&n={n}&v={n}"));
     Redirect::to(&format!("/console/prompts/{name}?done={code}{n}")).into_response()
 }
 
@@ -452,23 +464,31 @@ pub async fn save(
         }
     };
     let activate = new.activate;
-    let writer = state.writer.clone();
     let audit = state.audit.clone();
     let prompt = name.clone();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let written =
-        tokio::task::spawn_blocking(move || writer.create_version(&audit, &prompt, &new, &now))
-            .await
-            .map_err(|e| {
-                PageError::new(&viewer, StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            })?;
-    let (number, _) = match written {
+    // Refused changes come back as the editor with their problems, not an error page.
+    let refused: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let keep = refused.clone();
+    let written = write::commit(&state, viewer.actor(), move |writer| {
+        match writer.create_version(&audit, &prompt, &new, &now) {
+            Ok((number, hash)) => Ok(((number, hash), Change::new_version(&prompt, number, &new))),
+            Err(WriteError::Invalid(found)) => {
+                *keep.lock().unwrap_or_else(|e| e.into_inner()) =
+                    found.0.iter().map(ToString::to_string).collect();
+                Err(WriteError::Invalid(found))
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let invalid = std::mem::take(&mut *refused.lock().unwrap_or_else(|e| e.into_inner()));
+    let ((number, _), outcome) = match written {
         Ok(done) => done,
-        Err(WriteError::Invalid(found)) => {
-            let problems: Vec<DraftProblem> = found
-                .0
-                .iter()
-                .map(|pr| problem("folder", pr.to_string()))
+        Err(_) if !invalid.is_empty() => {
+            let problems: Vec<DraftProblem> = invalid
+                .into_iter()
+                .map(|pr| problem("folder", pr))
                 .collect();
             return Ok(editor_page(
                 &state,
@@ -479,12 +499,10 @@ pub async fn save(
                 &problems,
             ));
         }
-        Err(e) => return Err(PageError::api(&viewer, e.into())),
+        Err(e) => return Err(PageError::api(&viewer, e)),
     };
-    let result = reload_after_write(&state, viewer.actor()).await;
-    let serving = result["serving"].as_bool().unwrap_or(false);
     let code = if activate { "saved_active" } else { "saved" };
-    Ok(done(&name, code, Some(number), serving))
+    Ok(done(&name, code, Some(number), &outcome))
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,14 +553,14 @@ pub async fn rollback(
 ) -> Result<Response, PageError> {
     find(&state, &viewer, &name)?;
     refuse_write(&state, &viewer)?;
-    let writer = state.writer.clone();
     let prompt = name.clone();
-    blocking(move || writer.set_active(&prompt, form.version))
-        .await
-        .map_err(|e| PageError::api(&viewer, e))?;
-    let result = reload_after_write(&state, viewer.actor()).await;
-    let serving = result["serving"].as_bool().unwrap_or(false);
-    Ok(done(&name, "rolled_back", Some(form.version), serving))
+    let ((), outcome) = write::commit(&state, viewer.actor(), move |writer| {
+        writer.set_active(&prompt, form.version)?;
+        Ok(((), Change::rollback(&prompt, form.version)))
+    })
+    .await
+    .map_err(|e: ApiError| PageError::api(&viewer, e))?;
+    Ok(done(&name, "rolled_back", Some(form.version), &outcome))
 }
 
 #[derive(Debug, Deserialize)]
@@ -634,15 +652,15 @@ pub async fn label(
     find(&state, &viewer, &name)?;
     refuse_write(&state, &viewer)?;
     let target = form.target(&viewer)?;
-    let writer = state.writer.clone();
     let prompt = name.clone();
     let label = form.label.clone();
-    blocking(move || writer.set_label(&prompt, &label, target))
-        .await
-        .map_err(|e| PageError::api(&viewer, e))?;
-    let result = reload_after_write(&state, viewer.actor()).await;
-    let serving = result["serving"].as_bool().unwrap_or(false);
-    Ok(done(&name, "label", None, serving))
+    let ((), outcome) = write::commit(&state, viewer.actor(), move |writer| {
+        writer.set_label(&prompt, &label, target)?;
+        Ok(((), Change::label(&prompt, &label, target)))
+    })
+    .await
+    .map_err(|e: ApiError| PageError::api(&viewer, e))?;
+    Ok(done(&name, "label", None, &outcome))
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ use super::session::Viewer;
 use super::{PageError, find, page, write_block};
 use crate::AppState;
 use crate::admin::write::{self, WriteError};
-use crate::admin::{blocking, reload_after_write};
 use crate::prompts::{Prompt, Split};
 
 /// z for a two-sided α = 0.05 plus z for 80% power.
@@ -327,21 +326,27 @@ pub async fn start(
         body["salt"] = json!(salt);
     }
     let block = write::experiment_block(&body).map_err(|e| PageError::api(&viewer, e.into()))?;
-    let writer = state.writer.clone();
     let prompt = name.clone();
-    let written = tokio::task::spawn_blocking(move || writer.set_experiment(&prompt, Some(&block)))
-        .await
-        .map_err(|e| PageError::new(&viewer, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match written {
-        Ok(()) => {}
-        Err(WriteError::Invalid(problems)) => {
-            let text: Vec<String> = problems.0.iter().map(|p| p.message.clone()).collect();
-            return Ok(render(&state, &viewer, &p, Some(text.join("; "))));
+    let refused: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let keep = refused.clone();
+    let written = write::commit(&state, viewer.actor(), move |writer| {
+        match writer.set_experiment(&prompt, Some(&block)) {
+            Ok(()) => Ok(((), write::Change::experiment(&prompt, true))),
+            Err(WriteError::Invalid(problems)) => {
+                *keep.lock().unwrap_or_else(|e| e.into_inner()) =
+                    problems.0.iter().map(|p| p.message.clone()).collect();
+                Err(WriteError::Invalid(problems))
+            }
+            Err(e) => Err(e),
         }
-        Err(e) => return Err(PageError::api(&viewer, e.into())),
+    })
+    .await;
+    let invalid = std::mem::take(&mut *refused.lock().unwrap_or_else(|e| e.into_inner()));
+    match written {
+        Ok(((), outcome)) => Ok(experiment_done(&name, &outcome)),
+        Err(_) if !invalid.is_empty() => Ok(render(&state, &viewer, &p, Some(invalid.join("; ")))),
+        Err(e) => Err(PageError::api(&viewer, e)),
     }
-    reload_after_write(&state, viewer.actor()).await;
-    Ok(Redirect::to(&format!("/console/prompts/{name}/experiment")).into_response())
 }
 
 /// `POST /console/prompts/{name}/experiment/end`
@@ -358,13 +363,23 @@ pub async fn end(
             block.message,
         ));
     }
-    let writer = state.writer.clone();
     let prompt = name.clone();
-    blocking(move || writer.set_experiment(&prompt, None))
-        .await
-        .map_err(|e| PageError::api(&viewer, e))?;
-    reload_after_write(&state, viewer.actor()).await;
-    Ok(Redirect::to(&format!("/console/prompts/{name}/experiment")).into_response())
+    let ((), outcome) = write::commit(&state, viewer.actor(), move |writer| {
+        writer.set_experiment(&prompt, None)?;
+        Ok(((), write::Change::experiment(&prompt, false)))
+    })
+    .await
+    .map_err(|e| PageError::api(&viewer, e))?;
+    Ok(experiment_done(&name, &outcome))
+}
+
+/// Back to the experiment page; a change waiting for review goes to the prompt's page, which
+/// lists it.
+fn experiment_done(name: &str, outcome: &Value) -> Response {
+    if outcome.get("review").is_some() {
+        return super::change::done(name, "review", None, outcome);
+    }
+    Redirect::to(&format!("/console/prompts/{name}/experiment")).into_response()
 }
 
 #[derive(Serialize)]

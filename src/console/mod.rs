@@ -268,7 +268,8 @@ fn write_block(state: &AppState, viewer: &Viewer) -> Option<WriteBlock> {
             message: "The console is read-only: promptgate runs without an admin token. Start it with --admin-token (or PROMPTGATE_ADMIN_TOKEN) to change prompts here.".to_owned(),
         });
     }
-    if !folder_writable(&state.config.prompts_dir) {
+    // In git write mode changes are commits in the working clone, not files in this folder.
+    if state.git.is_none() && !folder_writable(&state.config.prompts_dir) {
         return Some(WriteBlock {
             reason: "read_only_folder",
             message: "The prompts folder is read-only (for example a ConfigMap or git-sync mount), so changes go through git: commit the new version file or manifest change to the repository the folder is synced from, and promptgate reloads it when it lands.".to_owned(),
@@ -304,7 +305,7 @@ fn short_time(time: &str) -> String {
 }
 
 /// Percent-encodes `text` for a query value.
-fn url_encode(text: &str) -> String {
+pub(crate) fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {

@@ -183,6 +183,10 @@ fn flash(code: &str, n: Option<u32>) -> Option<(&'static str, String)> {
         "saved_active" => ("ok", format!("Saved {n}; it is now active.")),
         "rolled_back" => ("ok", format!("{n} is now active.")),
         "label" => ("ok", "Label moved.".to_owned()),
+        "review" => (
+            "info",
+            "Pushed for review: the change is waiting for review on its own branch (listed below) and goes live once it is merged into the served branch.".to_owned(),
+        ),
         "not_serving" => (
             "warn",
             "The files were written, but the prompt folder does not validate as a whole, so the change is not serving yet: see the banner on the prompts page.".to_owned(),
@@ -226,6 +230,12 @@ pub async fn prompt(
         .map(|(n, _)| *n);
     let (requests, errors) = state.recorder.last_hour(&p.name);
     let flash = query.done.as_deref().and_then(|c| flash(c, query.n));
+    let pending: Vec<_> = state.git.as_ref().map_or_else(Vec::new, |git| {
+        git.pending()
+            .into_iter()
+            .filter(|c| c.prompt == p.name)
+            .collect()
+    });
     Ok(page(
         "prompt.html",
         &viewer,
@@ -237,7 +247,7 @@ pub async fn prompt(
             diff_a => previous.unwrap_or(shown_number), diff_b => shown_number,
             numbers => p.versions.keys().rev().collect::<Vec<_>>(),
             requests => requests, errors => errors,
-            write_block => write_block(&state, &viewer), flash => flash,
+            write_block => write_block(&state, &viewer), flash => flash, pending => pending,
         },
     ))
 }

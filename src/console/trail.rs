@@ -120,6 +120,9 @@ pub async fn page_get(
     Extension(viewer): Extension<Viewer>,
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, PageError> {
+    if state.git.is_some() || state.config.git_audit {
+        return git_page(&state, &viewer, &query).await;
+    }
     let audit = state.audit.clone();
     let prompt = (!query.prompt.is_empty()).then(|| query.prompt.clone());
     let entries = tokio::task::spawn_blocking(move || audit.read(prompt.as_deref()))
@@ -166,6 +169,64 @@ pub async fn page_get(
     Ok(page(
         "audit.html",
         &viewer,
+        ctx! {
+            rows => rows, total => total, shown => SHOWN, actors => actors, prompts => prompts,
+            prompt => query.prompt, actor => query.actor,
+        },
+    ))
+}
+
+/// The trail in git mode: the history of the prompts folder, one row per commit.
+async fn git_page(
+    state: &AppState,
+    viewer: &Viewer,
+    query: &AuditQuery,
+) -> Result<Response, PageError> {
+    let prompt = Some(query.prompt.as_str()).filter(|p| crate::prompts::valid_prompt_name(p));
+    let (commits, _) = crate::admin::git::history(
+        &state.config.prompts_dir,
+        prompt,
+        None,
+        SHOWN,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| PageError::new(viewer, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut actors: Vec<String> = commits.iter().map(|c| c.actor.clone()).collect();
+    actors.sort();
+    actors.dedup();
+    let rows: Vec<Row> = commits
+        .iter()
+        .rev()
+        .filter(|c| query.actor.is_empty() || c.actor == query.actor)
+        .map(|c| Row {
+            time: short_time(&c.time),
+            actor: c.actor.clone(),
+            source: c.source.clone(),
+            action: format!("commit {}", c.commit.get(..10).unwrap_or(&c.commit)),
+            prompt: c.prompts.join(", "),
+            what: if c.note.is_empty() {
+                c.summary.clone()
+            } else {
+                format!("{} — {}", c.summary, c.note)
+            },
+            link: c
+                .prompts
+                .first()
+                .map(|p| format!("/console/prompts/{p}"))
+                .filter(|_| c.prompts.len() == 1),
+        })
+        .collect();
+    let total = rows.len();
+    let prompts: Vec<String> = state
+        .prompts
+        .load()
+        .prompts()
+        .map(|p| p.name.clone())
+        .collect();
+    Ok(page(
+        "audit.html",
+        viewer,
         ctx! {
             rows => rows, total => total, shown => SHOWN, actors => actors, prompts => prompts,
             prompt => query.prompt, actor => query.actor,
