@@ -553,10 +553,12 @@ async fn start_rollout(
     }
     // JSON is YAML: the block is written as one flow mapping and validated like the file.
     let block = rollout.to_string();
-    let writer = state.writer.clone();
     let prompt = name.clone();
-    blocking(move || writer.set_rollout(&prompt, Some(&block))).await?;
-    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    let ((), mut body) = write::commit(&state, actor(&headers, None), move |writer| {
+        writer.set_rollout(&prompt, Some(&block))?;
+        Ok(((), Change::rollout(&prompt, true)))
+    })
+    .await?;
     body["prompt"] = json!(name);
     body["rollout"] = json!(state.rollouts.status(&name));
     Ok(Json(body))
@@ -569,10 +571,12 @@ async fn end_rollout(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     checked_name(&name)?;
-    let writer = state.writer.clone();
     let prompt = name.clone();
-    blocking(move || writer.set_rollout(&prompt, None)).await?;
-    let mut body = reload_after_write(&state, actor(&headers, None)).await;
+    let ((), mut body) = write::commit(&state, actor(&headers, None), move |writer| {
+        writer.set_rollout(&prompt, None)?;
+        Ok(((), Change::rollout(&prompt, false)))
+    })
+    .await?;
     body["prompt"] = json!(name);
     body["rollout"] = Value::Null;
     Ok(Json(body))

@@ -92,6 +92,32 @@ impl Change {
     }
 }
 
+impl Change {
+    /// A guarded rollout started (`true`) or aborted.
+    pub fn rollout(prompt: &str, started: bool) -> Change {
+        Change {
+            prompt: prompt.to_owned(),
+            summary: if started {
+                "start a guarded rollout".to_owned()
+            } else {
+                "abort the guarded rollout".to_owned()
+            },
+            note: None,
+            branch: format!("{prompt}-rollout{}", if started { "" } else { "-end" }),
+        }
+    }
+
+    /// A guarded rollout that reached 100% with every guard holding: `to` made active.
+    pub fn rollout_completed(prompt: &str, to: u32) -> Change {
+        Change {
+            prompt: prompt.to_owned(),
+            summary: format!("complete the guarded rollout: make v{to} active"),
+            note: None,
+            branch: format!("{prompt}-rollout-completed-v{to}"),
+        }
+    }
+}
+
 /// Makes one change and answers what became of it: `serving` (and `reload_error`) as
 /// [`super::reload_after_write`] says, plus in git mode `commit` and, for review, `review`
 /// (`branch`, `url`) with `serving: false` until the change is merged.

@@ -604,23 +604,36 @@ impl Rollouts {
     /// otherwise the state folder holds it (B keeps every user) and the report says to change
     /// the files through git.
     async fn make_active(&self, state: &AppState, name: &str, to: u32) {
-        let writer = state.writer.clone();
         let folder = state.config.prompts_dir.join(name);
         let prompt = name.to_owned();
-        let written = crate::admin::blocking(move || {
-            if !crate::console::folder_writable(&folder) {
-                return Err(crate::admin::write::WriteError::BadRequest(
-                    "the prompt's folder is read-only".to_owned(),
-                ));
-            }
-            writer.finish_rollout(&prompt, to)
-        })
-        .await;
+        // In git mode the change is a commit (pushed, or waiting for review); otherwise the
+        // files are written in place when they can be.
+        let writable = state.git.is_some()
+            || crate::admin::blocking(move || Ok(crate::console::folder_writable(&folder)))
+                .await
+                .unwrap_or(false);
+        let written = if writable {
+            crate::admin::write::commit(state, rollout_actor(), move |writer| {
+                writer.finish_rollout(&prompt, to)?;
+                Ok((
+                    (),
+                    crate::admin::write::Change::rollout_completed(&prompt, to),
+                ))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|((), outcome)| match outcome.get("review") {
+                Some(review) => Err(format!(
+                    "the change waits for review on {}",
+                    review["branch"].as_str().unwrap_or("a review branch")
+                )),
+                None => Ok(()),
+            })
+        } else {
+            Err("the prompt's folder is read-only".to_owned())
+        };
         match written {
-            Ok(()) => {
-                self.mark_written(name);
-                let _ = state.reloader.reload(rollout_actor()).await;
-            }
+            Ok(()) => self.mark_written(name),
             Err(e) => {
                 tracing::warn!(prompt = %name, "rollout completed, but `active: {to}` cannot be written ({e}): version {to} keeps every user through the state folder; set `active: {to}` and remove the `rollout` block through git");
                 let mut inner = lock(&self.inner);
