@@ -4,110 +4,13 @@
 
 mod common;
 
+mod rollout_support;
+
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::post;
-use common::*;
-use promptgate::config::Upstream;
+use rollout_support::*;
 use serde_json::{Value, json};
-
-/// An upstream that answers by what the system prompt says: `FAIL` → 500, `SLOW` → 1.5 s
-/// late, anything else → a normal completion at once.
-async fn mock_upstream() -> Upstream {
-    let app = Router::new().route(
-        "/v1/chat/completions",
-        post(|body: axum::body::Bytes| async move {
-            let body: Value = serde_json::from_slice(&body).unwrap_or_default();
-            let system = body["messages"][0]["content"].as_str().unwrap_or("").to_owned();
-            if system.contains("SLOW") {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-            }
-            if system.contains("FAIL") {
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    axum::Json(json!({"error": {"message": "broken", "type": "server_error", "param": null, "code": null}})),
-                )
-                    .into_response();
-            }
-            axum::Json(json!({
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
-            }))
-            .into_response()
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Upstream::parse(&format!("http://{addr}/v1")).unwrap()
-}
-
-fn prompt_folder(v2: &str, manifest: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "p/v1.prompt", "You are version one.");
-    write(dir.path(), "p/v2.prompt", v2);
-    write(dir.path(), "p/prompt.yaml", manifest);
-    dir
-}
-
-const TOKEN: &str = "secret";
-
-async fn start(prompts: &Path, upstream: Upstream, state: &Path) -> TestApp {
-    let state = state.to_path_buf();
-    spawn_with(prompts, upstream, move |c| {
-        c.events = Some(state.join("events.jsonl"));
-        c.state_dir = state;
-        c.admin_token = Some(TOKEN.to_owned());
-    })
-    .await
-}
-
-/// Sends one request as `user`; the version that served it.
-async fn ask(app: &TestApp, user: &str) -> u32 {
-    let response = app
-        .post_json(
-            "/v1/chat/completions",
-            &json!({"model": "gpt-4o-mini", "user": user, "prompt": {"id": "p"},
-                    "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    response.headers()["x-prompt-version"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// A batch of requests from users `from..from + n` (of a pool of 400), at once.
-async fn batch(app: &TestApp, from: usize, n: usize) -> Vec<(String, u32)> {
-    let users: Vec<String> = (from..from + n)
-        .map(|i| format!("user-{}", i % 400))
-        .collect();
-    let versions = futures_util::future::join_all(users.iter().map(|u| ask(app, u))).await;
-    users.into_iter().zip(versions).collect()
-}
-
-async fn rollout(app: &TestApp) -> Value {
-    let report: Value = app
-        .client
-        .get(app.url("/admin/prompts/p/experiment"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    report["rollout"].clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_rollout_walks_every_step_to_completion() {
@@ -410,36 +313,4 @@ async fn on_a_read_only_folder_completion_is_held_in_state() {
         assert_eq!(version, 2);
     }
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_version_halts_on_the_latency_guard() {
-    let prompts = prompt_folder(
-        "SLOW: you are version two.",
-        "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [20, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    latency_p95: 1.25\n",
-    );
-    let state = tempfile::tempdir().unwrap();
-    let app = start(prompts.path(), mock_upstream().await, state.path()).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut sent = 0;
-    let halted = loop {
-        let r = rollout(&app).await;
-        if r["state"] == "halted" {
-            break r;
-        }
-        assert_eq!(r["step"], 20, "a slow version never advances: {r}");
-        assert!(Instant::now() < deadline, "the rollout did not halt: {r}");
-        // The latency guard needs about 220 requests on A to bound its p95.
-        batch(&app, sent, 80).await;
-        sent += 80;
-    };
-    assert_eq!(halted["halt"]["guard"], "latency_p95", "{halted}");
-    // A answers at once, B 1.5 s late: far beyond 1.25 × A's p95.
-    assert!(
-        halted["halt"]["observed"].as_f64().unwrap() > 1.25,
-        "{halted}"
-    );
-    for (user, version) in batch(&app, 0, 100).await {
-        assert_eq!(version, 1, "user {user} saw version 2 after the halt");
-    }
 }

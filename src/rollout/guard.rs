@@ -236,14 +236,15 @@ fn check(g: &Guard, a: &VariantSums, b: &VariantSums, m: f64, alpha: f64) -> Che
 
 /// The latency bucket (index into [`LATENCY_BUCKETS_S`]) whose upper bound is the threshold
 /// B is held to: at or above `ratio` × an upper confidence bound of A's p95. A's p95 is read
-/// from its histogram as the upper bound of the bucket holding the rank 0.95·n + 3 standard
-/// deviations, so the threshold can only overstate what A's p95 allows. While that rank is
-/// A's slowest request (fewer than about 220 requests on A), A's p95 has no upper bound yet and
-/// the guard waits.
+/// from its histogram as the upper bound of the bucket holding the rank 0.95·n + 2 standard
+/// deviations (a 97.7% upper bound), so the threshold overstates what A's p95 allows; and as
+/// the bucket bounds are at least 2× apart, a ratio above 1 puts it at least one bound above
+/// A's. While that rank is A's slowest request (fewer than about 110 requests on A), A's p95
+/// has no upper bound yet and the guard waits.
 pub fn latency_threshold(a: &[u64], ratio: f64) -> Option<usize> {
     let n: u64 = a.iter().sum();
     let nf = n as f64;
-    let rank = P95 * nf + 3.0 * (nf * P95 * (1.0 - P95)).sqrt();
+    let rank = P95 * nf + 2.0 * (nf * P95 * (1.0 - P95)).sqrt();
     if rank > nf - 1.0 {
         return None;
     }
