@@ -354,7 +354,8 @@ async fn create_version(
     let prompt = name.clone();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let ((number, hash), mut body) = write::commit(&state, who, move |writer| {
-        let (number, hash) = writer.create_version_with(&audit, &prompt, &new, &extra_front, &now)?;
+        let (number, hash) =
+            writer.create_version_with(&audit, &prompt, &new, &extra_front, &now)?;
         Ok(((number, hash), Change::new_version(&prompt, number, &new)))
     })
     .await?;
