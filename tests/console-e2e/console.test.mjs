@@ -214,7 +214,8 @@ test("sign in, edit, diff, roll back, playground, experiment, audit", { timeout:
   // The audit trail: newest first, filtered by actor, linking to the diff.
   await page.goto(`${admin}/console/audit`);
   await page.selectOption("select[name=actor]", "ana@example.com");
-  await page.click("form.filters button");
+  // The unfiltered page has an #audit table too: wait for the filtered page itself.
+  await Promise.all([page.waitForURL(/actor=ana/), page.click("form.filters button")]);
   await page.waitForSelector("#audit");
   assert.match(await page.textContent("#audit tbody tr:first-child"), /experiment/);
   await shot("audit");
