@@ -921,3 +921,55 @@ async fn a_sample_ratio_mismatch_is_a_clear_warning() {
             .contains("sample ratio mismatch")
     );
 }
+
+#[tokio::test]
+async fn editing_a_chat_version_keeps_the_front_matter_the_editor_has_no_field_for() {
+    let dir = prompts();
+    write(
+        dir.path(),
+        "chatty/v1.prompt",
+        "---\nmodel: gpt-4o\nchat: true\nclient_system: separate\nresponse_format: {type: json_schema, json_schema: {name: answer, schema: {type: object}}}\n---\nsystem:\nYou help {{ company }}.\nconversation:\n",
+    );
+    let c = Console::signed_in(dir.path()).await;
+    let html = c.page("/console/prompts/chatty/new").await;
+    assert!(html.contains("chat: true"), "{html}");
+    assert!(html.contains("client_system: separate"), "{html}");
+    assert!(!html.contains("model: gpt-4o"), "{html}");
+
+    let resp = c
+        .post(
+            "/console/prompts/chatty/versions",
+            &[
+                ("template", "system:\r\nYou help {{ company }} well.\r\nconversation:\r\n"),
+                ("model", "gpt-4o"),
+                (
+                    "front",
+                    "chat: true\r\nclient_system: separate\r\nresponse_format: {type: json_schema, json_schema: {name: answer, schema: {type: object}}}",
+                ),
+                ("activate", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 303, "{}", resp.text().await.unwrap());
+    let file = read(dir.path(), "chatty/v2.prompt");
+    assert!(
+        file.contains("\nchat: true\nclient_system: separate\nresponse_format: {type: json_schema"),
+        "{file}"
+    );
+
+    // Served as a chat template: the system message, then the client's conversation.
+    let resp = c
+        .app
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hello"}], "prompt": {"id": "chatty", "variables": {"company": "Acme"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-prompt-version"], "2");
+    let body: Value = resp.json().await.unwrap();
+    let sent = body.to_string();
+    assert!(sent.contains("You help Acme well."), "{sent}");
+    assert!(sent.contains("json_schema"), "{sent}");
+}

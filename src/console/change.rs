@@ -47,7 +47,55 @@ pub struct Draft {
     /// A JSON object of values for the preview (validate only).
     #[serde(default)]
     pub preview_variables: String,
+    /// The front matter the editor has no field for (`chat`, `client_system`, `input_schema`,
+    /// `response_format`, `tools`, …) as YAML lines, carried into the new version as written.
+    #[serde(default)]
+    pub front: String,
     pub from: Option<u32>,
+}
+
+/// Front-matter keys the editor has a field for (or that the write sets itself).
+const EDITED_KEYS: &[&str] = &[
+    "model",
+    "temperature",
+    "max_tokens",
+    "params",
+    "variables",
+    "created_by",
+    "created_at",
+    "notes",
+];
+
+/// The top-level front-matter entries of a version file that the editor has no field for,
+/// each with its indented continuation lines, as written (comments between them kept).
+pub fn carried_front(file: &str) -> String {
+    let file = file.replace("\r\n", "\n");
+    let Some(rest) = file.strip_prefix("---\n") else {
+        return String::new();
+    };
+    let front = match rest.find("\n---") {
+        Some(end) => &rest[..end + 1],
+        None => return String::new(),
+    };
+    let mut out = String::new();
+    let mut keep = false;
+    for line in front.lines() {
+        let top = !line.starts_with([' ', '\t', '#']) && !line.trim().is_empty();
+        if top {
+            keep = top_key(line).is_none_or(|key| !EDITED_KEYS.contains(&key));
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The key of a top-level `key: value` line.
+fn top_key(line: &str) -> Option<&str> {
+    let key = line.split_once(':')?.0.trim();
+    Some(key.trim_matches(['"', '\'']))
 }
 
 /// One problem with the draft, placed where it is.
@@ -71,8 +119,11 @@ fn problem(field: &str, message: impl Into<String>) -> DraftProblem {
 }
 
 impl Draft {
-    fn from_version(v: &prompts::Version) -> Draft {
+    /// The editor's fields for a new version starting from `v`, whose file's front matter
+    /// the editor has no field for is `front`.
+    fn from_version(v: &prompts::Version, front: String) -> Draft {
         Draft {
+            front,
             template: v.template.clone(),
             model: v.model.clone().unwrap_or_default(),
             temperature: v.temperature.map(|t| t.to_string()).unwrap_or_default(),
@@ -141,6 +192,19 @@ impl Draft {
         });
         if self.template.trim().is_empty() {
             problems.push(problem("template", "the template is empty"));
+        }
+        for (n, line) in self.front.lines().enumerate() {
+            if line.starts_with([' ', '\t', '#']) {
+                continue;
+            }
+            if let Some(key) = top_key(line).filter(|k| EDITED_KEYS.contains(k)) {
+                problems.push(DraftProblem {
+                    field: "front".to_owned(),
+                    line: Some(n + 1),
+                    column: None,
+                    message: format!("`{key}` has its own field above; set it there"),
+                });
+            }
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -392,11 +456,21 @@ pub async fn editor(
             format!("prompt `{name}` has no version {from}"),
         ));
     };
+    // What the editor has no field for is carried over from the file as written.
+    let file = state
+        .config
+        .prompts_dir
+        .join(&name)
+        .join(format!("v{from}.prompt"));
+    let front = tokio::fs::read_to_string(&file)
+        .await
+        .map(|text| carried_front(&text))
+        .unwrap_or_default();
     Ok(editor_page(
         &state,
         &viewer,
         &p,
-        &Draft::from_version(v),
+        &Draft::from_version(v, front),
         StatusCode::OK,
         &[],
     ))
@@ -464,6 +538,10 @@ pub async fn save(
         }
     };
     let activate = new.activate;
+    let mut front = draft.front.replace("\r\n", "\n");
+    if !front.is_empty() && !front.ends_with('\n') {
+        front.push('\n');
+    }
     let audit = state.audit.clone();
     let prompt = name.clone();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -471,7 +549,7 @@ pub async fn save(
     let refused: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
     let keep = refused.clone();
     let written = write::commit(&state, viewer.actor(), move |writer| {
-        match writer.create_version(&audit, &prompt, &new, &now) {
+        match writer.create_version_with(&audit, &prompt, &new, &front, &now) {
             Ok((number, hash)) => Ok(((number, hash), Change::new_version(&prompt, number, &new))),
             Err(WriteError::Invalid(found)) => {
                 *keep.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -666,6 +744,35 @@ pub async fn label(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_front_matter_the_editor_has_no_field_for_is_carried_as_written() {
+        let file = "---\nmodel: gpt-4o\nchat: true\nclient_system: separate\n# the reply's shape\nresponse_format:\n  type: json_schema\n  name: answer\ntemperature: 0.2\nparams: {top_p: 0.9}\ncreated_at: \"2026-01-01\"\ntools: tools.yaml\n---\nsystem:\nHi\n";
+        assert_eq!(
+            carried_front(file),
+            "chat: true\nclient_system: separate\n# the reply's shape\nresponse_format:\n  type: json_schema\n  name: answer\ntools: tools.yaml\n"
+        );
+        assert_eq!(carried_front("no front matter"), "");
+        assert_eq!(carried_front("---\nmodel: m\n---\nbody"), "");
+        assert_eq!(
+            carried_front("---\r\nchat: true\r\n---\r\nuser:\r\nHi"),
+            "chat: true\n"
+        );
+    }
+
+    #[test]
+    fn a_key_with_its_own_field_is_refused_in_the_other_front_matter() {
+        let draft = Draft {
+            template: "Hi".into(),
+            front: "chat: true\nmodel: gpt-4o\n".into(),
+            ..Draft::default()
+        };
+        let problems = draft.to_new_version(None).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "front");
+        assert_eq!(problems[0].line, Some(2));
+        assert!(problems[0].message.contains("`model` has its own field"));
+    }
 
     #[test]
     fn columns_count_characters_on_the_line() {
