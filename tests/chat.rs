@@ -796,3 +796,88 @@ async fn system_format_examples_join_the_chat_templates_system_message() {
     );
     assert_eq!(messages[2], json!({"role": "user", "content": "meh"}));
 }
+
+#[tokio::test]
+async fn a_constant_chat_template_still_requires_its_declared_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "fixed/v1.prompt",
+        "---\nchat: true\nvariables: [ticket]\n---\nsystem:\nYou are the help desk.\n",
+    );
+    let mock = upstream().await;
+    let app = spawn_app(dir.path(), upstream_of(&mock)).await;
+    let send = |variables: Value| {
+        app.post_json(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Hi"}],
+                    "prompt": {"id": "fixed", "variables": variables}}),
+        )
+        .send()
+    };
+    let resp = send(json!({})).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ticket"),
+        "{body}"
+    );
+    assert!(mock.received_requests().await.unwrap().is_empty());
+    assert_eq!(send(json!({"ticket": "T-1"})).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn admin_values_with_characters_yaml_refuses_raw_round_trip() {
+    let dir = chat_prompts();
+    let mock = upstream().await;
+    let app = spawn_with(dir.path(), upstream_of(&mock), |c| {
+        c.admin_token = Some("t".into())
+    })
+    .await;
+    let schema = json!({"type": "object", "description": "a\u{7f}b\u{9f}c\u{ffff} # x: y"});
+    let resp = app
+        .client
+        .post(app.url("/admin/prompts/odd/versions"))
+        .bearer_auth("t")
+        .json(&json!({"template": "Hi", "input_schema": schema, "activate": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    let got: Value = app
+        .client
+        .get(app.url("/admin/prompts/odd/versions/1"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["input_schema"], schema);
+
+    let mut deep = json!("leaf");
+    for _ in 0..70 {
+        deep = json!([deep]);
+    }
+    let resp = app
+        .client
+        .post(app.url("/admin/prompts/odd/versions"))
+        .bearer_auth("t")
+        .json(&json!({"template": "Hi", "tools": deep}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`tools` nests deeper"),
+        "{body}"
+    );
+}

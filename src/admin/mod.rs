@@ -397,6 +397,16 @@ fn new_version(mut body: Map<String, Value>) -> Result<(NewVersion, String), Api
     for key in ["input_schema", "response_format", "tools"] {
         if let Some(value) = body.remove(key) {
             // JSON is YAML: the value is written as it came, on one line.
+            if crate::prompts::yaml::json_depth(&value) > crate::prompts::yaml::MAX_DEPTH {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "`{key}` nests deeper than {} levels",
+                        crate::prompts::yaml::MAX_DEPTH
+                    ),
+                    Some(key.to_owned()),
+                ));
+            }
+            let value = crate::prompts::yaml::json_flow(&value);
             extra.push_str(&format!("{key}: {value}\n"));
         }
     }

@@ -109,7 +109,7 @@ pub fn folder_name(name: &str) -> String {
 
 /// A JSON value as YAML flow text (JSON is YAML).
 pub fn yaml_value(value: &Value) -> String {
-    value.to_string()
+    crate::prompts::yaml::json_flow(value)
 }
 
 /// Front matter lines for a version, in a fixed order.

@@ -15,7 +15,7 @@ pub mod schema;
 pub mod template;
 pub mod version;
 pub mod watch;
-mod yaml;
+pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

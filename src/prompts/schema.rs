@@ -79,7 +79,7 @@ impl InputSchema {
     }
 
     /// The request's variables with the schema's defaults filled in, or every failing path
-    /// (at most [`MAX_LISTED`], then how many more).
+    /// (at most [`MAX_LISTED`], then "and more").
     pub fn apply(&self, variables: &Map<String, Value>) -> Result<Map<String, Value>, Vec<String>> {
         let mut object = Value::Object(variables.clone());
         if self.has_defaults {
@@ -91,19 +91,29 @@ impl InputSchema {
             };
             return Ok(map);
         }
+        // Bounded work and answer whatever the client sent: the first MAX_LISTED failures,
+        // each cut to MAX_PROBLEM_CHARS, and whether there are more.
         let mut problems = Vec::new();
-        let mut total = 0;
-        for error in self.validator.iter_errors(&object) {
-            total += 1;
-            if problems.len() < MAX_LISTED {
-                problems.push(describe(&error));
+        for error in self.validator.iter_errors(&object).take(MAX_LISTED + 1) {
+            if problems.len() == MAX_LISTED {
+                problems.push("and more".to_owned());
+                break;
             }
-        }
-        if total > problems.len() {
-            problems.push(format!("and {} more", total - problems.len()));
+            problems.push(cut(describe(&error)));
         }
         Err(problems)
     }
+}
+
+/// The longest problem text answered (a client's key or value can be long).
+const MAX_PROBLEM_CHARS: usize = 300;
+
+fn cut(mut text: String) -> String {
+    if let Some((at, _)) = text.char_indices().nth(MAX_PROBLEM_CHARS) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
 }
 
 /// True when the schema (or a nested `properties` schema) gives a default.
@@ -262,7 +272,7 @@ mod tests {
         let v: Map<String, Value> = (0..30).map(|i| (format!("v{i}"), json!(i))).collect();
         let problems = s.apply(&v).unwrap_err();
         assert_eq!(problems.len(), MAX_LISTED + 1);
-        assert_eq!(problems.last().unwrap(), "and 20 more");
+        assert_eq!(problems.last().unwrap(), "and more");
     }
 
     #[test]

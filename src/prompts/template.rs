@@ -117,6 +117,31 @@ pub struct Builtins<'a> {
     pub examples: &'a str,
 }
 
+/// The variables a version declares (`variables:` in front matter) that the request lacks, as
+/// the error [`render`] answers; also for chat templates whose messages are all constant.
+pub fn check_declared(
+    prompt: &str,
+    version: u32,
+    declared: Option<&[String]>,
+    variables: &Map<String, serde_json::Value>,
+) -> Result<(), RenderError> {
+    let Some(declared) = declared else {
+        return Ok(());
+    };
+    let missing: BTreeSet<&String> = declared
+        .iter()
+        .filter(|n| !variables.contains_key(n.as_str()) && !BUILTINS.contains(&n.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(RenderError::MissingVariables {
+        prompt: prompt.to_owned(),
+        version,
+        missing: missing.into_iter().cloned().collect(),
+    })
+}
+
 /// Renders one version. Every missing variable is named at once; values are inserted as data
 /// and never evaluated as templates.
 pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<String, RenderError> {
@@ -127,17 +152,7 @@ pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<Str
     };
     // Declared variables are required up front. Without a declaration the template decides
     // while rendering: a variable read under `is defined` or through `default(...)` is optional.
-    let required_missing = match input.declared {
-        Some(declared) => missing_of(&mut declared.iter()),
-        None => Vec::new(),
-    };
-    if !required_missing.is_empty() {
-        return Err(RenderError::MissingVariables {
-            prompt: input.prompt.to_owned(),
-            version: input.version,
-            missing: required_missing,
-        });
-    }
+    check_declared(input.prompt, input.version, input.declared, input.variables)?;
 
     let mut ctx = std::collections::BTreeMap::<String, Value>::new();
     ctx.insert("today".to_owned(), Value::from(input.builtins.today));

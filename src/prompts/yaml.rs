@@ -9,6 +9,39 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// A JSON value as one line of YAML flow text (JSON is YAML), with the characters YAML does
+/// not allow unescaped (DEL, the C1 controls, U+FFFE, U+FFFF — serde_json writes them as they
+/// are) written as `\uXXXX`: they can only occur inside strings, where both read the escape.
+pub fn json_flow(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    let unsafe_char = |c: char| matches!(c, '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}');
+    if !text.contains(unsafe_char) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How deeply a JSON value nests (a scalar is 0). The YAML reader refuses more than
+/// [`MAX_DEPTH`] levels.
+pub fn json_depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The deepest nesting written into front matter.
+pub const MAX_DEPTH: usize = 60;
+
 /// Parses `text` as `T`, turning the parser's error into a short message that names the line
 /// and, for a misspelt key, the key that was probably meant.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
@@ -94,5 +127,18 @@ mod tests {
     fn empty_document_is_all_defaults() {
         let doc = parse::<Doc>("").unwrap();
         assert!(doc.description.is_none() && doc.active.is_none());
+    }
+
+    #[test]
+    fn json_flow_round_trips_through_the_yaml_reader() {
+        let value = serde_json::json!({
+            "description": "a\u{7f}b\u{85}c\u{9f}d\u{fffe}\u{ffff} # not a comment: x\n\u{2028}é",
+            "<<": [1, -2, 1e30, true, null],
+        });
+        let text = json_flow(&value);
+        assert!(!text.contains('\u{7f}'), "{text}");
+        let back: serde_json::Value = parse(&format!("k: {text}\n")).unwrap();
+        assert_eq!(back["k"], value);
+        assert_eq!(json_depth(&serde_json::json!({"a": [[1]]})), 3);
     }
 }

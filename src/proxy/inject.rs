@@ -149,9 +149,11 @@ pub fn render<'v>(
         examples: &shots.block,
     };
     // The seed appends the block after the prompt, unless the template places it itself.
-    let append_block = |system: &mut String| {
+    // (A one-template version keeps the separator even after an empty render, as it always
+    // has; a chat template's system message does not start with one.)
+    let append_block = |system: &mut String, chat: bool| {
         if !shots.block.is_empty() && !version.places_examples() {
-            if !system.is_empty() {
+            if !(chat && system.is_empty()) {
                 system.push_str("\n\n");
             }
             system.push_str(&shots.block);
@@ -159,12 +161,19 @@ pub fn render<'v>(
     };
     let Some(chat) = &version.chat else {
         let mut system = set.render(chosen.prompt, version, variables, builtins)?;
-        append_block(&mut system);
+        append_block(&mut system, false);
         return Ok(Rendered {
             system: Some(system),
             ..Rendered::default()
         });
     };
+    // Constant messages are not rendered, so the declared variables are checked here once.
+    crate::prompts::template::check_declared(
+        &chosen.prompt.name,
+        version.version,
+        version.declared.as_deref(),
+        variables,
+    )?;
     let mut out = Rendered::default();
     let system_first = chat.system_first();
     for (i, message) in chat.messages.iter().enumerate() {
@@ -175,7 +184,7 @@ pub fn render<'v>(
                     set.render_template(chosen.prompt, version, &message.key, variables, builtins)?
                 }
             };
-            append_block(&mut system);
+            append_block(&mut system, true);
             out.system = Some(system);
             continue;
         }
