@@ -1,6 +1,12 @@
 //! Git write mode with real git: a bare repository on disk is the remote, a console-only
 //! promptgate writes through it, and two replicas read the branch through checkouts swapped
 //! by symlink exactly as git-sync does.
+//!
+//! Hermetic: each test runs in a child copy of this test binary whose environment keeps git's
+//! global and system configuration out of reach (`GIT_CONFIG_GLOBAL=/dev/null`,
+//! `GIT_CONFIG_NOSYSTEM=1`, `HOME` an empty temporary folder), so every git the test runs and
+//! every git promptgate runs behaves as on a clean machine or in the container, where no
+//! `user.email` is configured anywhere.
 
 mod common;
 
@@ -16,6 +22,35 @@ use tempfile::TempDir;
 use common::{TestApp, spawn_with};
 
 const TOKEN: &str = "secret-token";
+
+/// Set in the child that runs a test's body.
+const HERMETIC: &str = "PROMPTGATE_TEST_GIT_HERMETIC";
+
+/// In the test harness's own process: runs the test `name` in a child copy of this binary with
+/// git's configuration out of reach, asserts that it passed, and returns true (the caller
+/// returns). In that child: returns false, and the caller runs the test's body.
+fn in_hermetic_child(name: &str) -> bool {
+    if std::env::var_os(HERMETIC).is_some() {
+        return false;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1"])
+        .env(HERMETIC, "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .expect("the test binary runs itself");
+    assert!(
+        out.status.success(),
+        "`{name}` failed in its hermetic child:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
 
 /// Runs git in `dir`; panics with git's words when it fails.
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -234,6 +269,11 @@ fn versions(detail: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_write_on_the_console_reaches_every_replica_and_the_history_is_the_audit() {
+    if in_hermetic_child(
+        "a_write_on_the_console_reaches_every_replica_and_the_history_is_the_audit",
+    ) {
+        return;
+    }
     let repo = Repo::new();
     let syncs = [GitSync::new(&repo), GitSync::new(&repo)];
     let replicas = [replica(&syncs[0]).await, replica(&syncs[1]).await];
@@ -365,6 +405,9 @@ async fn get_text(app: &TestApp, path: &str) -> (Value, Option<String>) {
 
 #[tokio::test]
 async fn the_binary_writes_through_git_from_its_flags_and_environment() {
+    if in_hermetic_child("the_binary_writes_through_git_from_its_flags_and_environment") {
+        return;
+    }
     let repo = Repo::new();
     let state = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptgate"));
@@ -397,6 +440,9 @@ async fn the_binary_writes_through_git_from_its_flags_and_environment() {
 
 #[test]
 fn a_remote_that_fails_is_named_without_its_credentials() {
+    if in_hermetic_child("a_remote_that_fails_is_named_without_its_credentials") {
+        return;
+    }
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_promptgate"))
         .args(["serve", "--listen", "127.0.0.1:0", "--console-only"])
@@ -417,6 +463,9 @@ fn a_remote_that_fails_is_named_without_its_credentials() {
 
 #[tokio::test]
 async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
+    if in_hermetic_child("a_lost_race_rebases_and_a_conflicting_change_is_409") {
+        return;
+    }
     let repo = Repo::new();
     let sync = GitSync::new(&repo);
     let replica = replica(&sync).await;
@@ -438,6 +487,14 @@ async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
     assert_eq!(
         git(&repo.remote, &["rev-parse", &format!("{ours}^")]),
         theirs
+    );
+    // The rebase kept the actor as the author; promptgate commits, with no git configuration.
+    assert_eq!(
+        git(
+            &repo.remote,
+            &["log", "-1", "--format=%an|%cn <%ce>", &ours]
+        ),
+        "bo|promptgate <promptgate@localhost>"
     );
     // Both changes serve, here and on the replica.
     let served = get(&console, "/admin/prompts/ab").await;
@@ -467,6 +524,9 @@ async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
 
 #[tokio::test]
 async fn review_mode_leaves_the_branch_alone_until_the_review_is_merged() {
+    if in_hermetic_child("review_mode_leaves_the_branch_alone_until_the_review_is_merged") {
+        return;
+    }
     let repo = Repo::new();
     let sync = GitSync::new(&repo);
     let replica = replica(&sync).await;

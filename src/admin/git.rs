@@ -307,10 +307,6 @@ impl GitStore {
         let author = author_of(actor);
         self.run(
             &[
-                "-c",
-                "user.name=promptgate",
-                "-c",
-                "user.email=promptgate@localhost",
                 "commit",
                 "-q",
                 "--no-verify",
@@ -680,6 +676,10 @@ impl GitStore {
     }
 }
 
+/// The committer of every commit promptgate makes (the author is the actor).
+const COMMITTER_NAME: &str = "promptgate";
+const COMMITTER_EMAIL: &str = "promptgate@localhost";
+
 /// A git command in `dir` with the configured credentials. The token, if any, is read by a
 /// credential helper from its file at each use: it is in no URL, argument or environment.
 pub fn git_command(config: &GitConfig, dir: &Path, args: &[&str]) -> Command {
@@ -718,6 +718,11 @@ pub fn git_command(config: &GitConfig, dir: &Path, args: &[&str]) -> Command {
         );
     }
     cmd.args(args)
+        // Who commits, for every command that makes commits (`commit`, and `rebase` after a
+        // lost race): a container has no git configuration and no home to find one in. The
+        // author of a change is the actor, given to `commit` and kept by `rebase`.
+        .env("GIT_COMMITTER_NAME", COMMITTER_NAME)
+        .env("GIT_COMMITTER_EMAIL", COMMITTER_EMAIL)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "")
         .env("SSH_ASKPASS", "")
