@@ -371,10 +371,8 @@ impl GitStore {
         tracing::info!(branch = %self.config.branch, "the push lost a race; rebasing on the new tip");
         let tip = self.fetch_branch().await?;
         let rebased = self
-            .command(&["rebase", "-q", &tip])
-            .output()
-            .await
-            .map_err(|e| self.spawn_error("rebase the change", &e))?;
+            .exec(&["rebase", "-q", &tip], "rebase the change")
+            .await?;
         if !rebased.status.success() {
             let conflicted = self
                 .output(
@@ -383,7 +381,7 @@ impl GitStore {
                 )
                 .await
                 .unwrap_or_default();
-            let _ = self.command(&["rebase", "--abort"]).output().await;
+            let _ = self.exec(&["rebase", "--abort"], "abort the rebase").await;
             let files: Vec<String> = conflicted
                 .lines()
                 .map(|f| format!("`{f}`"))
@@ -442,10 +440,8 @@ impl GitStore {
     async fn push(&self, refspec: &str) -> Result<bool, GitError> {
         let what = format!("push to `{}`", refspec.trim_start_matches("HEAD:"));
         let out = self
-            .command(&["push", "--porcelain", "origin", refspec])
-            .output()
-            .await
-            .map_err(|e| self.spawn_error(&what, &e))?;
+            .exec(&["push", "--porcelain", "origin", refspec], &what)
+            .await?;
         if out.status.success() {
             return Ok(true);
         }
@@ -605,10 +601,12 @@ impl GitStore {
                 continue;
             };
             let merged = self
-                .command(&["merge-base", "--is-ancestor", commit, &tip])
-                .status()
+                .exec(
+                    &["merge-base", "--is-ancestor", commit, &tip],
+                    "check a review branch",
+                )
                 .await
-                .is_ok_and(|s| s.success());
+                .is_ok_and(|out| out.status.success());
             if merged {
                 continue;
             }
@@ -647,18 +645,16 @@ impl GitStore {
         self.output(args, what).await.map(drop)
     }
 
+    /// Runs git, bounded by the timeout: every git command in the clone goes through here,
+    /// since the clone's lock is held meanwhile. Its output whatever the exit status, or an
+    /// error naming `what` when it cannot run or does not finish in time (it is then killed).
+    async fn exec(&self, args: &[&str], what: &str) -> Result<std::process::Output, GitError> {
+        bounded(self.command(args), self.config.timeout, what).await
+    }
+
     /// Runs git, bounded by the timeout; its trimmed stdout, or an error naming `what`.
     async fn output(&self, args: &[&str], what: &str) -> Result<String, GitError> {
-        let run = self.command(args).output();
-        let out = match tokio::time::timeout(self.config.timeout, run).await {
-            Ok(out) => out.map_err(|e| self.spawn_error(what, &e))?,
-            Err(_) => {
-                return Err(GitError::Command {
-                    what: what.to_owned(),
-                    detail: format!("no answer within {} s", self.config.timeout.as_secs_f64()),
-                });
-            }
-        };
+        let out = self.exec(args, what).await?;
         if !out.status.success() {
             return Err(GitError::Command {
                 what: what.to_owned(),
@@ -667,12 +663,24 @@ impl GitStore {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
+}
 
-    fn spawn_error(&self, what: &str, e: &std::io::Error) -> GitError {
-        GitError::Command {
+/// Runs `cmd` (made with [`git_command`], so killed when dropped), bounded by `timeout`.
+async fn bounded(
+    mut cmd: Command,
+    timeout: Duration,
+    what: &str,
+) -> Result<std::process::Output, GitError> {
+    match tokio::time::timeout(timeout, cmd.output()).await {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(GitError::Command {
             what: what.to_owned(),
             detail: format!("cannot run `git` ({e}); is git installed?"),
-        }
+        }),
+        Err(_) => Err(GitError::Command {
+            what: what.to_owned(),
+            detail: format!("no answer within {} s", timeout.as_secs_f64()),
+        }),
     }
 }
 
@@ -890,17 +898,12 @@ pub async fn history(
     args.push(prompt.map_or(".".to_owned(), str::to_owned));
     let config = GitConfig::new("");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = git_command(&config, dir, &refs).output();
-    let out = tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| GitError::Command {
-            what: "read the history".to_owned(),
-            detail: format!("no answer within {} s", timeout.as_secs_f64()),
-        })?
-        .map_err(|e| GitError::Command {
-            what: "read the history".to_owned(),
-            detail: format!("cannot run `git` ({e})"),
-        })?;
+    let out = bounded(
+        git_command(&config, dir, &refs),
+        timeout,
+        "read the history",
+    )
+    .await?;
     if !out.status.success() {
         return Err(GitError::Command {
             what: format!("read the history of `{}`", dir.display()),
@@ -1020,6 +1023,27 @@ mod tests {
         );
         assert!(text.contains("username=bot\n"), "{text}");
         assert!(text.contains("password=tok-123\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_remote_that_never_answers_is_given_up_on() {
+        // Accepts the connection and says nothing, like a hung server.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/prompts.git", listener.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let config = GitConfig::new(&url);
+        let cmd = git_command(&config, dir.path(), &["ls-remote", &url]);
+        let started = std::time::Instant::now();
+        let err = bounded(cmd, Duration::from_millis(300), "list the remote")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("could not list the remote: no answer within 0.3 s"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(listener);
     }
 
     #[test]
