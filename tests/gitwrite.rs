@@ -471,6 +471,12 @@ async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
     let replica = replica(&sync).await;
     let console = console(repo.git_config()).await;
 
+    // A git killed midway (timeout, out of memory, the container stopped) left a lock and an
+    // unfinished rebase in the clone, which the state folder keeps: they are cleared.
+    let clone = console.state_dir.path().join("git/clone/.git");
+    std::fs::write(clone.join("index.lock"), "").unwrap();
+    std::fs::create_dir_all(clone.join("rebase-merge")).unwrap();
+
     // Someone pushes first, to another prompt: the write rebases on it.
     let theirs = repo.push_other("ab/v3.prompt", "Variant C", "ab: add v3 by hand");
     let (status, body) = post(
@@ -504,6 +510,9 @@ async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
         d["active_version"] == 1
     })
     .await;
+
+    // A git killed while writing the index left it unreadable: the clone is made again.
+    std::fs::write(clone.join("index"), "DIRC garbage").unwrap();
 
     // Someone adds the same version number with other text: the write conflicts, nothing is
     // pushed, and the answer names the file.

@@ -160,19 +160,12 @@ impl GitStore {
             pending: Mutex::new(Vec::new()),
             root,
         };
+        let mut clone = store.clone.lock().await;
         if !store.clone_dir.join(".git").exists() {
-            std::fs::create_dir_all(&store.clone_dir)
-                .map_err(|e| io("create the working clone", e))?;
-            store
-                .run(&["init", "-q"], "create the working clone")
-                .await?;
-            store
-                .run(
-                    &["remote", "add", "origin", &store.config.remote],
-                    "add the remote",
-                )
-                .await?;
+            store.init_clone().await?;
         } else {
+            // The state folder outlives the container: a git killed with it left this clone.
+            store.recover().await;
             store
                 .run(
                     &["remote", "set-url", "origin", &store.config.remote],
@@ -180,7 +173,6 @@ impl GitStore {
                 )
                 .await?;
         }
-        let mut clone = store.clone.lock().await;
         let tip = store.fetch_branch().await?;
         store.publish(&mut clone, &tip).await?;
         drop(clone);
@@ -199,6 +191,61 @@ impl GitStore {
         }
         store.refresh_pending().await;
         Ok(store)
+    }
+
+    /// A new, empty working clone with the remote as `origin` (anything there is removed).
+    async fn init_clone(&self) -> Result<(), GitError> {
+        let io = |what: &str, e: std::io::Error| GitError::Command {
+            what: what.to_owned(),
+            detail: e.to_string(),
+        };
+        let dir = self.clone_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| io("remove the working clone", e))?;
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| io("create the working clone", e))
+        })
+        .await
+        .map_err(|e| io("create the working clone", std::io::Error::other(e)))??;
+        self.run(&["init", "-q"], "create the working clone")
+            .await?;
+        self.run(
+            &["remote", "add", "origin", &self.config.remote],
+            "add the remote",
+        )
+        .await
+    }
+
+    /// Undoes what a git killed midway (by the timeout, out of memory, or with its container,
+    /// whose state folder survives it) leaves in the clone: lock files, which would fail every
+    /// later command, and an unfinished rebase. Called with the clone's lock held, so no git of
+    /// ours is running in it and every lock found is stale.
+    async fn recover(&self) {
+        let git_dir = self.clone_dir.join(".git");
+        let dir = git_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || remove_locks(&dir))
+            .await
+            .unwrap_or_default();
+        for lock in removed {
+            tracing::warn!(lock = %lock.display(), "removed a stale git lock from the working clone");
+        }
+        for rebase in ["rebase-merge", "rebase-apply"] {
+            let dir = git_dir.join(rebase);
+            if dir.exists() {
+                tracing::warn!("aborting a rebase left unfinished in the working clone");
+                let _ = self.exec(&["rebase", "--abort"], "abort the rebase").await;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            }
+        }
+    }
+
+    /// Makes the clone usable again when it cannot even be checked out (a git killed while
+    /// writing the index or objects): a fresh clone, fetched.
+    async fn reclone(&self) -> Result<(), GitError> {
+        tracing::warn!("the working clone is broken; cloning again");
+        self.init_clone().await?;
+        self.fetch_branch().await.map(drop)
     }
 
     /// The prompts folder being served: through the `served` link.
@@ -235,6 +282,7 @@ impl GitStore {
     /// and refreshes the pending review branches. The poll loop calls this.
     pub async fn sync(&self, reloader: &crate::reload::Reloader) -> Result<bool, GitError> {
         let mut clone = self.clone.lock().await;
+        self.recover().await;
         let tip = self.fetch_branch().await?;
         let moved = tip != clone.served;
         if moved {
@@ -259,7 +307,12 @@ impl GitStore {
     ) -> Result<(T, Landed), GitError> {
         let mut clone = self.clone.lock().await;
         let base = clone.served.clone();
-        self.reset_to(&base).await?;
+        self.recover().await;
+        if let Err(e) = self.reset_to(&base).await {
+            tracing::warn!("{e}");
+            self.reclone().await?;
+            self.reset_to(&base).await?;
+        }
         // Numbers held by changes waiting for review are not handed out again.
         for pending in self.pending() {
             let number = pending
@@ -742,6 +795,36 @@ pub fn git_command(config: &GitConfig, dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// Removes the lock files git leaves behind when killed: `.git/*.lock` and those under
+/// `refs/` and `worktrees/`. Returns those removed.
+fn remove_locks(git_dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, deep: bool, removed: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if deep {
+                    walk(&path, true, removed);
+                }
+            } else if path.extension().is_some_and(|e| e == "lock")
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed.push(path);
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    walk(git_dir, false, &mut removed);
+    walk(&git_dir.join("refs"), true, &mut removed);
+    walk(&git_dir.join("worktrees"), true, &mut removed);
+    removed
+}
+
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
@@ -1044,6 +1127,38 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         drop(listener);
+    }
+
+    #[test]
+    fn stale_locks_are_found_where_git_leaves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path();
+        for file in [
+            "index.lock",
+            "config.lock",
+            "refs/heads/main.lock",
+            "worktrees/rev-1/index.lock",
+            "HEAD",
+        ] {
+            let path = git.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "").unwrap();
+        }
+        let mut removed: Vec<String> = remove_locks(git)
+            .iter()
+            .map(|p| p.strip_prefix(git).unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                "config.lock",
+                "index.lock",
+                "refs/heads/main.lock",
+                "worktrees/rev-1/index.lock"
+            ]
+        );
+        assert!(git.join("HEAD").exists());
     }
 
     #[test]
