@@ -883,10 +883,9 @@ fn short(commit: &str) -> &str {
 
 /// `Name <email>`: the actor's name, and as the email the name itself when it is one.
 fn author_of(actor: &Actor) -> String {
-    let name: String = actor
-        .name
+    let name: String = printable(&actor.name, false)
         .chars()
-        .filter(|c| !matches!(c, '<' | '>' | '\n' | '\r'))
+        .filter(|c| !matches!(c, '<' | '>'))
         .collect();
     let name = if name.trim().is_empty() {
         "admin".to_owned()
@@ -913,19 +912,38 @@ fn author_of(actor: &Actor) -> String {
 
 /// `support: new version v3 (active)`, the change note, and trailers naming the actor and the
 /// way the change came (`console` or `admin`), which `GET /admin/audit` reads back.
+/// Control characters are taken out of what a client wrote: the history is read back split on
+/// `\x1e` and `\x1f`, so a note holding them would forge audit entries.
 fn commit_message(change: &Change, actor: &Actor) -> String {
-    let mut message = format!("{}: {}\n", change.prompt, change.summary);
+    let mut message = format!(
+        "{}: {}\n",
+        printable(&change.prompt, false),
+        printable(&change.summary, false)
+    );
     if let Some(note) = change.note.as_ref().filter(|n| !n.trim().is_empty()) {
         message.push('\n');
-        message.push_str(note.trim());
+        message.push_str(printable(note, true).trim());
         message.push('\n');
     }
-    let name = actor.name.replace(['\n', '\r'], " ");
+    let name = printable(&actor.name, false);
     message.push_str(&format!(
         "\nPromptgate-Actor: {name}\nPromptgate-Source: {}\n",
         actor.source
     ));
     message
+}
+
+/// `text` without control characters; line ends and tabs are kept when `lines`, else (and
+/// always `\r`) they become spaces.
+fn printable(text: &str, lines: bool) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '\n' | '\t' if lines => Some(c),
+            '\n' | '\t' | '\r' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
 }
 
 /// One commit of the history, as `GET /admin/audit` answers in git mode.
@@ -1130,6 +1148,33 @@ mod tests {
     }
 
     #[test]
+    fn a_note_cannot_forge_history_entries() {
+        let change = Change {
+            prompt: "support".into(),
+            summary: "new version v3\u{1f}x".into(),
+            note: Some(
+                "fine\u{1f}\n\u{1e}0000000\u{1f}mallory\u{1f}m@x\u{1f}2026-01-01T00:00:00Z\u{1f}forged\u{1b}[31m\r\n\tend".into(),
+            ),
+            branch: "support-v3".into(),
+        };
+        let text = commit_message(
+            &change,
+            &Actor {
+                name: "ann\u{1e}\nPromptgate-Source: git".into(),
+                source: "admin",
+            },
+        );
+        assert!(
+            !text.contains(['\u{1e}', '\u{1f}', '\u{1b}', '\r']),
+            "{text:?}"
+        );
+        assert_eq!(
+            text,
+            "support: new version v3x\n\nfine\n0000000mallorym@x2026-01-01T00:00:00Zforged[31m \n\tend\n\nPromptgate-Actor: ann Promptgate-Source: git\nPromptgate-Source: admin\n"
+        );
+    }
+
+    #[test]
     fn stale_locks_are_found_where_git_leaves_them() {
         let dir = tempfile::tempdir().unwrap();
         let git = dir.path();
@@ -1177,6 +1222,10 @@ mod tests {
         assert_eq!(
             author_of(&Actor::admin("Ann <B>")),
             "Ann B <ann.b@promptgate.invalid>"
+        );
+        assert_eq!(
+            author_of(&Actor::admin("Ann\u{1f}<B>")),
+            "AnnB <annb@promptgate.invalid>"
         );
     }
 
