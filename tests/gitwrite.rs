@@ -623,6 +623,32 @@ async fn review_mode_leaves_the_branch_alone_until_the_review_is_merged() {
     assert_eq!(body["serving"], false);
     assert_eq!(body["review"]["branch"], "promptgate/support-v4");
 
+    // A rollback's branch from an earlier review, merged and left in place, does not block
+    // the same rollback now: the new branch carries the time.
+    git(
+        &repo.other,
+        &[
+            "push",
+            "-q",
+            "origin",
+            "main:refs/heads/promptgate/support-active-v1",
+        ],
+    );
+    let (status, body) = post(
+        &console,
+        "/admin/prompts/support/rollback",
+        "cy",
+        json!({"version": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let branch = body["review"]["branch"].as_str().unwrap();
+    assert!(
+        branch.starts_with("promptgate/support-active-v1-"),
+        "{branch}"
+    );
+    assert_eq!(repo.tip(branch), body["commit"].as_str().unwrap());
+
     // The team merges the first review: it goes live everywhere and stops waiting.
     git(&repo.other, &["fetch", "-q", "origin"]);
     git(

@@ -373,7 +373,7 @@ impl GitStore {
         .await?;
         let landed = match &self.config.review_prefix {
             Some(prefix) => {
-                let branch = format!("{prefix}/{}", ref_safe(&change.branch));
+                let branch = review_branch(prefix, &change, chrono::Utc::now());
                 let commit = self.push_review(&branch).await?;
                 let pending = Pending {
                     url: self.web_url(&branch, &commit, &base),
@@ -868,6 +868,18 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// `PREFIX/<change's branch>`, with the time added (`-20261203-113900`) unless the change is a
+/// new version: a rollback to v1 made again after an earlier one was merged must not land on
+/// the earlier branch.
+fn review_branch(prefix: &str, change: &Change, now: chrono::DateTime<chrono::Utc>) -> String {
+    let name = ref_safe(&change.branch);
+    if change.new_version {
+        format!("{prefix}/{name}")
+    } else {
+        format!("{prefix}/{name}-{}", now.format("%Y%m%d-%H%M%S"))
+    }
+}
+
 /// A branch name git accepts: prompt and label names may hold `..` or end in `.lock`.
 fn ref_safe(name: &str) -> String {
     let mut out = name.replace("..", "-");
@@ -1156,6 +1168,7 @@ mod tests {
                 "fine\u{1f}\n\u{1e}0000000\u{1f}mallory\u{1f}m@x\u{1f}2026-01-01T00:00:00Z\u{1f}forged\u{1b}[31m\r\n\tend".into(),
             ),
             branch: "support-v3".into(),
+            new_version: true,
         };
         let text = commit_message(
             &change,
@@ -1214,6 +1227,22 @@ mod tests {
     }
 
     #[test]
+    fn only_new_versions_have_review_branches_without_a_time() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-03T11:39:00Z")
+            .unwrap()
+            .to_utc();
+        let new: super::super::write::NewVersion =
+            serde_json::from_value(json!({"template": "Hi."})).unwrap();
+        let version = Change::new_version("support", 3, &new);
+        assert_eq!(review_branch("pg", &version, now), "pg/support-v3");
+        let rollback = Change::rollback("support", 1);
+        assert_eq!(
+            review_branch("pg", &rollback, now),
+            "pg/support-active-v1-20261203-113900"
+        );
+    }
+
+    #[test]
     fn authors_are_name_and_email() {
         assert_eq!(
             author_of(&Actor::admin("ann@example.com")),
@@ -1236,6 +1265,7 @@ mod tests {
             summary: "new version v3 (active)".into(),
             note: Some("shorter greeting".into()),
             branch: "support-v3".into(),
+            new_version: true,
         };
         let text = commit_message(
             &change,
