@@ -362,10 +362,26 @@ async fn a_write_on_the_console_reaches_every_replica_and_the_history_is_the_aud
     for app in &replicas {
         assert_eq!(get(app, "/admin/audit?prompt=support").await, audit);
     }
+    // A rollout's steps and halts no commit records: the local trail's entries are merged in
+    // by time, on the console's audit page too.
+    let halted: promptgate::audit::Entry = serde_json::from_value(json!({
+        "time": "", "actor": "rollout", "source": "rollout", "action": "rollout_halted",
+        "prompt": "support", "from_version": 3, "to_version": 1,
+    }))
+    .unwrap();
+    console.server.state().audit.note(halted).unwrap();
+    let with_rollout = get(&console, "/admin/audit?prompt=support").await;
+    let rows = with_rollout.as_array().unwrap();
+    assert_eq!(rows.len(), audit.as_array().unwrap().len() + 1);
+    assert_eq!(rows.last().unwrap()["action"], "rollout_halted");
+    assert_eq!(rows[rows.len() - 2]["commit"], commit);
     let page = get_text(&console, "/admin/audit?limit=1").await;
-    assert_eq!(page.0.as_array().unwrap().len(), 1);
+    assert_eq!(page.0.as_array().unwrap().len(), 2);
     let older = page.1.expect("a cursor to older commits");
+    assert_eq!(page.0[0]["commit"], commit);
+    assert_eq!(page.0[1]["action"], "rollout_halted");
     let before = get(&console, &format!("/admin/audit?limit=1&before={older}")).await;
+    assert_eq!(before.as_array().unwrap().len(), 1);
     assert_eq!(before[0]["summary"], "seed the prompts");
     assert_eq!(before[0]["source"], "git");
     // The console's trail is the same history.
@@ -383,6 +399,7 @@ async fn a_write_on_the_console_reaches_every_replica_and_the_history_is_the_aud
         trail.contains("new version v3 (active) — shorter answers"),
         "{trail}"
     );
+    assert!(trail.contains("rollout halted"), "{trail}");
     let status = get(&console, "/admin/status").await;
     assert_eq!(status["git"]["commit"], commit);
     assert_eq!(status["git"]["branch"], "main");

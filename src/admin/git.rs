@@ -1039,6 +1039,67 @@ pub async fn history(
     Ok((commits, next))
 }
 
+/// One row of the audit in git mode: a commit, or a rollout's own entry from the local trail.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum AuditRow {
+    Commit(Commit),
+    Rollout(crate::audit::Entry),
+}
+
+/// When `commit` was made (its author time, as the history gives it).
+pub async fn commit_time(dir: &Path, commit: &str, timeout: Duration) -> Result<String, GitError> {
+    let config = GitConfig::new("");
+    let args = ["log", "-1", "--format=%aI", commit, "--"];
+    let out = bounded(
+        git_command(&config, dir, &args),
+        timeout,
+        "read a commit's time",
+    )
+    .await?;
+    if !out.status.success() {
+        return Err(GitError::Command {
+            what: format!("read the time of commit `{commit}` (from the `x-audit-next` header)"),
+            detail: detail_of(&out),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A page of the history with the rollout's own audit entries (`rollout_started` …
+/// `rollout_ended`, which no commit records) that fall in it, as one list oldest first:
+/// entries from the time of the page's oldest commit (from the start on the last page,
+/// `last`) to `upper`, the time of the commit after the page (now on the first page). So
+/// paging back through the history meets every entry once.
+pub fn with_rollout_entries(
+    commits: Vec<Commit>,
+    entries: Vec<crate::audit::Entry>,
+    last: bool,
+    upper: Option<&str>,
+) -> Vec<AuditRow> {
+    let at = |time: &str| chrono::DateTime::parse_from_rfc3339(time).ok();
+    let lower = commits.first().and_then(|c| at(&c.time)).filter(|_| !last);
+    let upper = upper.and_then(at);
+    let mut rows: Vec<(Option<chrono::DateTime<chrono::FixedOffset>>, AuditRow)> = commits
+        .into_iter()
+        .map(|c| (at(&c.time), AuditRow::Commit(c)))
+        .collect();
+    for entry in entries {
+        let Some(time) = at(&entry.time) else {
+            continue;
+        };
+        if entry.action.is_rollout()
+            && lower.is_none_or(|l| time >= l)
+            && upper.is_none_or(|u| time < u)
+        {
+            rows.push((Some(time), AuditRow::Rollout(entry)));
+        }
+    }
+    // Stable: a commit and an entry of the same second keep the commit first.
+    rows.sort_by_key(|(time, _)| *time);
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
 fn parse_commit(record: &str) -> Option<Commit> {
     let mut fields = record.splitn(6, '\u{1f}');
     let commit = fields.next()?.trim().to_owned();
@@ -1185,6 +1246,58 @@ mod tests {
             text,
             "support: new version v3x\n\nfine\n0000000mallorym@x2026-01-01T00:00:00Zforged[31m \n\tend\n\nPromptgate-Actor: ann Promptgate-Source: git\nPromptgate-Source: admin\n"
         );
+    }
+
+    #[test]
+    fn rollout_entries_are_paged_with_the_commits() {
+        let commit = |time: &str, id: &str| Commit {
+            time: time.into(),
+            actor: "ann".into(),
+            email: "ann@x".into(),
+            source: "admin".into(),
+            commit: id.into(),
+            summary: "s".into(),
+            note: String::new(),
+            prompts: vec!["support".into()],
+            files: vec![],
+        };
+        let entry = |time: &str, action: &str| -> crate::audit::Entry {
+            serde_json::from_value(json!({
+                "time": time, "actor": "rollout", "source": "rollout",
+                "action": action, "prompt": "support",
+            }))
+            .unwrap()
+        };
+        let entries = || {
+            vec![
+                entry("2026-12-03T09:00:00.000Z", "rollout_started"),
+                entry("2026-12-03T10:30:00.000Z", "rollout_advanced"),
+                entry("2026-12-03T10:30:00.000Z", "active_changed"),
+                entry("2026-12-03T12:00:00.000Z", "rollout_completed"),
+            ]
+        };
+        let ids = |rows: &[AuditRow]| -> Vec<String> {
+            rows.iter()
+                .map(|r| match r {
+                    AuditRow::Commit(c) => c.commit.clone(),
+                    AuditRow::Rollout(e) => e.action.as_str().to_owned(),
+                })
+                .collect()
+        };
+        // The newest page: from its oldest commit to now.
+        let first = vec![
+            commit("2026-12-03T10:00:00+00:00", "b"),
+            commit("2026-12-03T11:00:00+00:00", "c"),
+        ];
+        let rows = with_rollout_entries(first, entries(), false, None);
+        assert_eq!(
+            ids(&rows),
+            ["b", "rollout_advanced", "c", "rollout_completed"]
+        );
+        // The last page: from the start to the commit after it.
+        let last = vec![commit("2026-12-03T08:00:00+00:00", "a")];
+        let rows = with_rollout_entries(last, entries(), true, Some("2026-12-03T10:00:00+00:00"));
+        assert_eq!(ids(&rows), ["a", "rollout_started"]);
     }
 
     #[test]
