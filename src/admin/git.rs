@@ -580,38 +580,50 @@ impl GitStore {
             )
             .await?;
         }
-        let link = self.root.join("served");
-        let tmp = self
-            .root
-            .join(format!(".served-{}", uuid::Uuid::new_v4().simple()));
-        let swap = || -> std::io::Result<()> {
-            std::os::unix::fs::symlink(&name, &tmp)?;
-            std::fs::rename(&tmp, &link)
-        };
-        if let Err(e) = swap() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(GitError::Command {
-                what: format!("swap the served link to {}", short(commit)),
-                detail: e.to_string(),
-            });
-        }
+        // Filesystem work off the reactor: the swap, then the list of the other worktrees.
+        let root = self.root.clone();
+        let served = name.clone();
+        let swapped = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<PathBuf>> {
+            let link = root.join("served");
+            let tmp = root.join(format!(".served-{}", uuid::Uuid::new_v4().simple()));
+            let swap = std::os::unix::fs::symlink(&served, &tmp)
+                .and_then(|()| std::fs::rename(&tmp, &link));
+            if let Err(e) = swap {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            Ok(std::fs::read_dir(&root)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| {
+                            let other = e.file_name().to_string_lossy().into_owned();
+                            other.starts_with("rev-") && other != served
+                        })
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| GitError::Command {
+            what: format!("swap the served link to {}", short(commit)),
+            detail: e.to_string(),
+        })?;
         clone.served = commit.to_owned();
         *self.served.lock().unwrap_or_else(|e| e.into_inner()) = commit.to_owned();
         // Every other worktree is done with (a reload reads the files once, in order).
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for entry in entries.flatten() {
-                let other = entry.file_name().to_string_lossy().into_owned();
-                if other.starts_with("rev-") && other != name {
-                    let path = entry.path().to_string_lossy().into_owned();
-                    let _ = self
-                        .run(
-                            &["worktree", "remove", "--force", &path],
-                            "remove a worktree",
-                        )
-                        .await;
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
+        for path in swapped {
+            let shown = path.to_string_lossy().into_owned();
+            let _ = self
+                .run(
+                    &["worktree", "remove", "--force", &shown],
+                    "remove a worktree",
+                )
+                .await;
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path)).await;
         }
         Ok(())
     }
