@@ -258,6 +258,36 @@ def effective(container: dict, pod: dict, key: str):
     return value if value is not None else pod.get("securityContext", {}).get(key)
 
 
+def unreadable(volume: dict, container: dict, pod: dict) -> str | None:
+    """Why the container's user cannot read the files of a Secret or ConfigMap volume, if it
+    cannot. The kubelet writes them as root:root (group fsGroup when the pod sets one) with
+    `mode` of the item, else `defaultMode`, else 0644."""
+    source = volume.get("secret") or volume.get("configMap")
+    if not source:
+        return None
+    uid = effective(container, pod, "runAsUser")
+    if uid is None:
+        return None  # the image's user: not known here
+    gid = effective(container, pod, "runAsGroup")
+    fs_group = (pod.get("securityContext") or {}).get("fsGroup")
+    groups = set((pod.get("securityContext") or {}).get("supplementalGroups") or [])
+    groups |= {g for g in (gid, fs_group) if g is not None}
+    file_gid = fs_group if fs_group is not None else 0
+    default = source.get("defaultMode", 0o644)
+    for item in source.get("items") or [{"mode": default}]:
+        mode = item.get("mode", default)
+        if uid == 0 and mode & 0o400:
+            continue
+        if mode & 0o004 or (mode & 0o040 and file_gid in groups):
+            continue
+        owner = f"root:{file_gid}"
+        what = f"file {item['path']}" if "path" in item else "its files"
+        return (f"{what} (mode {mode:04o}, owned by {owner}) cannot be read by user {uid} "
+                f"(groups {sorted(groups) or 'none'}): set the pod's securityContext.fsGroup "
+                f"to the container's group, or the mode to 0444")
+    return None
+
+
 def check_workload(name: str, workload: dict, objects: dict, image_env: dict[str, str],
                    options: dict[str, Option], by_env: dict[str, Option], prompts_dir: Path) -> None:
     kind, wname = workload["kind"], workload["metadata"]["name"]
@@ -312,6 +342,10 @@ def check_workload(name: str, workload: dict, objects: dict, image_env: dict[str
         res = c.get("resources", {}) or {}
         if "memory" not in (res.get("requests") or {}) or "memory" not in (res.get("limits") or {}):
             fail("wiring", f"{where}: no memory request and limit")
+        for m in c.get("volumeMounts", []):
+            problem = unreadable(volumes.get(m["name"]) or {}, c, pod)
+            if problem:
+                fail("wiring", f"{where}: volume {m['name']} at {m['mountPath']}: {problem}")
     for v in volumes.values():
         cm = v.get("configMap")
         if cm and not cm.get("optional") and ("ConfigMap", cm["name"]) not in objects:

@@ -11,7 +11,8 @@
 #      (ServiceMonitor) are reported as skipped and their wiring is checked instead;
 #  (c) flags: every flag and PROMPTGATE_* variable given to promptgate by the manifests or the
 #      Dockerfile is one that `BINARY serve --help` lists;
-#  (d) wiring and exposure: references, ports, writable paths, security settings, the prompt
+#  (d) wiring and exposure: references, ports, writable paths, security settings, mounted
+#      Secrets and ConfigMaps readable by the container's user, the prompt
 #      ConfigMaps against prompts/, and that the proxy is reachable only from inside the pod
 #      (deploy/check_deploy.py says what exactly);
 #  (e) self-test: the exposure check fails on deploy/kubernetes/testdata/exposed-proxy.

@@ -1,6 +1,12 @@
 //! Git write mode with real git: a bare repository on disk is the remote, a console-only
 //! promptgate writes through it, and two replicas read the branch through checkouts swapped
 //! by symlink exactly as git-sync does.
+//!
+//! Hermetic: each test runs in a child copy of this test binary whose environment keeps git's
+//! global and system configuration out of reach (`GIT_CONFIG_GLOBAL=/dev/null`,
+//! `GIT_CONFIG_NOSYSTEM=1`, `HOME` an empty temporary folder), so every git the test runs and
+//! every git promptgate runs behaves as on a clean machine or in the container, where no
+//! `user.email` is configured anywhere.
 
 mod common;
 
@@ -16,6 +22,35 @@ use tempfile::TempDir;
 use common::{TestApp, spawn_with};
 
 const TOKEN: &str = "secret-token";
+
+/// Set in the child that runs a test's body.
+const HERMETIC: &str = "PROMPTGATE_TEST_GIT_HERMETIC";
+
+/// In the test harness's own process: runs the test `name` in a child copy of this binary with
+/// git's configuration out of reach, asserts that it passed, and returns true (the caller
+/// returns). In that child: returns false, and the caller runs the test's body.
+fn in_hermetic_child(name: &str) -> bool {
+    if std::env::var_os(HERMETIC).is_some() {
+        return false;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1"])
+        .env(HERMETIC, "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .expect("the test binary runs itself");
+    assert!(
+        out.status.success(),
+        "`{name}` failed in its hermetic child:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
 
 /// Runs git in `dir`; panics with git's words when it fails.
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -234,6 +269,11 @@ fn versions(detail: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_write_on_the_console_reaches_every_replica_and_the_history_is_the_audit() {
+    if in_hermetic_child(
+        "a_write_on_the_console_reaches_every_replica_and_the_history_is_the_audit",
+    ) {
+        return;
+    }
     let repo = Repo::new();
     let syncs = [GitSync::new(&repo), GitSync::new(&repo)];
     let replicas = [replica(&syncs[0]).await, replica(&syncs[1]).await];
@@ -322,10 +362,26 @@ async fn a_write_on_the_console_reaches_every_replica_and_the_history_is_the_aud
     for app in &replicas {
         assert_eq!(get(app, "/admin/audit?prompt=support").await, audit);
     }
+    // A rollout's steps and halts no commit records: the local trail's entries are merged in
+    // by time, on the console's audit page too.
+    let halted: promptgate::audit::Entry = serde_json::from_value(json!({
+        "time": "", "actor": "rollout", "source": "rollout", "action": "rollout_halted",
+        "prompt": "support", "from_version": 3, "to_version": 1,
+    }))
+    .unwrap();
+    console.server.state().audit.note(halted).unwrap();
+    let with_rollout = get(&console, "/admin/audit?prompt=support").await;
+    let rows = with_rollout.as_array().unwrap();
+    assert_eq!(rows.len(), audit.as_array().unwrap().len() + 1);
+    assert_eq!(rows.last().unwrap()["action"], "rollout_halted");
+    assert_eq!(rows[rows.len() - 2]["commit"], commit);
     let page = get_text(&console, "/admin/audit?limit=1").await;
-    assert_eq!(page.0.as_array().unwrap().len(), 1);
+    assert_eq!(page.0.as_array().unwrap().len(), 2);
     let older = page.1.expect("a cursor to older commits");
+    assert_eq!(page.0[0]["commit"], commit);
+    assert_eq!(page.0[1]["action"], "rollout_halted");
     let before = get(&console, &format!("/admin/audit?limit=1&before={older}")).await;
+    assert_eq!(before.as_array().unwrap().len(), 1);
     assert_eq!(before[0]["summary"], "seed the prompts");
     assert_eq!(before[0]["source"], "git");
     // The console's trail is the same history.
@@ -343,6 +399,7 @@ async fn a_write_on_the_console_reaches_every_replica_and_the_history_is_the_aud
         trail.contains("new version v3 (active) — shorter answers"),
         "{trail}"
     );
+    assert!(trail.contains("rollout halted"), "{trail}");
     let status = get(&console, "/admin/status").await;
     assert_eq!(status["git"]["commit"], commit);
     assert_eq!(status["git"]["branch"], "main");
@@ -365,6 +422,9 @@ async fn get_text(app: &TestApp, path: &str) -> (Value, Option<String>) {
 
 #[tokio::test]
 async fn the_binary_writes_through_git_from_its_flags_and_environment() {
+    if in_hermetic_child("the_binary_writes_through_git_from_its_flags_and_environment") {
+        return;
+    }
     let repo = Repo::new();
     let state = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptgate"));
@@ -397,6 +457,9 @@ async fn the_binary_writes_through_git_from_its_flags_and_environment() {
 
 #[test]
 fn a_remote_that_fails_is_named_without_its_credentials() {
+    if in_hermetic_child("a_remote_that_fails_is_named_without_its_credentials") {
+        return;
+    }
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_promptgate"))
         .args(["serve", "--listen", "127.0.0.1:0", "--console-only"])
@@ -417,10 +480,19 @@ fn a_remote_that_fails_is_named_without_its_credentials() {
 
 #[tokio::test]
 async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
+    if in_hermetic_child("a_lost_race_rebases_and_a_conflicting_change_is_409") {
+        return;
+    }
     let repo = Repo::new();
     let sync = GitSync::new(&repo);
     let replica = replica(&sync).await;
     let console = console(repo.git_config()).await;
+
+    // A git killed midway (timeout, out of memory, the container stopped) left a lock and an
+    // unfinished rebase in the clone, which the state folder keeps: they are cleared.
+    let clone = console.state_dir.path().join("git/clone/.git");
+    std::fs::write(clone.join("index.lock"), "").unwrap();
+    std::fs::create_dir_all(clone.join("rebase-merge")).unwrap();
 
     // Someone pushes first, to another prompt: the write rebases on it.
     let theirs = repo.push_other("ab/v3.prompt", "Variant C", "ab: add v3 by hand");
@@ -439,6 +511,14 @@ async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
         git(&repo.remote, &["rev-parse", &format!("{ours}^")]),
         theirs
     );
+    // The rebase kept the actor as the author; promptgate commits, with no git configuration.
+    assert_eq!(
+        git(
+            &repo.remote,
+            &["log", "-1", "--format=%an|%cn <%ce>", &ours]
+        ),
+        "bo|promptgate <promptgate@localhost>"
+    );
     // Both changes serve, here and on the replica.
     let served = get(&console, "/admin/prompts/ab").await;
     assert_eq!(versions(&served), [1, 2, 3]);
@@ -447,6 +527,9 @@ async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
         d["active_version"] == 1
     })
     .await;
+
+    // A git killed while writing the index left it unreadable: the clone is made again.
+    std::fs::write(clone.join("index"), "DIRC garbage").unwrap();
 
     // Someone adds the same version number with other text: the write conflicts, nothing is
     // pushed, and the answer names the file.
@@ -467,6 +550,9 @@ async fn a_lost_race_rebases_and_a_conflicting_change_is_409() {
 
 #[tokio::test]
 async fn review_mode_leaves_the_branch_alone_until_the_review_is_merged() {
+    if in_hermetic_child("review_mode_leaves_the_branch_alone_until_the_review_is_merged") {
+        return;
+    }
     let repo = Repo::new();
     let sync = GitSync::new(&repo);
     let replica = replica(&sync).await;
@@ -553,6 +639,32 @@ async fn review_mode_leaves_the_branch_alone_until_the_review_is_merged() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["serving"], false);
     assert_eq!(body["review"]["branch"], "promptgate/support-v4");
+
+    // A rollback's branch from an earlier review, merged and left in place, does not block
+    // the same rollback now: the new branch carries the time.
+    git(
+        &repo.other,
+        &[
+            "push",
+            "-q",
+            "origin",
+            "main:refs/heads/promptgate/support-active-v1",
+        ],
+    );
+    let (status, body) = post(
+        &console,
+        "/admin/prompts/support/rollback",
+        "cy",
+        json!({"version": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let branch = body["review"]["branch"].as_str().unwrap();
+    assert!(
+        branch.starts_with("promptgate/support-active-v1-"),
+        "{branch}"
+    );
+    assert_eq!(repo.tip(branch), body["commit"].as_str().unwrap());
 
     // The team merges the first review: it goes live everywhere and stops waiting.
     git(&repo.other, &["fetch", "-q", "origin"]);

@@ -160,19 +160,12 @@ impl GitStore {
             pending: Mutex::new(Vec::new()),
             root,
         };
+        let mut clone = store.clone.lock().await;
         if !store.clone_dir.join(".git").exists() {
-            std::fs::create_dir_all(&store.clone_dir)
-                .map_err(|e| io("create the working clone", e))?;
-            store
-                .run(&["init", "-q"], "create the working clone")
-                .await?;
-            store
-                .run(
-                    &["remote", "add", "origin", &store.config.remote],
-                    "add the remote",
-                )
-                .await?;
+            store.init_clone().await?;
         } else {
+            // The state folder outlives the container: a git killed with it left this clone.
+            store.recover().await;
             store
                 .run(
                     &["remote", "set-url", "origin", &store.config.remote],
@@ -180,7 +173,6 @@ impl GitStore {
                 )
                 .await?;
         }
-        let mut clone = store.clone.lock().await;
         let tip = store.fetch_branch().await?;
         store.publish(&mut clone, &tip).await?;
         drop(clone);
@@ -199,6 +191,61 @@ impl GitStore {
         }
         store.refresh_pending().await;
         Ok(store)
+    }
+
+    /// A new, empty working clone with the remote as `origin` (anything there is removed).
+    async fn init_clone(&self) -> Result<(), GitError> {
+        let io = |what: &str, e: std::io::Error| GitError::Command {
+            what: what.to_owned(),
+            detail: e.to_string(),
+        };
+        let dir = self.clone_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| io("remove the working clone", e))?;
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| io("create the working clone", e))
+        })
+        .await
+        .map_err(|e| io("create the working clone", std::io::Error::other(e)))??;
+        self.run(&["init", "-q"], "create the working clone")
+            .await?;
+        self.run(
+            &["remote", "add", "origin", &self.config.remote],
+            "add the remote",
+        )
+        .await
+    }
+
+    /// Undoes what a git killed midway (by the timeout, out of memory, or with its container,
+    /// whose state folder survives it) leaves in the clone: lock files, which would fail every
+    /// later command, and an unfinished rebase. Called with the clone's lock held, so no git of
+    /// ours is running in it and every lock found is stale.
+    async fn recover(&self) {
+        let git_dir = self.clone_dir.join(".git");
+        let dir = git_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || remove_locks(&dir))
+            .await
+            .unwrap_or_default();
+        for lock in removed {
+            tracing::warn!(lock = %lock.display(), "removed a stale git lock from the working clone");
+        }
+        for rebase in ["rebase-merge", "rebase-apply"] {
+            let dir = git_dir.join(rebase);
+            if dir.exists() {
+                tracing::warn!("aborting a rebase left unfinished in the working clone");
+                let _ = self.exec(&["rebase", "--abort"], "abort the rebase").await;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            }
+        }
+    }
+
+    /// Makes the clone usable again when it cannot even be checked out (a git killed while
+    /// writing the index or objects): a fresh clone, fetched.
+    async fn reclone(&self) -> Result<(), GitError> {
+        tracing::warn!("the working clone is broken; cloning again");
+        self.init_clone().await?;
+        self.fetch_branch().await.map(drop)
     }
 
     /// The prompts folder being served: through the `served` link.
@@ -235,6 +282,7 @@ impl GitStore {
     /// and refreshes the pending review branches. The poll loop calls this.
     pub async fn sync(&self, reloader: &crate::reload::Reloader) -> Result<bool, GitError> {
         let mut clone = self.clone.lock().await;
+        self.recover().await;
         let tip = self.fetch_branch().await?;
         let moved = tip != clone.served;
         if moved {
@@ -259,7 +307,12 @@ impl GitStore {
     ) -> Result<(T, Landed), GitError> {
         let mut clone = self.clone.lock().await;
         let base = clone.served.clone();
-        self.reset_to(&base).await?;
+        self.recover().await;
+        if let Err(e) = self.reset_to(&base).await {
+            tracing::warn!("{e}");
+            self.reclone().await?;
+            self.reset_to(&base).await?;
+        }
         // Numbers held by changes waiting for review are not handed out again.
         for pending in self.pending() {
             let number = pending
@@ -307,10 +360,6 @@ impl GitStore {
         let author = author_of(actor);
         self.run(
             &[
-                "-c",
-                "user.name=promptgate",
-                "-c",
-                "user.email=promptgate@localhost",
                 "commit",
                 "-q",
                 "--no-verify",
@@ -324,7 +373,7 @@ impl GitStore {
         .await?;
         let landed = match &self.config.review_prefix {
             Some(prefix) => {
-                let branch = format!("{prefix}/{}", ref_safe(&change.branch));
+                let branch = review_branch(prefix, &change, chrono::Utc::now());
                 let commit = self.push_review(&branch).await?;
                 let pending = Pending {
                     url: self.web_url(&branch, &commit, &base),
@@ -375,10 +424,8 @@ impl GitStore {
         tracing::info!(branch = %self.config.branch, "the push lost a race; rebasing on the new tip");
         let tip = self.fetch_branch().await?;
         let rebased = self
-            .command(&["rebase", "-q", &tip])
-            .output()
-            .await
-            .map_err(|e| self.spawn_error("rebase the change", &e))?;
+            .exec(&["rebase", "-q", &tip], "rebase the change")
+            .await?;
         if !rebased.status.success() {
             let conflicted = self
                 .output(
@@ -387,7 +434,7 @@ impl GitStore {
                 )
                 .await
                 .unwrap_or_default();
-            let _ = self.command(&["rebase", "--abort"]).output().await;
+            let _ = self.exec(&["rebase", "--abort"], "abort the rebase").await;
             let files: Vec<String> = conflicted
                 .lines()
                 .map(|f| format!("`{f}`"))
@@ -446,10 +493,8 @@ impl GitStore {
     async fn push(&self, refspec: &str) -> Result<bool, GitError> {
         let what = format!("push to `{}`", refspec.trim_start_matches("HEAD:"));
         let out = self
-            .command(&["push", "--porcelain", "origin", refspec])
-            .output()
-            .await
-            .map_err(|e| self.spawn_error(&what, &e))?;
+            .exec(&["push", "--porcelain", "origin", refspec], &what)
+            .await?;
         if out.status.success() {
             return Ok(true);
         }
@@ -535,38 +580,50 @@ impl GitStore {
             )
             .await?;
         }
-        let link = self.root.join("served");
-        let tmp = self
-            .root
-            .join(format!(".served-{}", uuid::Uuid::new_v4().simple()));
-        let swap = || -> std::io::Result<()> {
-            std::os::unix::fs::symlink(&name, &tmp)?;
-            std::fs::rename(&tmp, &link)
-        };
-        if let Err(e) = swap() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(GitError::Command {
-                what: format!("swap the served link to {}", short(commit)),
-                detail: e.to_string(),
-            });
-        }
+        // Filesystem work off the reactor: the swap, then the list of the other worktrees.
+        let root = self.root.clone();
+        let served = name.clone();
+        let swapped = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<PathBuf>> {
+            let link = root.join("served");
+            let tmp = root.join(format!(".served-{}", uuid::Uuid::new_v4().simple()));
+            let swap = std::os::unix::fs::symlink(&served, &tmp)
+                .and_then(|()| std::fs::rename(&tmp, &link));
+            if let Err(e) = swap {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            Ok(std::fs::read_dir(&root)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| {
+                            let other = e.file_name().to_string_lossy().into_owned();
+                            other.starts_with("rev-") && other != served
+                        })
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| GitError::Command {
+            what: format!("swap the served link to {}", short(commit)),
+            detail: e.to_string(),
+        })?;
         clone.served = commit.to_owned();
         *self.served.lock().unwrap_or_else(|e| e.into_inner()) = commit.to_owned();
         // Every other worktree is done with (a reload reads the files once, in order).
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for entry in entries.flatten() {
-                let other = entry.file_name().to_string_lossy().into_owned();
-                if other.starts_with("rev-") && other != name {
-                    let path = entry.path().to_string_lossy().into_owned();
-                    let _ = self
-                        .run(
-                            &["worktree", "remove", "--force", &path],
-                            "remove a worktree",
-                        )
-                        .await;
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
+        for path in swapped {
+            let shown = path.to_string_lossy().into_owned();
+            let _ = self
+                .run(
+                    &["worktree", "remove", "--force", &shown],
+                    "remove a worktree",
+                )
+                .await;
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path)).await;
         }
         Ok(())
     }
@@ -609,10 +666,12 @@ impl GitStore {
                 continue;
             };
             let merged = self
-                .command(&["merge-base", "--is-ancestor", commit, &tip])
-                .status()
+                .exec(
+                    &["merge-base", "--is-ancestor", commit, &tip],
+                    "check a review branch",
+                )
                 .await
-                .is_ok_and(|s| s.success());
+                .is_ok_and(|out| out.status.success());
             if merged {
                 continue;
             }
@@ -651,18 +710,16 @@ impl GitStore {
         self.output(args, what).await.map(drop)
     }
 
+    /// Runs git, bounded by the timeout: every git command in the clone goes through here,
+    /// since the clone's lock is held meanwhile. Its output whatever the exit status, or an
+    /// error naming `what` when it cannot run or does not finish in time (it is then killed).
+    async fn exec(&self, args: &[&str], what: &str) -> Result<std::process::Output, GitError> {
+        bounded(self.command(args), self.config.timeout, what).await
+    }
+
     /// Runs git, bounded by the timeout; its trimmed stdout, or an error naming `what`.
     async fn output(&self, args: &[&str], what: &str) -> Result<String, GitError> {
-        let run = self.command(args).output();
-        let out = match tokio::time::timeout(self.config.timeout, run).await {
-            Ok(out) => out.map_err(|e| self.spawn_error(what, &e))?,
-            Err(_) => {
-                return Err(GitError::Command {
-                    what: what.to_owned(),
-                    detail: format!("no answer within {} s", self.config.timeout.as_secs_f64()),
-                });
-            }
-        };
+        let out = self.exec(args, what).await?;
         if !out.status.success() {
             return Err(GitError::Command {
                 what: what.to_owned(),
@@ -671,14 +728,30 @@ impl GitStore {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
+}
 
-    fn spawn_error(&self, what: &str, e: &std::io::Error) -> GitError {
-        GitError::Command {
+/// Runs `cmd` (made with [`git_command`], so killed when dropped), bounded by `timeout`.
+async fn bounded(
+    mut cmd: Command,
+    timeout: Duration,
+    what: &str,
+) -> Result<std::process::Output, GitError> {
+    match tokio::time::timeout(timeout, cmd.output()).await {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(GitError::Command {
             what: what.to_owned(),
             detail: format!("cannot run `git` ({e}); is git installed?"),
-        }
+        }),
+        Err(_) => Err(GitError::Command {
+            what: what.to_owned(),
+            detail: format!("no answer within {} s", timeout.as_secs_f64()),
+        }),
     }
 }
+
+/// The committer of every commit promptgate makes (the author is the actor).
+const COMMITTER_NAME: &str = "promptgate";
+const COMMITTER_EMAIL: &str = "promptgate@localhost";
 
 /// A git command in `dir` with the configured credentials. The token, if any, is read by a
 /// credential helper from its file at each use: it is in no URL, argument or environment.
@@ -718,6 +791,11 @@ pub fn git_command(config: &GitConfig, dir: &Path, args: &[&str]) -> Command {
         );
     }
     cmd.args(args)
+        // Who commits, for every command that makes commits (`commit`, and `rebase` after a
+        // lost race): a container has no git configuration and no home to find one in. The
+        // author of a change is the actor, given to `commit` and kept by `rebase`.
+        .env("GIT_COMMITTER_NAME", COMMITTER_NAME)
+        .env("GIT_COMMITTER_EMAIL", COMMITTER_EMAIL)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "")
         .env("SSH_ASKPASS", "")
@@ -727,6 +805,36 @@ pub fn git_command(config: &GitConfig, dir: &Path, args: &[&str]) -> Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
+}
+
+/// Removes the lock files git leaves behind when killed: `.git/*.lock` and those under
+/// `refs/` and `worktrees/`. Returns those removed.
+fn remove_locks(git_dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, deep: bool, removed: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if deep {
+                    walk(&path, true, removed);
+                }
+            } else if path.extension().is_some_and(|e| e == "lock")
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed.push(path);
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    walk(git_dir, false, &mut removed);
+    walk(&git_dir.join("refs"), true, &mut removed);
+    walk(&git_dir.join("worktrees"), true, &mut removed);
+    removed
 }
 
 fn shell_quote(text: &str) -> String {
@@ -772,6 +880,18 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// `PREFIX/<change's branch>`, with the time added (`-20261203-113900`) unless the change is a
+/// new version: a rollback to v1 made again after an earlier one was merged must not land on
+/// the earlier branch.
+fn review_branch(prefix: &str, change: &Change, now: chrono::DateTime<chrono::Utc>) -> String {
+    let name = ref_safe(&change.branch);
+    if change.new_version {
+        format!("{prefix}/{name}")
+    } else {
+        format!("{prefix}/{name}-{}", now.format("%Y%m%d-%H%M%S"))
+    }
+}
+
 /// A branch name git accepts: prompt and label names may hold `..` or end in `.lock`.
 fn ref_safe(name: &str) -> String {
     let mut out = name.replace("..", "-");
@@ -787,10 +907,9 @@ fn short(commit: &str) -> &str {
 
 /// `Name <email>`: the actor's name, and as the email the name itself when it is one.
 fn author_of(actor: &Actor) -> String {
-    let name: String = actor
-        .name
+    let name: String = printable(&actor.name, false)
         .chars()
-        .filter(|c| !matches!(c, '<' | '>' | '\n' | '\r'))
+        .filter(|c| !matches!(c, '<' | '>'))
         .collect();
     let name = if name.trim().is_empty() {
         "admin".to_owned()
@@ -817,19 +936,38 @@ fn author_of(actor: &Actor) -> String {
 
 /// `support: new version v3 (active)`, the change note, and trailers naming the actor and the
 /// way the change came (`console` or `admin`), which `GET /admin/audit` reads back.
+/// Control characters are taken out of what a client wrote: the history is read back split on
+/// `\x1e` and `\x1f`, so a note holding them would forge audit entries.
 fn commit_message(change: &Change, actor: &Actor) -> String {
-    let mut message = format!("{}: {}\n", change.prompt, change.summary);
+    let mut message = format!(
+        "{}: {}\n",
+        printable(&change.prompt, false),
+        printable(&change.summary, false)
+    );
     if let Some(note) = change.note.as_ref().filter(|n| !n.trim().is_empty()) {
         message.push('\n');
-        message.push_str(note.trim());
+        message.push_str(printable(note, true).trim());
         message.push('\n');
     }
-    let name = actor.name.replace(['\n', '\r'], " ");
+    let name = printable(&actor.name, false);
     message.push_str(&format!(
         "\nPromptgate-Actor: {name}\nPromptgate-Source: {}\n",
         actor.source
     ));
     message
+}
+
+/// `text` without control characters; line ends and tabs are kept when `lines`, else (and
+/// always `\r`) they become spaces.
+fn printable(text: &str, lines: bool) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '\n' | '\t' if lines => Some(c),
+            '\n' | '\t' | '\r' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
 }
 
 /// One commit of the history, as `GET /admin/audit` answers in git mode.
@@ -885,17 +1023,12 @@ pub async fn history(
     args.push(prompt.map_or(".".to_owned(), str::to_owned));
     let config = GitConfig::new("");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = git_command(&config, dir, &refs).output();
-    let out = tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| GitError::Command {
-            what: "read the history".to_owned(),
-            detail: format!("no answer within {} s", timeout.as_secs_f64()),
-        })?
-        .map_err(|e| GitError::Command {
-            what: "read the history".to_owned(),
-            detail: format!("cannot run `git` ({e})"),
-        })?;
+    let out = bounded(
+        git_command(&config, dir, &refs),
+        timeout,
+        "read the history",
+    )
+    .await?;
     if !out.status.success() {
         return Err(GitError::Command {
             what: format!("read the history of `{}`", dir.display()),
@@ -916,6 +1049,67 @@ pub async fn history(
     };
     commits.reverse();
     Ok((commits, next))
+}
+
+/// One row of the audit in git mode: a commit, or a rollout's own entry from the local trail.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum AuditRow {
+    Commit(Commit),
+    Rollout(crate::audit::Entry),
+}
+
+/// When `commit` was made (its author time, as the history gives it).
+pub async fn commit_time(dir: &Path, commit: &str, timeout: Duration) -> Result<String, GitError> {
+    let config = GitConfig::new("");
+    let args = ["log", "-1", "--format=%aI", commit, "--"];
+    let out = bounded(
+        git_command(&config, dir, &args),
+        timeout,
+        "read a commit's time",
+    )
+    .await?;
+    if !out.status.success() {
+        return Err(GitError::Command {
+            what: format!("read the time of commit `{commit}` (from the `x-audit-next` header)"),
+            detail: detail_of(&out),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A page of the history with the rollout's own audit entries (`rollout_started` …
+/// `rollout_ended`, which no commit records) that fall in it, as one list oldest first:
+/// entries from the time of the page's oldest commit (from the start on the last page,
+/// `last`) to `upper`, the time of the commit after the page (now on the first page). So
+/// paging back through the history meets every entry once.
+pub fn with_rollout_entries(
+    commits: Vec<Commit>,
+    entries: Vec<crate::audit::Entry>,
+    last: bool,
+    upper: Option<&str>,
+) -> Vec<AuditRow> {
+    let at = |time: &str| chrono::DateTime::parse_from_rfc3339(time).ok();
+    let lower = commits.first().and_then(|c| at(&c.time)).filter(|_| !last);
+    let upper = upper.and_then(at);
+    let mut rows: Vec<(Option<chrono::DateTime<chrono::FixedOffset>>, AuditRow)> = commits
+        .into_iter()
+        .map(|c| (at(&c.time), AuditRow::Commit(c)))
+        .collect();
+    for entry in entries {
+        let Some(time) = at(&entry.time) else {
+            continue;
+        };
+        if entry.action.is_rollout()
+            && lower.is_none_or(|l| time >= l)
+            && upper.is_none_or(|u| time < u)
+        {
+            rows.push((Some(time), AuditRow::Rollout(entry)));
+        }
+    }
+    // Stable: a commit and an entry of the same second keep the commit first.
+    rows.sort_by_key(|(time, _)| *time);
+    rows.into_iter().map(|(_, row)| row).collect()
 }
 
 fn parse_commit(record: &str) -> Option<Commit> {
@@ -1017,11 +1211,160 @@ mod tests {
         assert!(text.contains("password=tok-123\n"), "{text}");
     }
 
+    #[tokio::test]
+    async fn a_remote_that_never_answers_is_given_up_on() {
+        // Accepts the connection and says nothing, like a hung server.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/prompts.git", listener.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let config = GitConfig::new(&url);
+        let cmd = git_command(&config, dir.path(), &["ls-remote", &url]);
+        let started = std::time::Instant::now();
+        let err = bounded(cmd, Duration::from_millis(300), "list the remote")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("could not list the remote: no answer within 0.3 s"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(listener);
+    }
+
+    #[test]
+    fn a_note_cannot_forge_history_entries() {
+        let change = Change {
+            prompt: "support".into(),
+            summary: "new version v3\u{1f}x".into(),
+            note: Some(
+                "fine\u{1f}\n\u{1e}0000000\u{1f}mallory\u{1f}m@x\u{1f}2026-01-01T00:00:00Z\u{1f}forged\u{1b}[31m\r\n\tend".into(),
+            ),
+            branch: "support-v3".into(),
+            new_version: true,
+        };
+        let text = commit_message(
+            &change,
+            &Actor {
+                name: "ann\u{1e}\nPromptgate-Source: git".into(),
+                source: "admin",
+            },
+        );
+        assert!(
+            !text.contains(['\u{1e}', '\u{1f}', '\u{1b}', '\r']),
+            "{text:?}"
+        );
+        assert_eq!(
+            text,
+            "support: new version v3x\n\nfine\n0000000mallorym@x2026-01-01T00:00:00Zforged[31m \n\tend\n\nPromptgate-Actor: ann Promptgate-Source: git\nPromptgate-Source: admin\n"
+        );
+    }
+
+    #[test]
+    fn rollout_entries_are_paged_with_the_commits() {
+        let commit = |time: &str, id: &str| Commit {
+            time: time.into(),
+            actor: "ann".into(),
+            email: "ann@x".into(),
+            source: "admin".into(),
+            commit: id.into(),
+            summary: "s".into(),
+            note: String::new(),
+            prompts: vec!["support".into()],
+            files: vec![],
+        };
+        let entry = |time: &str, action: &str| -> crate::audit::Entry {
+            serde_json::from_value(json!({
+                "time": time, "actor": "rollout", "source": "rollout",
+                "action": action, "prompt": "support",
+            }))
+            .unwrap()
+        };
+        let entries = || {
+            vec![
+                entry("2026-12-03T09:00:00.000Z", "rollout_started"),
+                entry("2026-12-03T10:30:00.000Z", "rollout_advanced"),
+                entry("2026-12-03T10:30:00.000Z", "active_changed"),
+                entry("2026-12-03T12:00:00.000Z", "rollout_completed"),
+            ]
+        };
+        let ids = |rows: &[AuditRow]| -> Vec<String> {
+            rows.iter()
+                .map(|r| match r {
+                    AuditRow::Commit(c) => c.commit.clone(),
+                    AuditRow::Rollout(e) => e.action.as_str().to_owned(),
+                })
+                .collect()
+        };
+        // The newest page: from its oldest commit to now.
+        let first = vec![
+            commit("2026-12-03T10:00:00+00:00", "b"),
+            commit("2026-12-03T11:00:00+00:00", "c"),
+        ];
+        let rows = with_rollout_entries(first, entries(), false, None);
+        assert_eq!(
+            ids(&rows),
+            ["b", "rollout_advanced", "c", "rollout_completed"]
+        );
+        // The last page: from the start to the commit after it.
+        let last = vec![commit("2026-12-03T08:00:00+00:00", "a")];
+        let rows = with_rollout_entries(last, entries(), true, Some("2026-12-03T10:00:00+00:00"));
+        assert_eq!(ids(&rows), ["a", "rollout_started"]);
+    }
+
+    #[test]
+    fn stale_locks_are_found_where_git_leaves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path();
+        for file in [
+            "index.lock",
+            "config.lock",
+            "refs/heads/main.lock",
+            "worktrees/rev-1/index.lock",
+            "HEAD",
+        ] {
+            let path = git.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "").unwrap();
+        }
+        let mut removed: Vec<String> = remove_locks(git)
+            .iter()
+            .map(|p| p.strip_prefix(git).unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                "config.lock",
+                "index.lock",
+                "refs/heads/main.lock",
+                "worktrees/rev-1/index.lock"
+            ]
+        );
+        assert!(git.join("HEAD").exists());
+    }
+
     #[test]
     fn review_branches_are_valid_refs() {
         assert_eq!(ref_safe("a..b-v3"), "a-b-v3");
         assert_eq!(ref_safe("support-label-x.lock"), "support-label-x-lock");
         assert_eq!(ref_safe("support-v3"), "support-v3");
+    }
+
+    #[test]
+    fn only_new_versions_have_review_branches_without_a_time() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-03T11:39:00Z")
+            .unwrap()
+            .to_utc();
+        let new: super::super::write::NewVersion =
+            serde_json::from_value(json!({"template": "Hi."})).unwrap();
+        let version = Change::new_version("support", 3, &new);
+        assert_eq!(review_branch("pg", &version, now), "pg/support-v3");
+        let rollback = Change::rollback("support", 1);
+        assert_eq!(
+            review_branch("pg", &rollback, now),
+            "pg/support-active-v1-20261203-113900"
+        );
     }
 
     #[test]
@@ -1034,6 +1377,10 @@ mod tests {
             author_of(&Actor::admin("Ann <B>")),
             "Ann B <ann.b@promptgate.invalid>"
         );
+        assert_eq!(
+            author_of(&Actor::admin("Ann\u{1f}<B>")),
+            "AnnB <annb@promptgate.invalid>"
+        );
     }
 
     #[test]
@@ -1043,6 +1390,7 @@ mod tests {
             summary: "new version v3 (active)".into(),
             note: Some("shorter greeting".into()),
             branch: "support-v3".into(),
+            new_version: true,
         };
         let text = commit_message(
             &change,

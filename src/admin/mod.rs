@@ -642,7 +642,8 @@ async fn audit(
     Ok(response)
 }
 
-/// The audit trail in git mode: the history of the prompts folder, one entry per commit.
+/// The audit trail in git mode: the history of the prompts folder, one entry per commit,
+/// with the rollout's own entries from the local trail (no commit records a step or a halt).
 async fn git_audit(
     state: &AppState,
     query: AuditQuery,
@@ -655,27 +656,59 @@ async fn git_audit(
         .git
         .as_ref()
         .map_or(std::time::Duration::from_secs(60), |g| g.config().timeout);
+    let dir = &state.config.prompts_dir;
+    let cursor_error = |e: GitError| match e {
+        GitError::Command { ref detail, .. } if detail.contains("x-audit-next") => {
+            ApiError::bad_request(detail.clone(), Some("before".to_owned()))
+        }
+        GitError::Command { ref what, .. } if what.contains("x-audit-next") => {
+            ApiError::bad_request(e.to_string(), Some("before".to_owned()))
+        }
+        e => ApiError::Internal(e.to_string()),
+    };
     let (commits, next) = git::history(
-        &state.config.prompts_dir,
+        dir,
         query.prompt.as_deref(),
         query.before.as_deref(),
         limit,
         timeout,
     )
     .await
-    .map_err(|e| match e {
-        GitError::Command { ref detail, .. } if detail.contains("x-audit-next") => {
-            ApiError::bad_request(detail.clone(), Some("before".to_owned()))
-        }
-        e => ApiError::Internal(e.to_string()),
-    })?;
-    let mut response = Json(serde_json::to_value(commits).unwrap_or(Value::Null)).into_response();
+    .map_err(cursor_error)?;
+    let upper = match &query.before {
+        Some(commit) => Some(
+            git::commit_time(dir, commit, timeout)
+                .await
+                .map_err(cursor_error)?,
+        ),
+        None => None,
+    };
+    let entries = rollout_entries(state, query.prompt.clone()).await?;
+    let rows = git::with_rollout_entries(commits, entries, next.is_none(), upper.as_deref());
+    let mut response = Json(serde_json::to_value(rows).unwrap_or(Value::Null)).into_response();
     if let Some(next) = next
         && let Ok(value) = axum::http::HeaderValue::from_str(&next)
     {
         response.headers_mut().insert("x-audit-next", value);
     }
     Ok(response)
+}
+
+/// The local trail's rollout entries (all of them: the caller picks by time). Blocking read,
+/// off the reactor.
+pub(crate) async fn rollout_entries(
+    state: &AppState,
+    prompt: Option<String>,
+) -> Result<Vec<crate::audit::Entry>, ApiError> {
+    let audit = state.audit.clone();
+    let entries = tokio::task::spawn_blocking(move || audit.read(prompt.as_deref()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(format!("cannot read the audit trail: {e}")))?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.action.is_rollout())
+        .collect())
 }
 
 /// `GET /admin/status`

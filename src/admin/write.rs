@@ -37,6 +37,10 @@ pub struct Change {
     pub note: Option<String>,
     /// The review branch's name after the prefix (`support-v3`).
     pub branch: String,
+    /// Whether `branch` names a new version, which no other change can have: other branches
+    /// get a time added, since the same change may be made again after an earlier one was
+    /// merged (its branch often left in place).
+    pub new_version: bool,
 }
 
 impl Change {
@@ -50,6 +54,7 @@ impl Change {
             ),
             note: new.notes.clone(),
             branch: format!("{prompt}-v{number}"),
+            new_version: true,
         }
     }
 
@@ -60,6 +65,7 @@ impl Change {
             summary: format!("make v{version} active"),
             note: None,
             branch: format!("{prompt}-active-v{version}"),
+            new_version: false,
         }
     }
 
@@ -74,6 +80,7 @@ impl Change {
             summary,
             note: None,
             branch: format!("{prompt}-label-{label}-{tail}"),
+            new_version: false,
         }
     }
 
@@ -88,6 +95,7 @@ impl Change {
             },
             note: None,
             branch: format!("{prompt}-experiment{}", if started { "" } else { "-end" }),
+            new_version: false,
         }
     }
 }
@@ -104,6 +112,7 @@ impl Change {
             },
             note: None,
             branch: format!("{prompt}-rollout{}", if started { "" } else { "-end" }),
+            new_version: false,
         }
     }
 
@@ -114,6 +123,7 @@ impl Change {
             summary: format!("complete the guarded rollout: make v{to} active"),
             note: None,
             branch: format!("{prompt}-rollout-completed-v{to}"),
+            new_version: false,
         }
     }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::session::Viewer;
 use super::{PageError, page, short_time};
 use crate::AppState;
+use crate::admin::git::AuditRow;
 use crate::audit::Entry;
 
 /// Entries shown at once; the filters narrow it down.
@@ -144,22 +145,7 @@ pub async fn page_get(
         .filter(|e| query.actor.is_empty() || e.actor == query.actor)
         .collect();
     let total = matching.len();
-    let rows: Vec<Row> = matching
-        .into_iter()
-        .take(SHOWN)
-        .map(|e| {
-            let (what, link) = describe(e);
-            Row {
-                time: short_time(&e.time),
-                actor: e.actor.clone(),
-                source: e.source.clone(),
-                action: e.action.as_str().to_owned(),
-                prompt: e.prompt.clone(),
-                what,
-                link,
-            }
-        })
-        .collect();
+    let rows: Vec<Row> = matching.into_iter().take(SHOWN).map(entry_row).collect();
     let prompts: Vec<String> = state
         .prompts
         .load()
@@ -176,6 +162,26 @@ pub async fn page_get(
     ))
 }
 
+fn entry_row(e: &Entry) -> Row {
+    let (what, link) = describe(e);
+    Row {
+        time: short_time(&e.time),
+        actor: e.actor.clone(),
+        source: e.source.clone(),
+        action: e.action.as_str().to_owned(),
+        prompt: e.prompt.clone(),
+        what,
+        link,
+    }
+}
+
+fn actor_of(row: &AuditRow) -> &str {
+    match row {
+        AuditRow::Commit(c) => &c.actor,
+        AuditRow::Rollout(e) => &e.actor,
+    }
+}
+
 /// The trail in git mode: the history of the prompts folder, one row per commit.
 async fn git_page(
     state: &AppState,
@@ -183,7 +189,7 @@ async fn git_page(
     query: &AuditQuery,
 ) -> Result<Response, PageError> {
     let prompt = Some(query.prompt.as_str()).filter(|p| crate::prompts::valid_prompt_name(p));
-    let (commits, _) = crate::admin::git::history(
+    let (commits, older) = crate::admin::git::history(
         &state.config.prompts_dir,
         prompt,
         None,
@@ -192,29 +198,37 @@ async fn git_page(
     )
     .await
     .map_err(|e| PageError::new(viewer, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut actors: Vec<String> = commits.iter().map(|c| c.actor.clone()).collect();
+    // The rollout's steps and halts are in the local trail only.
+    let entries = crate::admin::rollout_entries(state, prompt.map(str::to_owned))
+        .await
+        .map_err(|e| PageError::new(viewer, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let merged = crate::admin::git::with_rollout_entries(commits, entries, older.is_none(), None);
+    let mut actors: Vec<String> = merged.iter().map(|r| actor_of(r).to_owned()).collect();
     actors.sort();
     actors.dedup();
-    let rows: Vec<Row> = commits
-        .iter()
+    let rows: Vec<Row> = merged
+        .into_iter()
         .rev()
-        .filter(|c| query.actor.is_empty() || c.actor == query.actor)
-        .map(|c| Row {
-            time: short_time(&c.time),
-            actor: c.actor.clone(),
-            source: c.source.clone(),
-            action: format!("commit {}", c.commit.get(..10).unwrap_or(&c.commit)),
-            prompt: c.prompts.join(", "),
-            what: if c.note.is_empty() {
-                c.summary.clone()
-            } else {
-                format!("{} — {}", c.summary, c.note)
+        .filter(|r| query.actor.is_empty() || actor_of(r) == query.actor)
+        .map(|r| match r {
+            AuditRow::Rollout(e) => entry_row(&e),
+            AuditRow::Commit(c) => Row {
+                time: short_time(&c.time),
+                actor: c.actor.clone(),
+                source: c.source.clone(),
+                action: format!("commit {}", c.commit.get(..10).unwrap_or(&c.commit)),
+                prompt: c.prompts.join(", "),
+                what: if c.note.is_empty() {
+                    c.summary.clone()
+                } else {
+                    format!("{} — {}", c.summary, c.note)
+                },
+                link: c
+                    .prompts
+                    .first()
+                    .map(|p| format!("/console/prompts/{p}"))
+                    .filter(|_| c.prompts.len() == 1),
             },
-            link: c
-                .prompts
-                .first()
-                .map(|p| format!("/console/prompts/{p}"))
-                .filter(|_| c.prompts.len() == 1),
         })
         .collect();
     let total = rows.len();
