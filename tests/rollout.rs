@@ -118,7 +118,8 @@ async fn a_broken_version_halts_and_no_user_sees_it_after() {
         "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [20, 50, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    error_rate: 0.02\n",
     );
     let state = tempfile::tempdir().unwrap();
-    let app = start(prompts.path(), mock_upstream().await, state.path()).await;
+    let upstream = mock_upstream().await;
+    let app = start(prompts.path(), upstream.clone(), state.path()).await;
     let started = Instant::now();
     let mut sent = 0;
     let halted = loop {
@@ -196,9 +197,57 @@ async fn a_broken_version_halts_and_no_user_sees_it_after() {
         .unwrap();
     assert!(page.contains("id=\"rollout-state\">halted<"), "{page}");
     assert!(page.contains("<code>error_rate</code>"), "{page}");
-    // The manifest still names the rollout, and nothing was activated.
-    let manifest = std::fs::read_to_string(prompts.path().join("p/prompt.yaml")).unwrap();
+    // The manifest still names the rollout, nothing was activated, and the halt is written
+    // into the block so no replica, restart or new pod serves B again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let manifest = loop {
+        let manifest = std::fs::read_to_string(prompts.path().join("p/prompt.yaml")).unwrap();
+        if manifest.contains("halted: true") {
+            break manifest;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "halted was not written: {manifest}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(manifest.contains("active: 1"), "{manifest}");
+    assert!(
+        manifest.contains("rollout:\n  halted: true\n  from: 1"),
+        "{manifest}"
+    );
+    app.server.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    // A restart on the same state folder: still halted, nobody on B.
+    let app = start(prompts.path(), upstream.clone(), state.path()).await;
+    let r = rollout(&app).await;
+    assert_eq!(
+        (&r["state"], &r["step"]),
+        (&json!("halted"), &json!(0)),
+        "{r}"
+    );
+    for (user, version) in batch(&app, 0, 200).await {
+        assert_eq!(version, 1, "user {user} saw version 2 after a restart");
+    }
+    app.server.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    // A new pod: an empty state folder. The files say halted: nobody on B, with no statistics.
+    let fresh = tempfile::tempdir().unwrap();
+    let app = start(prompts.path(), upstream, fresh.path()).await;
+    let r = rollout(&app).await;
+    assert_eq!(
+        (&r["state"], &r["step"]),
+        (&json!("halted"), &json!(0)),
+        "{r}"
+    );
+    for (user, version) in batch(&app, 0, 200).await {
+        assert_eq!(
+            version, 1,
+            "user {user} saw version 2 on a fresh state folder"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rollout(&app).await["state"], "halted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,6 +162,51 @@ pub struct Progress {
     pub finished_at: Option<String>,
 }
 
+impl Progress {
+    /// A rollout at its first step.
+    fn new(live: &Live, step_base: [u64; 2]) -> Self {
+        Progress {
+            id: live.id.to_string(),
+            from: live.plan.from,
+            to: live.plan.to,
+            status: Status::Running,
+            step_index: 0,
+            share: live.plan.steps.first().copied().unwrap_or(100),
+            started_at: now_text(),
+            step_started_ms: now_ms(),
+            step_base,
+            reason: None,
+            halt: None,
+            active_written: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// `halted: true` in the files: every user on `from`, whatever the state folder says. Whether
+/// this changed the progress.
+fn halt_from_files(p: &mut Progress) -> bool {
+    if p.status == Status::Halted {
+        return false;
+    }
+    p.status = Status::Halted;
+    p.share = 0;
+    p.finished_at = Some(now_text());
+    p.reason = Some("the `rollout` block says `halted: true`: every user is on `from`".to_owned());
+    true
+}
+
+fn halted_note(actor: &Actor, name: &str, p: &Progress) -> Entry {
+    tracing::warn!(prompt = %name, "rollout halted by `halted: true` in the files: every user back on version {}", p.from);
+    entry(
+        actor,
+        Action::RolloutHalted,
+        name,
+        p,
+        json!({"reason": p.reason, "from_files": true}),
+    )
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
     #[serde(default)]
@@ -268,6 +313,14 @@ impl Rollouts {
             if let Some(t) = inner.tracked.get(name) {
                 if t.live.id == fresh.id {
                     prompt.rollout_live = Some(t.live.clone());
+                    if fresh.plan.halted
+                        && let Some(t) = inner.tracked.get_mut(name)
+                        && halt_from_files(&mut t.progress)
+                    {
+                        t.live.set_share(0);
+                        self.metrics.show(name, Some(&t.progress));
+                        notes.push(halted_note(actor, name, &t.progress));
+                    }
                     continue;
                 }
                 // The block changed: the old rollout ends, the new one starts afresh.
@@ -275,9 +328,19 @@ impl Rollouts {
             }
             let plan = &fresh.plan;
             let progress = match inner.saved.remove(name).filter(|p| *p.id == *fresh.id) {
-                Some(resumed) => {
+                Some(mut resumed) => {
                     tracing::info!(prompt = %name, step = resumed.share, state = ?resumed.status, "rollout resumed from the state folder");
+                    if plan.halted && halt_from_files(&mut resumed) {
+                        notes.push(halted_note(actor, name, &resumed));
+                    }
                     resumed
+                }
+                None if plan.halted => {
+                    // A fresh state folder (a new pod): the files say it halted, so it stays so.
+                    let mut progress = Progress::new(&fresh, [0, 0]);
+                    halt_from_files(&mut progress);
+                    tracing::info!(prompt = %name, "rollout halted in the files: every user on version {}", plan.from);
+                    progress
                 }
                 None => {
                     let base = if self.scope == "fleet" {
@@ -285,21 +348,7 @@ impl Rollouts {
                     } else {
                         self.local_sums(name, &fresh).map(|s| s.requests)
                     };
-                    let progress = Progress {
-                        id: fresh.id.to_string(),
-                        from: plan.from,
-                        to: plan.to,
-                        status: Status::Running,
-                        step_index: 0,
-                        share: plan.steps.first().copied().unwrap_or(100),
-                        started_at: now_text(),
-                        step_started_ms: now_ms(),
-                        step_base: base,
-                        reason: None,
-                        halt: None,
-                        active_written: None,
-                        finished_at: None,
-                    };
+                    let progress = Progress::new(&fresh, base);
                     tracing::info!(prompt = %name, from = plan.from, to = plan.to, step = progress.share, "rollout started");
                     notes.push(entry(
                         actor,
@@ -469,7 +518,7 @@ impl Rollouts {
 
     /// One look at one rollout: test, decide, act.
     async fn look(&self, state: &AppState, name: &str, live: &Arc<Live>, sums: &[VariantSums; 2]) {
-        let (note, complete) = self.decide(name, live, sums);
+        let (note, outcome) = self.decide(name, live, sums);
         if let Some(note) = note {
             let audit = self.audit.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -479,27 +528,29 @@ impl Rollouts {
             })
             .await;
         }
-        if complete {
-            self.make_active(state, name, live.plan.to).await;
+        match outcome {
+            Some(Status::Completed) => self.make_active(state, name, live).await,
+            Some(Status::Halted) => self.write_halt(state, name, live).await,
+            _ => {}
         }
     }
 
-    /// Tests the guards and applies the decision: the audit entry to write, and whether the
-    /// rollout just completed.
+    /// Tests the guards and applies the decision: the audit entry to write, and the state the
+    /// rollout just reached (halted or completed), if it did.
     fn decide(
         &self,
         name: &str,
         live: &Arc<Live>,
         sums: &[VariantSums; 2],
-    ) -> (Option<Entry>, bool) {
+    ) -> (Option<Entry>, Option<Status>) {
         let plan = &live.plan;
         let checks = guard::evaluate(plan, &sums[0], &sums[1]);
         let mut inner = lock(&self.inner);
         let Some(t) = inner.tracked.get_mut(name).filter(|t| t.live.id == live.id) else {
-            return (None, false);
+            return (None, None);
         };
         if t.progress.status != Status::Running {
-            return (None, false);
+            return (None, None);
         }
         let p = &mut t.progress;
         let step = StepProgress {
@@ -513,7 +564,7 @@ impl Rollouts {
         let decision = guard::decide(plan, step, &checks);
         t.checks = checks;
         t.holding = None;
-        let mut complete = false;
+        let mut reached = None;
         let note = match decision {
             Decision::Hold(why) => {
                 t.holding = Some(why.to_owned());
@@ -545,6 +596,7 @@ impl Rollouts {
                 tracing::error!(prompt = %name, guard = %check.guard, observed = check.observed, bound = check.bound, n_a = check.n_a, n_b = check.n_b, "rollout halted, every user back on version {}: {reason}", plan.from);
                 p.reason = Some(reason);
                 p.halt = serde_json::to_value(check).ok();
+                reached = Some(Status::Halted);
                 self.metrics
                     .halts
                     .get_or_create(&PromptLabel {
@@ -581,7 +633,7 @@ impl Rollouts {
                 p.share = 100;
                 p.finished_at = Some(now_text());
                 live.set_share(100);
-                complete = true;
+                reached = Some(Status::Completed);
                 tracing::info!(prompt = %name, version = plan.to, "rollout completed: version {} serves every user", plan.to);
                 Some(entry(
                     &rollout_actor(),
@@ -597,22 +649,68 @@ impl Rollouts {
             self.metrics.show(name, Some(&progress));
             self.save(&mut inner);
         }
-        (note, complete)
+        (note, reached)
+    }
+
+    /// Whether `live` is still the tracked rollout of `name`, in state `status`.
+    fn still(&self, name: &str, live: &Live, status: Status) -> bool {
+        lock(&self.inner)
+            .tracked
+            .get(name)
+            .is_some_and(|t| t.live.id == live.id && t.progress.status == status)
+    }
+
+    /// Whether the prompt's files can be written (a commit in git mode).
+    async fn writable(&self, state: &AppState, name: &str) -> bool {
+        let folder = state.config.prompts_dir.join(name);
+        state.git.is_some()
+            || crate::admin::blocking(move || Ok(crate::console::folder_writable(&folder)))
+                .await
+                .unwrap_or(false)
+    }
+
+    /// A halted rollout: `halted: true` goes into the files when they are writable (a commit
+    /// in git mode), so a new replica or a lost state folder keeps every user on A.
+    async fn write_halt(&self, state: &AppState, name: &str, live: &Live) {
+        if !self.still(name, live, Status::Halted) {
+            return;
+        }
+        if !self.writable(state, name).await {
+            tracing::warn!(prompt = %name, "rollout halted, but `halted: true` cannot be written (the prompt's folder is read-only): this replica's state folder holds the halt; write `halted: true` in the `rollout` block through git");
+            return;
+        }
+        let prompt = name.to_owned();
+        let written = crate::admin::write::commit(state, rollout_actor(), move |writer| {
+            writer.halt_rollout(&prompt)?;
+            Ok(((), crate::admin::write::Change::rollout_halted(&prompt)))
+        })
+        .await;
+        match written {
+            Ok(((), outcome)) if outcome.get("review").is_some() => {
+                tracing::warn!(prompt = %name, "rollout halted; `halted: true` waits for review on {}", outcome["review"]["branch"]);
+            }
+            Ok(_) => {
+                tracing::info!(prompt = %name, "rollout halted: `halted: true` written to the files")
+            }
+            Err(e) => {
+                tracing::warn!(prompt = %name, "rollout halted, but `halted: true` cannot be written ({e}): this replica's state folder holds the halt")
+            }
+        }
     }
 
     /// A completed rollout: `to` becomes `active` in the files when they are writable;
     /// otherwise the state folder holds it (B keeps every user) and the report says to change
     /// the files through git.
-    async fn make_active(&self, state: &AppState, name: &str, to: u32) {
-        let folder = state.config.prompts_dir.join(name);
+    async fn make_active(&self, state: &AppState, name: &str, live: &Live) {
+        let to = live.plan.to;
+        // A DELETE that landed since the decision ended it: nothing to make active.
+        if !self.still(name, live, Status::Completed) {
+            return;
+        }
         let prompt = name.to_owned();
         // In git mode the change is a commit (pushed, or waiting for review); otherwise the
         // files are written in place when they can be.
-        let writable = state.git.is_some()
-            || crate::admin::blocking(move || Ok(crate::console::folder_writable(&folder)))
-                .await
-                .unwrap_or(false);
-        let written = if writable {
+        let written = if self.writable(state, name).await {
             crate::admin::write::commit(state, rollout_actor(), move |writer| {
                 writer.finish_rollout(&prompt, to)?;
                 Ok((

@@ -15,6 +15,7 @@ fn plan(guards: Vec<Guard>, min_requests: u64) -> Rollout {
         min_duration_value: std::time::Duration::ZERO,
         guards,
         salt: None,
+        halted: false,
     }
 }
 
