@@ -212,6 +212,31 @@ impl Fleet {
         Ok((by_version, replicas))
     }
 
+    /// What the fleet's replicas show of one rollout now (`promptgate_rollout_step`): each
+    /// replica's state (`running`, `halted`, `completed`) and share, for a replica that has no
+    /// saved progress to adopt before it moves anyone to B.
+    pub async fn rollout_states(
+        &self,
+        prompt: &str,
+        rollout: &str,
+    ) -> Result<Vec<(String, u32)>, FleetError> {
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let query = format!(
+            "promptgate_rollout_step{{prompt=\"{}\",rollout=\"{}\"}}",
+            promql_string(prompt),
+            promql_string(rollout)
+        );
+        let series = self.query(query, now).await?;
+        Ok(series
+            .into_iter()
+            .filter_map(|s| {
+                let state = s.metric.get("state")?.clone();
+                let share = s.value?.1.parse::<f64>().ok()?;
+                Some((state, share.clamp(0.0, 100.0) as u32))
+            })
+            .collect())
+    }
+
     /// Every counter series' exact increase over the window.
     ///
     /// Most series need two cheap instant queries: their value now and at the window's start.

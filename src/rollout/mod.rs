@@ -40,6 +40,8 @@ use plan::Rollout;
 pub const TICK: Duration = Duration::from_secs(1);
 /// With `--prometheus`, the fleet's numbers are read every this many ticks.
 const FLEET_EVERY: u64 = 2;
+/// Why a new replica's rollout holds every user on A.
+const ADOPTING: &str = "reading the fleet's state of this rollout before moving any user to B";
 /// The state file in the state folder.
 const STATE_FILE: &str = "rollouts.json";
 
@@ -76,13 +78,25 @@ pub struct PromptLabel {
     pub prompt: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub prompt: String,
+    pub rollout: String,
+    pub state: String,
+}
+
 /// `promptgate_rollout_state{prompt}` (1 running, 2 halted, 3 completed, 0 ended),
-/// `promptgate_rollout_share{prompt}` and `promptgate_rollout_halts_total{prompt}`.
+/// `promptgate_rollout_share{prompt}`, `promptgate_rollout_halts_total{prompt}`, and
+/// `promptgate_rollout_step{prompt,rollout,state}` (the share, one series per prompt: what a new
+/// replica reads from the fleet to adopt the rollout's state).
 #[derive(Clone, Debug, Default)]
 pub struct RolloutMetrics {
     pub state: Family<PromptLabel, Gauge>,
     pub share: Family<PromptLabel, Gauge>,
     pub halts: Family<PromptLabel, Counter>,
+    pub step: Family<StepLabel, Gauge>,
+    /// The step series shown per prompt, removed when it changes.
+    shown: Arc<Mutex<BTreeMap<String, StepLabel>>>,
 }
 
 impl RolloutMetrics {
@@ -99,6 +113,11 @@ impl RolloutMetrics {
             m.share.clone(),
         );
         registry.register(
+            "rollout_step",
+            "Percent of users on the new version, by rollout id and state (running, halted, completed)",
+            m.step.clone(),
+        );
+        registry.register(
             "rollout_halts",
             "Guarded rollouts halted because a guard was violated",
             m.halts.clone(),
@@ -113,6 +132,22 @@ impl RolloutMetrics {
         let (state, share) = progress.map_or((0, 0), |p| (p.status.gauge(), p.share));
         self.state.get_or_create(&label).set(state);
         self.share.get_or_create(&label).set(i64::from(share));
+        let mut shown = lock(&self.shown);
+        if let Some(old) = shown.remove(prompt) {
+            self.step.remove(&old);
+        }
+        if let Some(p) = progress {
+            let label = StepLabel {
+                prompt: prompt.to_owned(),
+                rollout: p.id.clone(),
+                state: serde_json::to_value(p.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            };
+            self.step.get_or_create(&label).set(i64::from(p.share));
+            shown.insert(prompt.to_owned(), label);
+        }
     }
 }
 
@@ -223,6 +258,9 @@ struct Tracked {
     checks: Vec<Check>,
     /// Why the step is held, at the last look.
     holding: Option<String>,
+    /// With `--prometheus` and no saved progress: the fleet's state is not read yet, so every
+    /// user stays on `from` (the safe side) until it is.
+    adopting: bool,
 }
 
 /// The rollout controller.
@@ -360,8 +398,18 @@ impl Rollouts {
                     progress
                 }
             };
-            fresh.set_share(progress.share);
-            self.metrics.show(name, Some(&progress));
+            // A replica with no saved progress first adopts the fleet's state (another replica
+            // may have advanced, halted or completed this rollout); until then, everyone on A.
+            let adopting = self.scope == "fleet"
+                && progress.status == Status::Running
+                && progress.step_index == 0
+                && matches!(notes.last(), Some(e) if e.action == Action::RolloutStarted && e.prompt == *name);
+            if adopting {
+                fresh.set_share(0);
+            } else {
+                fresh.set_share(progress.share);
+                self.metrics.show(name, Some(&progress));
+            }
             inner.finished.remove(name);
             inner.tracked.insert(
                 name.clone(),
@@ -369,7 +417,8 @@ impl Rollouts {
                     live: fresh,
                     progress,
                     checks: Vec::new(),
-                    holding: None,
+                    holding: adopting.then(|| ADOPTING.to_owned()),
+                    adopting,
                 },
             );
         }
@@ -419,6 +468,8 @@ impl Rollouts {
             rollouts: inner
                 .tracked
                 .iter()
+                // Not yet adopted from the fleet: a restart must read the fleet again.
+                .filter(|(_, t)| !t.adopting)
                 .map(|(n, t)| (n.clone(), t.progress.clone()))
                 .chain(inner.saved.iter().map(|(n, p)| (n.clone(), p.clone())))
                 .collect(),
@@ -455,6 +506,10 @@ impl Rollouts {
             let mut v = progress_json(&t.progress, Some(&t.live.plan));
             v["decided_from"] = json!(self.scope);
             v["holding"] = json!(t.holding);
+            v["adopting"] = json!(t.adopting);
+            if t.adopting {
+                v["step"] = json!(0);
+            }
             v["guards"] = json!(t.checks);
             return Some(v);
         }
@@ -463,16 +518,29 @@ impl Rollouts {
 
     /// Looks at every running rollout once. `fleet`: read the fleet's numbers this time.
     async fn tick(&self, state: &AppState, fleet: bool) {
-        let running: Vec<(String, Arc<Live>, Progress)> = {
+        let running: Vec<(String, Arc<Live>, Progress, bool)> = {
             let inner = lock(&self.inner);
             inner
                 .tracked
                 .iter()
                 .filter(|(_, t)| t.progress.status == Status::Running)
-                .map(|(n, t)| (n.clone(), t.live.clone(), t.progress.clone()))
+                .map(|(n, t)| (n.clone(), t.live.clone(), t.progress.clone(), t.adopting))
                 .collect()
         };
-        for (name, live, progress) in running {
+        for (name, live, progress, adopting) in running {
+            if adopting {
+                if let (Some(prometheus), true) = (&state.fleet, fleet) {
+                    match prometheus.rollout_states(&name, &live.id).await {
+                        Ok(states) => self.adopt(&name, &live, &states),
+                        Err(e) => self.hold(
+                            &name,
+                            &live,
+                            format!("{ADOPTING}: the fleet's state is unavailable ({e})"),
+                        ),
+                    }
+                }
+                continue;
+            }
             let sums = match (&state.fleet, self.scope) {
                 (Some(prometheus), "fleet") => {
                     if !fleet {
@@ -502,6 +570,51 @@ impl Rollouts {
             };
             self.look(state, &name, &live, &sums).await;
         }
+    }
+
+    /// Takes the fleet's state of a rollout this replica has no progress of: halted if any
+    /// replica halted it, completed if any completed it, else the largest step any replica
+    /// is at (the first step when none runs it yet).
+    fn adopt(&self, name: &str, live: &Live, states: &[(String, u32)]) {
+        let mut inner = lock(&self.inner);
+        let Some(t) = inner
+            .tracked
+            .get_mut(name)
+            .filter(|t| t.live.id == live.id && t.adopting)
+        else {
+            return;
+        };
+        let any = |state: &str| states.iter().any(|(s, _)| s == state);
+        let p = &mut t.progress;
+        let steps = &live.plan.steps;
+        if any("halted") {
+            p.status = Status::Halted;
+            p.share = 0;
+            p.finished_at = Some(now_text());
+            p.reason = Some("halted on another replica (read from the fleet)".to_owned());
+        } else if any("completed") {
+            p.status = Status::Completed;
+            p.share = 100;
+            p.step_index = steps.len().saturating_sub(1);
+            p.finished_at = Some(now_text());
+            p.reason = Some("completed on another replica (read from the fleet)".to_owned());
+        } else if let Some(share) = states
+            .iter()
+            .filter(|(s, _)| s == "running")
+            .map(|(_, share)| *share)
+            .max()
+        {
+            // The largest step at or below the fleet's share.
+            p.step_index = steps.iter().rposition(|s| *s <= share).unwrap_or(0);
+            p.share = steps.get(p.step_index).copied().unwrap_or(100);
+        }
+        tracing::info!(prompt = %name, state = ?p.status, step = p.share, "rollout state adopted from the fleet");
+        live.set_share(p.share);
+        t.adopting = false;
+        t.holding = None;
+        let progress = t.progress.clone();
+        self.metrics.show(name, Some(&progress));
+        self.save(&mut inner);
     }
 
     fn hold(&self, name: &str, live: &Live, why: String) {
