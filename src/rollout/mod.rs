@@ -267,6 +267,8 @@ struct Tracked {
 pub struct Rollouts {
     inner: Mutex<Inner>,
     path: PathBuf,
+    /// Held while the state file is written: the number of the snapshot last written.
+    written: Arc<Mutex<u64>>,
     audit: Arc<Audit>,
     metrics: crate::rollout::RolloutMetrics,
     recorder: Recorder,
@@ -282,6 +284,15 @@ struct Inner {
     /// The state file's text as last written (or read), so unchanged progress is not rewritten
     /// at every reload.
     last_saved: String,
+    /// The number of the last snapshot taken of the state file.
+    seq: u64,
+}
+
+/// The state file's text to write, numbered: written after the lock is released (off the
+/// runtime threads), and never over a newer one.
+struct Snapshot {
+    seq: u64,
+    text: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -321,7 +332,9 @@ impl Rollouts {
                 finished: saved.finished,
                 saved: saved.rollouts,
                 last_saved,
+                seq: 0,
             }),
+            written: Arc::new(Mutex::new(0)),
             path,
             audit,
             metrics,
@@ -450,8 +463,9 @@ impl Rollouts {
             ));
             self.metrics.show(&name, None);
         }
-        self.save(&mut inner);
+        let snapshot = self.save(&mut inner);
         drop(inner);
+        write_state(&self.path, &self.written, snapshot);
         for note in notes {
             self.note(note);
         }
@@ -463,7 +477,8 @@ impl Rollouts {
         }
     }
 
-    fn save(&self, inner: &mut Inner) {
+    /// The state file's new text, if it changed (taken under the lock; written after it).
+    fn save(&self, inner: &mut Inner) -> Option<Snapshot> {
         let saved = Saved {
             rollouts: inner
                 .tracked
@@ -477,14 +492,23 @@ impl Rollouts {
         };
         let text = serde_json::to_string_pretty(&saved).unwrap_or_default();
         if text == inner.last_saved {
+            return None;
+        }
+        inner.last_saved.clone_from(&text);
+        inner.seq += 1;
+        Some(Snapshot {
+            seq: inner.seq,
+            text,
+        })
+    }
+
+    /// Writes a snapshot off the runtime threads.
+    async fn persist(&self, snapshot: Option<Snapshot>) {
+        if snapshot.is_none() {
             return;
         }
-        match crate::admin::write::write_atomic(&self.path, &text) {
-            Ok(()) => inner.last_saved = text,
-            Err(e) => {
-                tracing::error!(file = %self.path.display(), "cannot save the rollouts' progress: {e}; a restart resumes from the last saved step")
-            }
-        }
+        let (path, written) = (self.path.clone(), self.written.clone());
+        let _ = tokio::task::spawn_blocking(move || write_state(&path, &written, snapshot)).await;
     }
 
     /// The arms' (A, B) sums in this replica's statistics.
@@ -531,7 +555,10 @@ impl Rollouts {
             if adopting {
                 if let (Some(prometheus), true) = (&state.fleet, fleet) {
                     match prometheus.rollout_states(&name, &live.id).await {
-                        Ok(states) => self.adopt(&name, &live, &states),
+                        Ok(states) => {
+                            let snapshot = self.adopt(&name, &live, &states);
+                            self.persist(snapshot).await;
+                        }
                         Err(e) => self.hold(
                             &name,
                             &live,
@@ -575,14 +602,14 @@ impl Rollouts {
     /// Takes the fleet's state of a rollout this replica has no progress of: halted if any
     /// replica halted it, completed if any completed it, else the largest step any replica
     /// is at (the first step when none runs it yet).
-    fn adopt(&self, name: &str, live: &Live, states: &[(String, u32)]) {
+    fn adopt(&self, name: &str, live: &Live, states: &[(String, u32)]) -> Option<Snapshot> {
         let mut inner = lock(&self.inner);
         let Some(t) = inner
             .tracked
             .get_mut(name)
             .filter(|t| t.live.id == live.id && t.adopting)
         else {
-            return;
+            return None;
         };
         let any = |state: &str| states.iter().any(|(s, _)| s == state);
         let p = &mut t.progress;
@@ -614,7 +641,7 @@ impl Rollouts {
         t.holding = None;
         let progress = t.progress.clone();
         self.metrics.show(name, Some(&progress));
-        self.save(&mut inner);
+        self.save(&mut inner)
     }
 
     fn hold(&self, name: &str, live: &Live, why: String) {
@@ -631,7 +658,8 @@ impl Rollouts {
 
     /// One look at one rollout: test, decide, act.
     async fn look(&self, state: &AppState, name: &str, live: &Arc<Live>, sums: &[VariantSums; 2]) {
-        let (note, outcome) = self.decide(name, live, sums);
+        let (note, outcome, snapshot) = self.decide(name, live, sums);
+        self.persist(snapshot).await;
         if let Some(note) = note {
             let audit = self.audit.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -655,15 +683,15 @@ impl Rollouts {
         name: &str,
         live: &Arc<Live>,
         sums: &[VariantSums; 2],
-    ) -> (Option<Entry>, Option<Status>) {
+    ) -> (Option<Entry>, Option<Status>, Option<Snapshot>) {
         let plan = &live.plan;
         let checks = guard::evaluate(plan, &sums[0], &sums[1]);
         let mut inner = lock(&self.inner);
         let Some(t) = inner.tracked.get_mut(name).filter(|t| t.live.id == live.id) else {
-            return (None, None);
+            return (None, None, None);
         };
         if t.progress.status != Status::Running {
-            return (None, None);
+            return (None, None, None);
         }
         let p = &mut t.progress;
         let step = StepProgress {
@@ -758,11 +786,12 @@ impl Rollouts {
             }
         };
         let progress = t.progress.clone();
+        let mut snapshot = None;
         if note.is_some() {
             self.metrics.show(name, Some(&progress));
-            self.save(&mut inner);
+            snapshot = self.save(&mut inner);
         }
-        (note, reached)
+        (note, reached, snapshot)
     }
 
     /// Whether `live` is still the tracked rollout of `name`, in state `status`.
@@ -844,29 +873,52 @@ impl Rollouts {
             Err("the prompt's folder is read-only".to_owned())
         };
         match written {
-            Ok(()) => self.mark_written(name),
+            Ok(()) => {
+                let snapshot = self.mark_written(name);
+                self.persist(snapshot).await;
+            }
             Err(e) => {
                 tracing::warn!(prompt = %name, "rollout completed, but `active: {to}` cannot be written ({e}): version {to} keeps every user through the state folder; set `active: {to}` and remove the `rollout` block through git");
-                let mut inner = lock(&self.inner);
-                if let Some(t) = inner.tracked.get_mut(name) {
-                    t.progress.active_written = Some(false);
-                    t.progress.reason = Some(format!(
-                        "completed; the files could not be written ({e}): version {to} serves every user from the state folder — set `active: {to}` and remove the `rollout` block through git"
-                    ));
-                }
-                self.save(&mut inner);
+                let snapshot = {
+                    let mut inner = lock(&self.inner);
+                    if let Some(t) = inner.tracked.get_mut(name) {
+                        t.progress.active_written = Some(false);
+                        t.progress.reason = Some(format!(
+                            "completed; the files could not be written ({e}): version {to} serves every user from the state folder — set `active: {to}` and remove the `rollout` block through git"
+                        ));
+                    }
+                    self.save(&mut inner)
+                };
+                self.persist(snapshot).await;
             }
         }
     }
 }
 
 impl Rollouts {
-    fn mark_written(&self, name: &str) {
+    fn mark_written(&self, name: &str) -> Option<Snapshot> {
         let mut inner = lock(&self.inner);
         if let Some(t) = inner.tracked.get_mut(name) {
             t.progress.active_written = Some(true);
         }
-        self.save(&mut inner);
+        self.save(&mut inner)
+    }
+}
+
+/// Writes a snapshot of the state file unless a newer one was written already. Blocking.
+fn write_state(path: &Path, written: &Mutex<u64>, snapshot: Option<Snapshot>) {
+    let Some(Snapshot { seq, text }) = snapshot else {
+        return;
+    };
+    let mut last = lock(written);
+    if seq <= *last {
+        return;
+    }
+    match crate::admin::write::write_atomic(path, &text) {
+        Ok(()) => *last = seq,
+        Err(e) => {
+            tracing::error!(file = %path.display(), "cannot save the rollouts' progress: {e}; a restart resumes from the last saved step")
+        }
     }
 }
 
