@@ -195,6 +195,9 @@ pub struct Progress {
     pub active_written: Option<bool>,
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Each guard's mixing variance, fixed at its first testable look (see [`guard`]).
+    #[serde(default)]
+    pub tau2: Vec<Option<f64>>,
 }
 
 impl Progress {
@@ -214,6 +217,7 @@ impl Progress {
             halt: None,
             active_written: None,
             finished_at: None,
+            tau2: Vec::new(),
         }
     }
 }
@@ -685,7 +689,6 @@ impl Rollouts {
         sums: &[VariantSums; 2],
     ) -> (Option<Entry>, Option<Status>, Option<Snapshot>) {
         let plan = &live.plan;
-        let checks = guard::evaluate(plan, &sums[0], &sums[1]);
         let mut inner = lock(&self.inner);
         let Some(t) = inner.tracked.get_mut(name).filter(|t| t.live.id == live.id) else {
             return (None, None, None);
@@ -693,6 +696,10 @@ impl Rollouts {
         if t.progress.status != Status::Running {
             return (None, None, None);
         }
+        let fixed = t.progress.tau2.iter().flatten().count();
+        let checks = guard::evaluate(plan, &sums[0], &sums[1], &mut t.progress.tau2);
+        // A mixing variance just fixed is saved with the progress, so a restart keeps it.
+        let newly_fixed = t.progress.tau2.iter().flatten().count() > fixed;
         let p = &mut t.progress;
         let step = StepProgress {
             index: p.step_index,
@@ -789,6 +796,8 @@ impl Rollouts {
         let mut snapshot = None;
         if note.is_some() {
             self.metrics.show(name, Some(&progress));
+        }
+        if note.is_some() || newly_fixed {
             snapshot = self.save(&mut inner);
         }
         (note, reached, snapshot)
