@@ -308,6 +308,31 @@ async fn a_restart_resumes_at_the_same_step_and_delete_ends_it() {
         let b = promptgate::select::bucket("p", None, &user) < 50;
         assert_eq!(version, if b { 2 } else { 1 }, "user {user}");
     }
+    // Tuning a guard mid-rollout starts fresh statistics (a new id) but keeps the share: the
+    // users on B stay there.
+    let put = app
+        .client
+        .put(app.url("/admin/prompts/p/rollout"))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"from": 1, "to": 2, "steps": [10, 50, 100], "min_requests": 40,
+                      "min_duration": "1s", "guards": {"error_rate": 0.2}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let tuned = rollout(&app).await;
+    assert_ne!(tuned["id"], before["id"], "{tuned}");
+    assert_eq!(
+        (&tuned["state"], &tuned["step"]),
+        (&json!("running"), &json!(50)),
+        "{tuned}"
+    );
+    for (user, version) in batch(&app, 0, 10).await {
+        let b = promptgate::select::bucket("p", None, &user) < 50;
+        assert_eq!(version, if b { 2 } else { 1 }, "user {user} after the edit");
+    }
     let delete = app
         .client
         .delete(app.url("/admin/prompts/p/rollout"))

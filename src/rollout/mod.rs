@@ -365,6 +365,7 @@ impl Rollouts {
             let Some(fresh) = prompt.rollout_live.clone() else {
                 continue;
             };
+            let mut carried = None;
             if let Some(t) = inner.tracked.get(name) {
                 if t.live.id == fresh.id {
                     prompt.rollout_live = Some(t.live.clone());
@@ -378,8 +379,17 @@ impl Rollouts {
                     }
                     continue;
                 }
-                // The block changed: the old rollout ends, the new one starts afresh.
+                // The block changed: the old rollout ends, the new one starts with fresh
+                // statistics. A running one whose users stay in the same buckets (same from,
+                // to and salt: a guard or step tuned) keeps its share: nobody flips B → A.
                 notes.push(entry(actor, Action::RolloutEnded, name, &t.progress, json!({"state": t.progress.status, "step": t.progress.share, "replaced_by": *fresh.id})));
+                let (old, new) = (&t.live.plan, &fresh.plan);
+                if t.progress.status == Status::Running
+                    && !t.adopting
+                    && (old.from, old.to, &old.salt) == (new.from, new.to, &new.salt)
+                {
+                    carried = Some(t.progress.share);
+                }
             }
             let plan = &fresh.plan;
             let progress = match inner.saved.remove(name).filter(|p| *p.id == *fresh.id) {
@@ -403,14 +413,21 @@ impl Rollouts {
                     } else {
                         self.local_sums(name, &fresh).map(|s| s.requests)
                     };
-                    let progress = Progress::new(&fresh, base);
+                    let mut progress = Progress::new(&fresh, base);
+                    if let Some(share) = carried {
+                        // The largest step at or below the share the users had.
+                        progress.step_index =
+                            plan.steps.iter().rposition(|s| *s <= share).unwrap_or(0);
+                        progress.share =
+                            plan.steps.get(progress.step_index).copied().unwrap_or(100);
+                    }
                     tracing::info!(prompt = %name, from = plan.from, to = plan.to, step = progress.share, "rollout started");
                     notes.push(entry(
                         actor,
                         Action::RolloutStarted,
                         name,
                         &progress,
-                        json!({"plan": plan, "step": progress.share}),
+                        json!({"plan": plan, "step": progress.share, "kept_share_of_the_edited_block": carried.is_some()}),
                     ));
                     progress
                 }
@@ -418,6 +435,7 @@ impl Rollouts {
             // A replica with no saved progress first adopts the fleet's state (another replica
             // may have advanced, halted or completed this rollout); until then, everyone on A.
             let adopting = self.scope == "fleet"
+                && carried.is_none()
                 && progress.status == Status::Running
                 && progress.step_index == 0
                 && matches!(notes.last(), Some(e) if e.action == Action::RolloutStarted && e.prompt == *name);
