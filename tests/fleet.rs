@@ -631,6 +631,17 @@ async fn every_replica_takes_the_rollouts_steps_from_the_fleets_numbers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(adopted["step"], 100, "{adopted}");
+    // It reads the fleet's numbers from the fleet's start, not its own.
+    let ms = |r: &Value| {
+        chrono::DateTime::parse_from_rfc3339(r["started_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let earliest = ms(&quiet_report).min(ms(&busy_report));
+    assert!(
+        (ms(&adopted) - earliest).abs() <= 2,
+        "{adopted} {busy_report}"
+    );
     assert!(
         adopted["state"] == "completed" || adopted["state"] == "running",
         "{adopted}"

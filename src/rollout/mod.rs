@@ -85,6 +85,12 @@ pub struct StepLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabel {
+    pub prompt: String,
+    pub rollout: String,
+}
+
 /// `promptgate_rollout_state{prompt}` (1 running, 2 halted, 3 completed, 0 ended),
 /// `promptgate_rollout_share{prompt}`, `promptgate_rollout_halts_total{prompt}`, and
 /// `promptgate_rollout_step{prompt,rollout,state}` (the share, one series per prompt: what a new
@@ -95,6 +101,7 @@ pub struct RolloutMetrics {
     pub share: Family<PromptLabel, Gauge>,
     pub halts: Family<PromptLabel, Counter>,
     pub step: Family<StepLabel, Gauge>,
+    pub started: Family<StartLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// The step series shown per prompt, removed when it changes.
     shown: Arc<Mutex<BTreeMap<String, StepLabel>>>,
 }
@@ -118,6 +125,11 @@ impl RolloutMetrics {
             m.step.clone(),
         );
         registry.register(
+            "rollout_started_timestamp_seconds",
+            "When the guarded rollout started, by rollout id: a new replica takes the earliest over the fleet",
+            m.started.clone(),
+        );
+        registry.register(
             "rollout_halts",
             "Guarded rollouts halted because a guard was violated",
             m.halts.clone(),
@@ -135,6 +147,10 @@ impl RolloutMetrics {
         let mut shown = lock(&self.shown);
         if let Some(old) = shown.remove(prompt) {
             self.step.remove(&old);
+            self.started.remove(&StartLabel {
+                prompt: old.prompt,
+                rollout: old.rollout,
+            });
         }
         if let Some(p) = progress {
             let label = StepLabel {
@@ -146,6 +162,12 @@ impl RolloutMetrics {
                     .unwrap_or_default(),
             };
             self.step.get_or_create(&label).set(i64::from(p.share));
+            self.started
+                .get_or_create(&StartLabel {
+                    prompt: prompt.to_owned(),
+                    rollout: p.id.clone(),
+                })
+                .set(started_ms(p) as f64 / 1000.0);
             shown.insert(prompt.to_owned(), label);
         }
     }
@@ -577,8 +599,8 @@ impl Rollouts {
             if adopting {
                 if let (Some(prometheus), true) = (&state.fleet, fleet) {
                     match prometheus.rollout_states(&name, &live.id).await {
-                        Ok(states) => {
-                            let snapshot = self.adopt(&name, &live, &states);
+                        Ok((states, started)) => {
+                            let snapshot = self.adopt(&name, &live, &states, started);
                             self.persist(snapshot).await;
                         }
                         Err(e) => self.hold(
@@ -624,7 +646,13 @@ impl Rollouts {
     /// Takes the fleet's state of a rollout this replica has no progress of: halted if any
     /// replica halted it, completed if any completed it, else the largest step any replica
     /// is at (the first step when none runs it yet).
-    fn adopt(&self, name: &str, live: &Live, states: &[(String, u32)]) -> Option<Snapshot> {
+    fn adopt(
+        &self,
+        name: &str,
+        live: &Live,
+        states: &[(String, u32)],
+        started: Option<f64>,
+    ) -> Option<Snapshot> {
         let mut inner = lock(&self.inner);
         let Some(t) = inner
             .tracked
@@ -635,6 +663,14 @@ impl Rollouts {
         };
         let any = |state: &str| states.iter().any(|(s, _)| s == state);
         let p = &mut t.progress;
+        // The fleet's start: this replica reads the same window of the fleet's numbers.
+        if let Some(at) = started
+            .filter(|s| s.is_finite())
+            .and_then(|s| chrono::DateTime::from_timestamp_millis((s * 1000.0) as i64))
+            .filter(|at| at.timestamp_millis() < started_ms(p))
+        {
+            p.started_at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        }
         let steps = &live.plan.steps;
         if any("halted") {
             p.status = Status::Halted;
