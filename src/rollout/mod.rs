@@ -654,13 +654,10 @@ impl Rollouts {
         started: Option<f64>,
     ) -> Option<Snapshot> {
         let mut inner = lock(&self.inner);
-        let Some(t) = inner
+        let t = inner
             .tracked
             .get_mut(name)
-            .filter(|t| t.live.id == live.id && t.adopting)
-        else {
-            return None;
-        };
+            .filter(|t| t.live.id == live.id && t.adopting)?;
         let any = |state: &str| states.iter().any(|(s, _)| s == state);
         let p = &mut t.progress;
         // The fleet's start: this replica reads the same window of the fleet's numbers.
