@@ -388,3 +388,46 @@ async fn on_a_read_only_folder_completion_is_held_in_state() {
     }
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// Two replicas on one prompts folder, each deciding from its own traffic: only the first sees
+/// the broken version's errors, yet once it halts and writes `halted: true`, the second
+/// (reloading the files) moves every user back to A within a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_on_one_replica_reaches_the_other_through_the_files() {
+    let prompts = prompt_folder(
+        "FAIL: you are version two.",
+        "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [20, 50, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    error_rate: 0.02\n",
+    );
+    let upstream = mock_upstream().await;
+    let (state_1, state_2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let busy = start(prompts.path(), upstream.clone(), state_1.path()).await;
+    let quiet = start(prompts.path(), upstream, state_2.path()).await;
+    assert_eq!(rollout(&quiet).await["step"], 20);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    while rollout(&busy).await["state"] != "halted" {
+        assert!(Instant::now() < deadline, "the busy replica did not halt");
+        batch(&busy, sent, 40).await;
+        sent += 40;
+    }
+    let halted_at = Instant::now();
+    let r = loop {
+        let r = rollout(&quiet).await;
+        if r["state"] == "halted" {
+            break r;
+        }
+        assert!(
+            halted_at.elapsed() < Duration::from_secs(10),
+            "the quiet replica did not see the halt: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r["step"], 0, "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("halted: true"),
+        "{r}"
+    );
+    for (user, version) in batch(&quiet, 0, 200).await {
+        assert_eq!(version, 1, "user {user} saw version 2 on the other replica");
+    }
+}
