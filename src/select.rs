@@ -207,6 +207,9 @@ pub fn assign(name: &str, experiment: &Experiment, key: Option<&str>) -> u32 {
 /// the current share. As the share only grows, a user on `to` stays there; after a halt the
 /// share is 0 and everyone is on `from`. One atomic load: no lock, no allocation.
 pub fn roll(name: &str, live: &crate::rollout::Live, key: Option<&str>) -> u32 {
+    if live.plan.halted {
+        return live.plan.from;
+    }
     let share = live.share();
     let on_b = match key {
         Some(user) => bucket(name, live.plan.salt.as_deref(), user) < share,
@@ -231,6 +234,7 @@ mod tests {
             min_duration_value: std::time::Duration::from_secs(1),
             guards: Vec::new(),
             salt: None,
+            halted: false,
         };
         let live = crate::rollout::Live::new(&plan);
         let users: Vec<String> = (0..2000).map(|i| format!("u{i}")).collect();

@@ -510,7 +510,9 @@ async fn fleet_scope_needs_a_prometheus() {
 }
 
 /// A rollout on two replicas deciding from the fleet's numbers: only the first gets traffic,
-/// yet the second takes the same steps, from the same evidence in Prometheus.
+/// yet the second takes the same steps, from the same evidence in Prometheus. A third replica
+/// started afterwards with an empty state folder (and read-only files, so the completion lives
+/// only in the replicas' state) adopts the fleet's state instead of starting at the first step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_takes_the_rollouts_steps_from_the_fleets_numbers() {
     let prompts = tempfile::tempdir().unwrap();
@@ -521,15 +523,17 @@ async fn every_replica_takes_the_rollouts_steps_from_the_fleets_numbers() {
         "checkout/prompt.yaml",
         "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [50, 100]\n  min_requests: 10\n  min_duration: 1s\n  guards:\n    error_rate: 0.1\n",
     );
-    let addrs: Vec<SocketAddr> = (0..2)
+    let folder = prompts.path().join("checkout");
+    read_only(&folder, true);
+    let addrs: Vec<SocketAddr> = (0..3)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();
     let prometheus = Prometheus::start(free_port(), &addrs);
     let client = http();
     prometheus.wait_ready(&client).await;
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut replicas = Vec::new();
-    for (addr, dir) in addrs.iter().zip(&dirs) {
+    for (addr, dir) in addrs.iter().zip(&dirs).take(2) {
         replicas.push(
             replica(
                 prompts.path(),
@@ -550,6 +554,15 @@ async fn every_replica_takes_the_rollouts_steps_from_the_fleets_numbers() {
     };
     let quiet = &replicas[1];
     assert_eq!(rollout(quiet).await["decided_from"], "fleet");
+    // Both start with no saved progress: they read the fleet (nobody runs it yet) first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rollout(quiet).await["adopting"] == true {
+        assert!(
+            Instant::now() < deadline,
+            "the fleet's state was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut steps_seen = vec![50];
     let mut sent = 0;
@@ -589,4 +602,69 @@ async fn every_replica_takes_the_rollouts_steps_from_the_fleets_numbers() {
     let busy_report = rollout(&replicas[0]).await;
     assert_eq!(busy_report["state"], "completed", "{busy_report}");
     assert_eq!(quiet_report["id"], busy_report["id"]);
+
+    // A new pod: no saved progress. It reads the fleet's state and serves B to everyone; it
+    // does not start again at 50%.
+    let late = replica(
+        prompts.path(),
+        dirs[2].path().join("events.jsonl"),
+        Some(addrs[2]),
+        &prometheus.url,
+    )
+    .await;
+    // Until it has read the fleet, everyone is on A; then it is where the fleet is: at 100%
+    // (completed, or running its last step if Prometheus had not yet scraped the completion).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let adopted = loop {
+        let r = rollout(&late).await;
+        if r["adopting"] != true {
+            break r;
+        }
+        assert_eq!(
+            r["step"], 0,
+            "nobody on B before the fleet's state is read: {r}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the late replica did not adopt: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(adopted["step"], 100, "{adopted}");
+    // It reads the fleet's numbers from the fleet's start, not its own.
+    let ms = |r: &Value| {
+        chrono::DateTime::parse_from_rfc3339(r["started_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let earliest = ms(&quiet_report).min(ms(&busy_report));
+    assert!(
+        (ms(&adopted) - earliest).abs() <= 2,
+        "{adopted} {busy_report}"
+    );
+    assert!(
+        adopted["state"] == "completed" || adopted["state"] == "running",
+        "{adopted}"
+    );
+    for i in 0..40 {
+        let resp = late
+            .post_json(
+                "/v1/chat/completions",
+                &json!({"model": "gpt-4o-mini", "user": format!("u{i}"),
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "prompt": {"id": "checkout"}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-prompt-version"], "2", "user u{i}");
+    }
+    read_only(&folder, false);
+}
+
+fn read_only(folder: &std::path::Path, on: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if on { 0o555 } else { 0o755 };
+    std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode)).unwrap();
 }

@@ -118,7 +118,8 @@ async fn a_broken_version_halts_and_no_user_sees_it_after() {
         "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [20, 50, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    error_rate: 0.02\n",
     );
     let state = tempfile::tempdir().unwrap();
-    let app = start(prompts.path(), mock_upstream().await, state.path()).await;
+    let upstream = mock_upstream().await;
+    let app = start(prompts.path(), upstream.clone(), state.path()).await;
     let started = Instant::now();
     let mut sent = 0;
     let halted = loop {
@@ -196,9 +197,57 @@ async fn a_broken_version_halts_and_no_user_sees_it_after() {
         .unwrap();
     assert!(page.contains("id=\"rollout-state\">halted<"), "{page}");
     assert!(page.contains("<code>error_rate</code>"), "{page}");
-    // The manifest still names the rollout, and nothing was activated.
-    let manifest = std::fs::read_to_string(prompts.path().join("p/prompt.yaml")).unwrap();
+    // The manifest still names the rollout, nothing was activated, and the halt is written
+    // into the block so no replica, restart or new pod serves B again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let manifest = loop {
+        let manifest = std::fs::read_to_string(prompts.path().join("p/prompt.yaml")).unwrap();
+        if manifest.contains("halted: true") {
+            break manifest;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "halted was not written: {manifest}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(manifest.contains("active: 1"), "{manifest}");
+    assert!(
+        manifest.contains("rollout:\n  halted: true\n  from: 1"),
+        "{manifest}"
+    );
+    app.server.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    // A restart on the same state folder: still halted, nobody on B.
+    let app = start(prompts.path(), upstream.clone(), state.path()).await;
+    let r = rollout(&app).await;
+    assert_eq!(
+        (&r["state"], &r["step"]),
+        (&json!("halted"), &json!(0)),
+        "{r}"
+    );
+    for (user, version) in batch(&app, 0, 200).await {
+        assert_eq!(version, 1, "user {user} saw version 2 after a restart");
+    }
+    app.server.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    // A new pod: an empty state folder. The files say halted: nobody on B, with no statistics.
+    let fresh = tempfile::tempdir().unwrap();
+    let app = start(prompts.path(), upstream, fresh.path()).await;
+    let r = rollout(&app).await;
+    assert_eq!(
+        (&r["state"], &r["step"]),
+        (&json!("halted"), &json!(0)),
+        "{r}"
+    );
+    for (user, version) in batch(&app, 0, 200).await {
+        assert_eq!(
+            version, 1,
+            "user {user} saw version 2 on a fresh state folder"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rollout(&app).await["state"], "halted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +308,31 @@ async fn a_restart_resumes_at_the_same_step_and_delete_ends_it() {
         let b = promptgate::select::bucket("p", None, &user) < 50;
         assert_eq!(version, if b { 2 } else { 1 }, "user {user}");
     }
+    // Tuning a guard mid-rollout starts fresh statistics (a new id) but keeps the share: the
+    // users on B stay there.
+    let put = app
+        .client
+        .put(app.url("/admin/prompts/p/rollout"))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"from": 1, "to": 2, "steps": [10, 50, 100], "min_requests": 40,
+                      "min_duration": "1s", "guards": {"error_rate": 0.2}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let tuned = rollout(&app).await;
+    assert_ne!(tuned["id"], before["id"], "{tuned}");
+    assert_eq!(
+        (&tuned["state"], &tuned["step"]),
+        (&json!("running"), &json!(50)),
+        "{tuned}"
+    );
+    for (user, version) in batch(&app, 0, 10).await {
+        let b = promptgate::select::bucket("p", None, &user) < 50;
+        assert_eq!(version, if b { 2 } else { 1 }, "user {user} after the edit");
+    }
     let delete = app
         .client
         .delete(app.url("/admin/prompts/p/rollout"))
@@ -313,4 +387,47 @@ async fn on_a_read_only_folder_completion_is_held_in_state() {
         assert_eq!(version, 2);
     }
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Two replicas on one prompts folder, each deciding from its own traffic: only the first sees
+/// the broken version's errors, yet once it halts and writes `halted: true`, the second
+/// (reloading the files) moves every user back to A within a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_on_one_replica_reaches_the_other_through_the_files() {
+    let prompts = prompt_folder(
+        "FAIL: you are version two.",
+        "active: 1\nrollout:\n  from: 1\n  to: 2\n  steps: [20, 50, 100]\n  min_requests: 20\n  min_duration: 1s\n  guards:\n    error_rate: 0.02\n",
+    );
+    let upstream = mock_upstream().await;
+    let (state_1, state_2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let busy = start(prompts.path(), upstream.clone(), state_1.path()).await;
+    let quiet = start(prompts.path(), upstream, state_2.path()).await;
+    assert_eq!(rollout(&quiet).await["step"], 20);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    while rollout(&busy).await["state"] != "halted" {
+        assert!(Instant::now() < deadline, "the busy replica did not halt");
+        batch(&busy, sent, 40).await;
+        sent += 40;
+    }
+    let halted_at = Instant::now();
+    let r = loop {
+        let r = rollout(&quiet).await;
+        if r["state"] == "halted" {
+            break r;
+        }
+        assert!(
+            halted_at.elapsed() < Duration::from_secs(10),
+            "the quiet replica did not see the halt: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r["step"], 0, "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("halted: true"),
+        "{r}"
+    );
+    for (user, version) in batch(&quiet, 0, 200).await {
+        assert_eq!(version, 1, "user {user} saw version 2 on the other replica");
+    }
 }

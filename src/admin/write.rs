@@ -126,6 +126,16 @@ impl Change {
             new_version: false,
         }
     }
+
+    /// A guard halted the rollout: `halted: true` written into its block.
+    pub fn rollout_halted(prompt: &str) -> Change {
+        Change {
+            prompt: prompt.to_owned(),
+            summary: "halt the guarded rollout: a guard was violated".to_owned(),
+            note: None,
+            branch: format!("{prompt}-rollout-halted"),
+        }
+    }
 }
 
 /// Makes one change and answers what became of it: `serving` (and `reload_error`) as
@@ -396,12 +406,28 @@ impl Writer {
     }
 
     /// A completed rollout: `to` becomes active and the `rollout` block goes, in one write.
+    /// Refused when the block is gone (ended while the rollout completed).
     pub fn finish_rollout(&self, name: &str, to: u32) -> Result<(), WriteError> {
         let dir = self.folder(name)?;
         let _guard = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
         let old = read_optional(&dir.join("prompt.yaml"))?.unwrap_or_default();
+        if !old.lines().any(|line| is_key_line(line, "rollout")) {
+            return Err(WriteError::NotFound(format!(
+                "prompt `{name}` has no `rollout` block any more"
+            )));
+        }
         let manifest = set_key(&old, "active", Some(&to.to_string()));
         let manifest = set_key(&manifest, "rollout", None);
+        self.commit_manifest(name, &dir, &manifest)
+    }
+
+    /// A halted rollout: `halted: true` written into the `rollout` block, so every replica and
+    /// every restart serves `from` without the state folder.
+    pub fn halt_rollout(&self, name: &str) -> Result<(), WriteError> {
+        let dir = self.folder(name)?;
+        let _guard = self.allocated.lock().unwrap_or_else(|e| e.into_inner());
+        let old = read_optional(&dir.join("prompt.yaml"))?.unwrap_or_default();
+        let manifest = crate::rollout::plan::mark_halted(&old).map_err(WriteError::NotFound)?;
         self.commit_manifest(name, &dir, &manifest)
     }
 

@@ -212,6 +212,42 @@ impl Fleet {
         Ok((by_version, replicas))
     }
 
+    /// What the fleet's replicas show of one rollout now (`promptgate_rollout_step`): each
+    /// replica's state (`running`, `halted`, `completed`) and share, and the earliest start
+    /// (`promptgate_rollout_started_timestamp_seconds`), for a replica that has no saved
+    /// progress to adopt before it moves anyone to B.
+    pub async fn rollout_states(
+        &self,
+        prompt: &str,
+        rollout: &str,
+    ) -> Result<(Vec<(String, u32)>, Option<f64>), FleetError> {
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let selector = format!(
+            "{{prompt=\"{}\",rollout=\"{}\"}}",
+            promql_string(prompt),
+            promql_string(rollout)
+        );
+        let (series, started) = tokio::try_join!(
+            self.query(format!("promptgate_rollout_step{selector}"), now),
+            self.query(
+                format!("min(promptgate_rollout_started_timestamp_seconds{selector})"),
+                now
+            ),
+        )?;
+        let started = started
+            .into_iter()
+            .find_map(|s| s.value?.1.parse::<f64>().ok());
+        let states = series
+            .into_iter()
+            .filter_map(|s| {
+                let state = s.metric.get("state")?.clone();
+                let share = s.value?.1.parse::<f64>().ok()?;
+                Some((state, share.clamp(0.0, 100.0) as u32))
+            })
+            .collect();
+        Ok((states, started))
+    }
+
     /// Every counter series' exact increase over the window.
     ///
     /// Most series need two cheap instant queries: their value now and at the window's start.

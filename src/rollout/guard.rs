@@ -12,10 +12,14 @@
 //! d ± sqrt( 2·V·(V + τ²)/τ² · ( ln(1/α) + ½·ln((V + τ²)/V) ) )
 //! ```
 //!
-//! covers the true harm at every look at once with probability at least 1 − α (asymptotically,
-//! with the variance estimated from the data). A guard is *violated* — the rollout halts — when
-//! the whole interval lies beyond its bound. `τ²` is set to the variance of the estimate at
-//! `min_requests` per arm, which makes the boundary tightest where a step is meant to end.
+//! covers the true harm at every look at once with probability at least 1 − α for a `τ²` fixed
+//! in advance (asymptotically, as `V` is estimated from the data). A guard is *violated* — the
+//! rollout halts — when the whole interval lies beyond its bound. `τ²` is the variance of the
+//! estimate at `min_requests` per arm, as estimated once each arm has [`TAU_SAMPLES`] samples
+//! (or `min_requests`, if fewer) and then **fixed** for the rest of the rollout, not re-fitted
+//! at every look; this makes the
+//! boundary tightest where a step is meant to end. Feedback variances are smoothed with two
+//! pseudo-scores (see [`smoothed_scores`]) so constant scores cannot collapse the interval.
 //! α = 0.05 is split evenly between the guards (Bonferroni), and only the one side is used, so
 //! a healthy rollout halts with probability well under 5%: `simulated_healthy_rollouts_rarely_halt`
 //! checks it over 1,000 simulated rollouts.
@@ -32,6 +36,9 @@ use crate::rollout::plan::{Guard, GuardKind, Rollout};
 pub const ALPHA: f64 = 0.05;
 /// Samples per arm before a guard is tested at all: the normal approximation needs a few.
 pub const MIN_SAMPLES: u64 = 20;
+/// Samples per arm (or `min_requests`, if fewer) at which a guard's mixing variance `τ²` is
+/// fixed for the rest of the rollout.
+pub const TAU_SAMPLES: u64 = 100;
 /// A step advances only when each guard holds at 80% confidence (one-sided): its estimate plus
 /// this many standard errors is within the bound. Without it a regression whose estimate
 /// happened to dip inside the bound at the end of every step could complete.
@@ -97,17 +104,40 @@ fn smoothed(k: u64, n: u64) -> f64 {
     p * (1.0 - p)
 }
 
-/// Tests every guard of `plan` on the arms' sums (pooled over the whole rollout).
-pub fn evaluate(plan: &Rollout, a: &VariantSums, b: &VariantSums) -> Vec<Check> {
+/// A score variance smoothed with two pseudo-scores of variance `prior`, so that a run of
+/// equal scores is not read as certainty: `((n − 1)·s² + 2·prior) / (n + 1)`.
+pub fn smoothed_scores(n: u64, variance: f64, prior: f64) -> f64 {
+    let n = n as f64;
+    (((n - 1.0).max(0.0) * variance.max(0.0)) + 2.0 * prior) / (n + 1.0)
+}
+
+/// Tests every guard of `plan` on the arms' sums (pooled over the whole rollout). `tau2` holds
+/// each guard's mixing variance once fixed (at its first testable look); it is filled here and
+/// must be kept for the rollout's later looks.
+pub fn evaluate(
+    plan: &Rollout,
+    a: &VariantSums,
+    b: &VariantSums,
+    tau2: &mut Vec<Option<f64>>,
+) -> Vec<Check> {
     let alpha = ALPHA / plan.guards.len().max(1) as f64;
     let m = plan.min_requests.max(1) as f64;
+    tau2.resize(plan.guards.len(), None);
     plan.guards
         .iter()
-        .map(|g| check(g, a, b, m, alpha))
+        .zip(tau2.iter_mut())
+        .map(|(g, fixed)| check(g, a, b, m, alpha, fixed))
         .collect()
 }
 
-fn check(g: &Guard, a: &VariantSums, b: &VariantSums, m: f64, alpha: f64) -> Check {
+fn check(
+    g: &Guard,
+    a: &VariantSums,
+    b: &VariantSums,
+    m: f64,
+    alpha: f64,
+    fixed: &mut Option<f64>,
+) -> Check {
     let mut c = Check {
         guard: g.name().to_owned(),
         bound: g.bound,
@@ -154,9 +184,18 @@ fn check(g: &Guard, a: &VariantSums, b: &VariantSums, m: f64, alpha: f64) -> Che
                 return c;
             }
             let (ma, mb) = (sa.moments(), sb.moments());
+            // The prior: the arms' pooled variance, at least the bound squared (a spread the
+            // guard is meant to see) and 1e-6.
+            let (raw_a, raw_b) = (
+                ma.variance.unwrap_or(0.0).max(0.0),
+                mb.variance.unwrap_or(0.0).max(0.0),
+            );
+            let pooled =
+                ((sa.n - 1) as f64 * raw_a + (sb.n - 1) as f64 * raw_b) / (sa.n + sb.n - 2) as f64;
+            let prior = pooled.max(g.bound * g.bound).max(1e-6);
             let (va, vb) = (
-                ma.variance.unwrap_or(0.0).max(1e-12),
-                mb.variance.unwrap_or(0.0).max(1e-12),
+                smoothed_scores(sa.n, raw_a, prior),
+                smoothed_scores(sb.n, raw_b, prior),
             );
             c.observed = Some(mb.mean - ma.mean);
             (
@@ -221,6 +260,13 @@ fn check(g: &Guard, a: &VariantSums, b: &VariantSums, m: f64, alpha: f64) -> Che
                 .map(|(pa, pb)| pb / pa);
             (share - (1.0 - P95), var / n, var / m, 0.0)
         }
+    };
+    // Fixed once each arm has enough samples for a stable estimate; until then it follows it.
+    let settle = (m as u64).clamp(MIN_SAMPLES, TAU_SAMPLES);
+    let tau2 = match fixed {
+        Some(t) => *t,
+        None if c.n_a >= settle && c.n_b >= settle => *fixed.insert(tau2),
+        None => tau2,
     };
     let r = radius(v, tau2, alpha);
     c.interval = Some((d - r, d + r));

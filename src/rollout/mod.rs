@@ -40,6 +40,8 @@ use plan::Rollout;
 pub const TICK: Duration = Duration::from_secs(1);
 /// With `--prometheus`, the fleet's numbers are read every this many ticks.
 const FLEET_EVERY: u64 = 2;
+/// Why a new replica's rollout holds every user on A.
+const ADOPTING: &str = "reading the fleet's state of this rollout before moving any user to B";
 /// The state file in the state folder.
 const STATE_FILE: &str = "rollouts.json";
 
@@ -76,13 +78,32 @@ pub struct PromptLabel {
     pub prompt: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub prompt: String,
+    pub rollout: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabel {
+    pub prompt: String,
+    pub rollout: String,
+}
+
 /// `promptgate_rollout_state{prompt}` (1 running, 2 halted, 3 completed, 0 ended),
-/// `promptgate_rollout_share{prompt}` and `promptgate_rollout_halts_total{prompt}`.
+/// `promptgate_rollout_share{prompt}`, `promptgate_rollout_halts_total{prompt}`, and
+/// `promptgate_rollout_step{prompt,rollout,state}` (the share, one series per prompt: what a new
+/// replica reads from the fleet to adopt the rollout's state).
 #[derive(Clone, Debug, Default)]
 pub struct RolloutMetrics {
     pub state: Family<PromptLabel, Gauge>,
     pub share: Family<PromptLabel, Gauge>,
     pub halts: Family<PromptLabel, Counter>,
+    pub step: Family<StepLabel, Gauge>,
+    pub started: Family<StartLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The step series shown per prompt, removed when it changes.
+    shown: Arc<Mutex<BTreeMap<String, StepLabel>>>,
 }
 
 impl RolloutMetrics {
@@ -99,6 +120,16 @@ impl RolloutMetrics {
             m.share.clone(),
         );
         registry.register(
+            "rollout_step",
+            "Percent of users on the new version, by rollout id and state (running, halted, completed)",
+            m.step.clone(),
+        );
+        registry.register(
+            "rollout_started_timestamp_seconds",
+            "When the guarded rollout started, by rollout id: a new replica takes the earliest over the fleet",
+            m.started.clone(),
+        );
+        registry.register(
             "rollout_halts",
             "Guarded rollouts halted because a guard was violated",
             m.halts.clone(),
@@ -113,6 +144,32 @@ impl RolloutMetrics {
         let (state, share) = progress.map_or((0, 0), |p| (p.status.gauge(), p.share));
         self.state.get_or_create(&label).set(state);
         self.share.get_or_create(&label).set(i64::from(share));
+        let mut shown = lock(&self.shown);
+        if let Some(old) = shown.remove(prompt) {
+            self.step.remove(&old);
+            self.started.remove(&StartLabel {
+                prompt: old.prompt,
+                rollout: old.rollout,
+            });
+        }
+        if let Some(p) = progress {
+            let label = StepLabel {
+                prompt: prompt.to_owned(),
+                rollout: p.id.clone(),
+                state: serde_json::to_value(p.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            };
+            self.step.get_or_create(&label).set(i64::from(p.share));
+            self.started
+                .get_or_create(&StartLabel {
+                    prompt: prompt.to_owned(),
+                    rollout: p.id.clone(),
+                })
+                .set(started_ms(p) as f64 / 1000.0);
+            shown.insert(prompt.to_owned(), label);
+        }
     }
 }
 
@@ -160,6 +217,55 @@ pub struct Progress {
     pub active_written: Option<bool>,
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// Each guard's mixing variance, fixed at its first testable look (see [`guard`]).
+    #[serde(default)]
+    pub tau2: Vec<Option<f64>>,
+}
+
+impl Progress {
+    /// A rollout at its first step.
+    fn new(live: &Live, step_base: [u64; 2]) -> Self {
+        Progress {
+            id: live.id.to_string(),
+            from: live.plan.from,
+            to: live.plan.to,
+            status: Status::Running,
+            step_index: 0,
+            share: live.plan.steps.first().copied().unwrap_or(100),
+            started_at: now_text(),
+            step_started_ms: now_ms(),
+            step_base,
+            reason: None,
+            halt: None,
+            active_written: None,
+            finished_at: None,
+            tau2: Vec::new(),
+        }
+    }
+}
+
+/// `halted: true` in the files: every user on `from`, whatever the state folder says. Whether
+/// this changed the progress.
+fn halt_from_files(p: &mut Progress) -> bool {
+    if p.status == Status::Halted {
+        return false;
+    }
+    p.status = Status::Halted;
+    p.share = 0;
+    p.finished_at = Some(now_text());
+    p.reason = Some("the `rollout` block says `halted: true`: every user is on `from`".to_owned());
+    true
+}
+
+fn halted_note(actor: &Actor, name: &str, p: &Progress) -> Entry {
+    tracing::warn!(prompt = %name, "rollout halted by `halted: true` in the files: every user back on version {}", p.from);
+    entry(
+        actor,
+        Action::RolloutHalted,
+        name,
+        p,
+        json!({"reason": p.reason, "from_files": true}),
+    )
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -178,12 +284,17 @@ struct Tracked {
     checks: Vec<Check>,
     /// Why the step is held, at the last look.
     holding: Option<String>,
+    /// With `--prometheus` and no saved progress: the fleet's state is not read yet, so every
+    /// user stays on `from` (the safe side) until it is.
+    adopting: bool,
 }
 
 /// The rollout controller.
 pub struct Rollouts {
     inner: Mutex<Inner>,
     path: PathBuf,
+    /// Held while the state file is written: the number of the snapshot last written.
+    written: Arc<Mutex<u64>>,
     audit: Arc<Audit>,
     metrics: crate::rollout::RolloutMetrics,
     recorder: Recorder,
@@ -199,6 +310,15 @@ struct Inner {
     /// The state file's text as last written (or read), so unchanged progress is not rewritten
     /// at every reload.
     last_saved: String,
+    /// The number of the last snapshot taken of the state file.
+    seq: u64,
+}
+
+/// The state file's text to write, numbered: written after the lock is released (off the
+/// runtime threads), and never over a newer one.
+struct Snapshot {
+    seq: u64,
+    text: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -238,7 +358,9 @@ impl Rollouts {
                 finished: saved.finished,
                 saved: saved.rollouts,
                 last_saved,
+                seq: 0,
             }),
+            written: Arc::new(Mutex::new(0)),
             path,
             audit,
             metrics,
@@ -265,19 +387,47 @@ impl Rollouts {
             let Some(fresh) = prompt.rollout_live.clone() else {
                 continue;
             };
+            let mut carried = None;
             if let Some(t) = inner.tracked.get(name) {
                 if t.live.id == fresh.id {
                     prompt.rollout_live = Some(t.live.clone());
+                    if fresh.plan.halted
+                        && let Some(t) = inner.tracked.get_mut(name)
+                        && halt_from_files(&mut t.progress)
+                    {
+                        t.live.set_share(0);
+                        self.metrics.show(name, Some(&t.progress));
+                        notes.push(halted_note(actor, name, &t.progress));
+                    }
                     continue;
                 }
-                // The block changed: the old rollout ends, the new one starts afresh.
+                // The block changed: the old rollout ends, the new one starts with fresh
+                // statistics. A running one whose users stay in the same buckets (same from,
+                // to and salt: a guard or step tuned) keeps its share: nobody flips B → A.
                 notes.push(entry(actor, Action::RolloutEnded, name, &t.progress, json!({"state": t.progress.status, "step": t.progress.share, "replaced_by": *fresh.id})));
+                let (old, new) = (&t.live.plan, &fresh.plan);
+                if t.progress.status == Status::Running
+                    && !t.adopting
+                    && (old.from, old.to, &old.salt) == (new.from, new.to, &new.salt)
+                {
+                    carried = Some(t.progress.share);
+                }
             }
             let plan = &fresh.plan;
             let progress = match inner.saved.remove(name).filter(|p| *p.id == *fresh.id) {
-                Some(resumed) => {
+                Some(mut resumed) => {
                     tracing::info!(prompt = %name, step = resumed.share, state = ?resumed.status, "rollout resumed from the state folder");
+                    if plan.halted && halt_from_files(&mut resumed) {
+                        notes.push(halted_note(actor, name, &resumed));
+                    }
                     resumed
+                }
+                None if plan.halted => {
+                    // A fresh state folder (a new pod): the files say it halted, so it stays so.
+                    let mut progress = Progress::new(&fresh, [0, 0]);
+                    halt_from_files(&mut progress);
+                    tracing::info!(prompt = %name, "rollout halted in the files: every user on version {}", plan.from);
+                    progress
                 }
                 None => {
                     let base = if self.scope == "fleet" {
@@ -285,34 +435,38 @@ impl Rollouts {
                     } else {
                         self.local_sums(name, &fresh).map(|s| s.requests)
                     };
-                    let progress = Progress {
-                        id: fresh.id.to_string(),
-                        from: plan.from,
-                        to: plan.to,
-                        status: Status::Running,
-                        step_index: 0,
-                        share: plan.steps.first().copied().unwrap_or(100),
-                        started_at: now_text(),
-                        step_started_ms: now_ms(),
-                        step_base: base,
-                        reason: None,
-                        halt: None,
-                        active_written: None,
-                        finished_at: None,
-                    };
+                    let mut progress = Progress::new(&fresh, base);
+                    if let Some(share) = carried {
+                        // The largest step at or below the share the users had.
+                        progress.step_index =
+                            plan.steps.iter().rposition(|s| *s <= share).unwrap_or(0);
+                        progress.share =
+                            plan.steps.get(progress.step_index).copied().unwrap_or(100);
+                    }
                     tracing::info!(prompt = %name, from = plan.from, to = plan.to, step = progress.share, "rollout started");
                     notes.push(entry(
                         actor,
                         Action::RolloutStarted,
                         name,
                         &progress,
-                        json!({"plan": plan, "step": progress.share}),
+                        json!({"plan": plan, "step": progress.share, "kept_share_of_the_edited_block": carried.is_some()}),
                     ));
                     progress
                 }
             };
-            fresh.set_share(progress.share);
-            self.metrics.show(name, Some(&progress));
+            // A replica with no saved progress first adopts the fleet's state (another replica
+            // may have advanced, halted or completed this rollout); until then, everyone on A.
+            let adopting = self.scope == "fleet"
+                && carried.is_none()
+                && progress.status == Status::Running
+                && progress.step_index == 0
+                && matches!(notes.last(), Some(e) if e.action == Action::RolloutStarted && e.prompt == *name);
+            if adopting {
+                fresh.set_share(0);
+            } else {
+                fresh.set_share(progress.share);
+                self.metrics.show(name, Some(&progress));
+            }
             inner.finished.remove(name);
             inner.tracked.insert(
                 name.clone(),
@@ -320,7 +474,8 @@ impl Rollouts {
                     live: fresh,
                     progress,
                     checks: Vec::new(),
-                    holding: None,
+                    holding: adopting.then(|| ADOPTING.to_owned()),
+                    adopting,
                 },
             );
         }
@@ -352,8 +507,9 @@ impl Rollouts {
             ));
             self.metrics.show(&name, None);
         }
-        self.save(&mut inner);
+        let snapshot = self.save(&mut inner);
         drop(inner);
+        write_state(&self.path, &self.written, snapshot);
         for note in notes {
             self.note(note);
         }
@@ -365,11 +521,14 @@ impl Rollouts {
         }
     }
 
-    fn save(&self, inner: &mut Inner) {
+    /// The state file's new text, if it changed (taken under the lock; written after it).
+    fn save(&self, inner: &mut Inner) -> Option<Snapshot> {
         let saved = Saved {
             rollouts: inner
                 .tracked
                 .iter()
+                // Not yet adopted from the fleet: a restart must read the fleet again.
+                .filter(|(_, t)| !t.adopting)
                 .map(|(n, t)| (n.clone(), t.progress.clone()))
                 .chain(inner.saved.iter().map(|(n, p)| (n.clone(), p.clone())))
                 .collect(),
@@ -377,14 +536,23 @@ impl Rollouts {
         };
         let text = serde_json::to_string_pretty(&saved).unwrap_or_default();
         if text == inner.last_saved {
+            return None;
+        }
+        inner.last_saved.clone_from(&text);
+        inner.seq += 1;
+        Some(Snapshot {
+            seq: inner.seq,
+            text,
+        })
+    }
+
+    /// Writes a snapshot off the runtime threads.
+    async fn persist(&self, snapshot: Option<Snapshot>) {
+        if snapshot.is_none() {
             return;
         }
-        match crate::admin::write::write_atomic(&self.path, &text) {
-            Ok(()) => inner.last_saved = text,
-            Err(e) => {
-                tracing::error!(file = %self.path.display(), "cannot save the rollouts' progress: {e}; a restart resumes from the last saved step")
-            }
-        }
+        let (path, written) = (self.path.clone(), self.written.clone());
+        let _ = tokio::task::spawn_blocking(move || write_state(&path, &written, snapshot)).await;
     }
 
     /// The arms' (A, B) sums in this replica's statistics.
@@ -406,6 +574,10 @@ impl Rollouts {
             let mut v = progress_json(&t.progress, Some(&t.live.plan));
             v["decided_from"] = json!(self.scope);
             v["holding"] = json!(t.holding);
+            v["adopting"] = json!(t.adopting);
+            if t.adopting {
+                v["step"] = json!(0);
+            }
             v["guards"] = json!(t.checks);
             return Some(v);
         }
@@ -414,16 +586,32 @@ impl Rollouts {
 
     /// Looks at every running rollout once. `fleet`: read the fleet's numbers this time.
     async fn tick(&self, state: &AppState, fleet: bool) {
-        let running: Vec<(String, Arc<Live>, Progress)> = {
+        let running: Vec<(String, Arc<Live>, Progress, bool)> = {
             let inner = lock(&self.inner);
             inner
                 .tracked
                 .iter()
                 .filter(|(_, t)| t.progress.status == Status::Running)
-                .map(|(n, t)| (n.clone(), t.live.clone(), t.progress.clone()))
+                .map(|(n, t)| (n.clone(), t.live.clone(), t.progress.clone(), t.adopting))
                 .collect()
         };
-        for (name, live, progress) in running {
+        for (name, live, progress, adopting) in running {
+            if adopting {
+                if let (Some(prometheus), true) = (&state.fleet, fleet) {
+                    match prometheus.rollout_states(&name, &live.id).await {
+                        Ok((states, started)) => {
+                            let snapshot = self.adopt(&name, &live, &states, started);
+                            self.persist(snapshot).await;
+                        }
+                        Err(e) => self.hold(
+                            &name,
+                            &live,
+                            format!("{ADOPTING}: the fleet's state is unavailable ({e})"),
+                        ),
+                    }
+                }
+                continue;
+            }
             let sums = match (&state.fleet, self.scope) {
                 (Some(prometheus), "fleet") => {
                     if !fleet {
@@ -455,6 +643,62 @@ impl Rollouts {
         }
     }
 
+    /// Takes the fleet's state of a rollout this replica has no progress of: halted if any
+    /// replica halted it, completed if any completed it, else the largest step any replica
+    /// is at (the first step when none runs it yet).
+    fn adopt(
+        &self,
+        name: &str,
+        live: &Live,
+        states: &[(String, u32)],
+        started: Option<f64>,
+    ) -> Option<Snapshot> {
+        let mut inner = lock(&self.inner);
+        let t = inner
+            .tracked
+            .get_mut(name)
+            .filter(|t| t.live.id == live.id && t.adopting)?;
+        let any = |state: &str| states.iter().any(|(s, _)| s == state);
+        let p = &mut t.progress;
+        // The fleet's start: this replica reads the same window of the fleet's numbers.
+        if let Some(at) = started
+            .filter(|s| s.is_finite())
+            .and_then(|s| chrono::DateTime::from_timestamp_millis((s * 1000.0) as i64))
+            .filter(|at| at.timestamp_millis() < started_ms(p))
+        {
+            p.started_at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        }
+        let steps = &live.plan.steps;
+        if any("halted") {
+            p.status = Status::Halted;
+            p.share = 0;
+            p.finished_at = Some(now_text());
+            p.reason = Some("halted on another replica (read from the fleet)".to_owned());
+        } else if any("completed") {
+            p.status = Status::Completed;
+            p.share = 100;
+            p.step_index = steps.len().saturating_sub(1);
+            p.finished_at = Some(now_text());
+            p.reason = Some("completed on another replica (read from the fleet)".to_owned());
+        } else if let Some(share) = states
+            .iter()
+            .filter(|(s, _)| s == "running")
+            .map(|(_, share)| *share)
+            .max()
+        {
+            // The largest step at or below the fleet's share.
+            p.step_index = steps.iter().rposition(|s| *s <= share).unwrap_or(0);
+            p.share = steps.get(p.step_index).copied().unwrap_or(100);
+        }
+        tracing::info!(prompt = %name, state = ?p.status, step = p.share, "rollout state adopted from the fleet");
+        live.set_share(p.share);
+        t.adopting = false;
+        t.holding = None;
+        let progress = t.progress.clone();
+        self.metrics.show(name, Some(&progress));
+        self.save(&mut inner)
+    }
+
     fn hold(&self, name: &str, live: &Live, why: String) {
         let mut inner = lock(&self.inner);
         if let Some(t) = inner.tracked.get_mut(name)
@@ -469,7 +713,8 @@ impl Rollouts {
 
     /// One look at one rollout: test, decide, act.
     async fn look(&self, state: &AppState, name: &str, live: &Arc<Live>, sums: &[VariantSums; 2]) {
-        let (note, complete) = self.decide(name, live, sums);
+        let (note, outcome, snapshot) = self.decide(name, live, sums);
+        self.persist(snapshot).await;
         if let Some(note) = note {
             let audit = self.audit.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -479,28 +724,33 @@ impl Rollouts {
             })
             .await;
         }
-        if complete {
-            self.make_active(state, name, live.plan.to).await;
+        match outcome {
+            Some(Status::Completed) => self.make_active(state, name, live).await,
+            Some(Status::Halted) => self.write_halt(state, name, live).await,
+            _ => {}
         }
     }
 
-    /// Tests the guards and applies the decision: the audit entry to write, and whether the
-    /// rollout just completed.
+    /// Tests the guards and applies the decision: the audit entry to write, and the state the
+    /// rollout just reached (halted or completed), if it did.
     fn decide(
         &self,
         name: &str,
         live: &Arc<Live>,
         sums: &[VariantSums; 2],
-    ) -> (Option<Entry>, bool) {
+    ) -> (Option<Entry>, Option<Status>, Option<Snapshot>) {
         let plan = &live.plan;
-        let checks = guard::evaluate(plan, &sums[0], &sums[1]);
         let mut inner = lock(&self.inner);
         let Some(t) = inner.tracked.get_mut(name).filter(|t| t.live.id == live.id) else {
-            return (None, false);
+            return (None, None, None);
         };
         if t.progress.status != Status::Running {
-            return (None, false);
+            return (None, None, None);
         }
+        let fixed = t.progress.tau2.iter().flatten().count();
+        let checks = guard::evaluate(plan, &sums[0], &sums[1], &mut t.progress.tau2);
+        // A mixing variance just fixed is saved with the progress, so a restart keeps it.
+        let newly_fixed = t.progress.tau2.iter().flatten().count() > fixed;
         let p = &mut t.progress;
         let step = StepProgress {
             index: p.step_index,
@@ -513,7 +763,7 @@ impl Rollouts {
         let decision = guard::decide(plan, step, &checks);
         t.checks = checks;
         t.holding = None;
-        let mut complete = false;
+        let mut reached = None;
         let note = match decision {
             Decision::Hold(why) => {
                 t.holding = Some(why.to_owned());
@@ -545,6 +795,7 @@ impl Rollouts {
                 tracing::error!(prompt = %name, guard = %check.guard, observed = check.observed, bound = check.bound, n_a = check.n_a, n_b = check.n_b, "rollout halted, every user back on version {}: {reason}", plan.from);
                 p.reason = Some(reason);
                 p.halt = serde_json::to_value(check).ok();
+                reached = Some(Status::Halted);
                 self.metrics
                     .halts
                     .get_or_create(&PromptLabel {
@@ -581,7 +832,7 @@ impl Rollouts {
                 p.share = 100;
                 p.finished_at = Some(now_text());
                 live.set_share(100);
-                complete = true;
+                reached = Some(Status::Completed);
                 tracing::info!(prompt = %name, version = plan.to, "rollout completed: version {} serves every user", plan.to);
                 Some(entry(
                     &rollout_actor(),
@@ -593,26 +844,75 @@ impl Rollouts {
             }
         };
         let progress = t.progress.clone();
+        let mut snapshot = None;
         if note.is_some() {
             self.metrics.show(name, Some(&progress));
-            self.save(&mut inner);
         }
-        (note, complete)
+        if note.is_some() || newly_fixed {
+            snapshot = self.save(&mut inner);
+        }
+        (note, reached, snapshot)
+    }
+
+    /// Whether `live` is still the tracked rollout of `name`, in state `status`.
+    fn still(&self, name: &str, live: &Live, status: Status) -> bool {
+        lock(&self.inner)
+            .tracked
+            .get(name)
+            .is_some_and(|t| t.live.id == live.id && t.progress.status == status)
+    }
+
+    /// Whether the prompt's files can be written (a commit in git mode).
+    async fn writable(&self, state: &AppState, name: &str) -> bool {
+        let folder = state.config.prompts_dir.join(name);
+        state.git.is_some()
+            || crate::admin::blocking(move || Ok(crate::console::folder_writable(&folder)))
+                .await
+                .unwrap_or(false)
+    }
+
+    /// A halted rollout: `halted: true` goes into the files when they are writable (a commit
+    /// in git mode), so a new replica or a lost state folder keeps every user on A.
+    async fn write_halt(&self, state: &AppState, name: &str, live: &Live) {
+        if !self.still(name, live, Status::Halted) {
+            return;
+        }
+        if !self.writable(state, name).await {
+            tracing::warn!(prompt = %name, "rollout halted, but `halted: true` cannot be written (the prompt's folder is read-only): this replica's state folder holds the halt; write `halted: true` in the `rollout` block through git");
+            return;
+        }
+        let prompt = name.to_owned();
+        let written = crate::admin::write::commit(state, rollout_actor(), move |writer| {
+            writer.halt_rollout(&prompt)?;
+            Ok(((), crate::admin::write::Change::rollout_halted(&prompt)))
+        })
+        .await;
+        match written {
+            Ok(((), outcome)) if outcome.get("review").is_some() => {
+                tracing::warn!(prompt = %name, "rollout halted; `halted: true` waits for review on {}", outcome["review"]["branch"]);
+            }
+            Ok(_) => {
+                tracing::info!(prompt = %name, "rollout halted: `halted: true` written to the files")
+            }
+            Err(e) => {
+                tracing::warn!(prompt = %name, "rollout halted, but `halted: true` cannot be written ({e}): this replica's state folder holds the halt")
+            }
+        }
     }
 
     /// A completed rollout: `to` becomes `active` in the files when they are writable;
     /// otherwise the state folder holds it (B keeps every user) and the report says to change
     /// the files through git.
-    async fn make_active(&self, state: &AppState, name: &str, to: u32) {
-        let folder = state.config.prompts_dir.join(name);
+    async fn make_active(&self, state: &AppState, name: &str, live: &Live) {
+        let to = live.plan.to;
+        // A DELETE that landed since the decision ended it: nothing to make active.
+        if !self.still(name, live, Status::Completed) {
+            return;
+        }
         let prompt = name.to_owned();
         // In git mode the change is a commit (pushed, or waiting for review); otherwise the
         // files are written in place when they can be.
-        let writable = state.git.is_some()
-            || crate::admin::blocking(move || Ok(crate::console::folder_writable(&folder)))
-                .await
-                .unwrap_or(false);
-        let written = if writable {
+        let written = if self.writable(state, name).await {
             crate::admin::write::commit(state, rollout_actor(), move |writer| {
                 writer.finish_rollout(&prompt, to)?;
                 Ok((
@@ -633,29 +933,52 @@ impl Rollouts {
             Err("the prompt's folder is read-only".to_owned())
         };
         match written {
-            Ok(()) => self.mark_written(name),
+            Ok(()) => {
+                let snapshot = self.mark_written(name);
+                self.persist(snapshot).await;
+            }
             Err(e) => {
                 tracing::warn!(prompt = %name, "rollout completed, but `active: {to}` cannot be written ({e}): version {to} keeps every user through the state folder; set `active: {to}` and remove the `rollout` block through git");
-                let mut inner = lock(&self.inner);
-                if let Some(t) = inner.tracked.get_mut(name) {
-                    t.progress.active_written = Some(false);
-                    t.progress.reason = Some(format!(
-                        "completed; the files could not be written ({e}): version {to} serves every user from the state folder — set `active: {to}` and remove the `rollout` block through git"
-                    ));
-                }
-                self.save(&mut inner);
+                let snapshot = {
+                    let mut inner = lock(&self.inner);
+                    if let Some(t) = inner.tracked.get_mut(name) {
+                        t.progress.active_written = Some(false);
+                        t.progress.reason = Some(format!(
+                            "completed; the files could not be written ({e}): version {to} serves every user from the state folder — set `active: {to}` and remove the `rollout` block through git"
+                        ));
+                    }
+                    self.save(&mut inner)
+                };
+                self.persist(snapshot).await;
             }
         }
     }
 }
 
 impl Rollouts {
-    fn mark_written(&self, name: &str) {
+    fn mark_written(&self, name: &str) -> Option<Snapshot> {
         let mut inner = lock(&self.inner);
         if let Some(t) = inner.tracked.get_mut(name) {
             t.progress.active_written = Some(true);
         }
-        self.save(&mut inner);
+        self.save(&mut inner)
+    }
+}
+
+/// Writes a snapshot of the state file unless a newer one was written already. Blocking.
+fn write_state(path: &Path, written: &Mutex<u64>, snapshot: Option<Snapshot>) {
+    let Some(Snapshot { seq, text }) = snapshot else {
+        return;
+    };
+    let mut last = lock(written);
+    if seq <= *last {
+        return;
+    }
+    match crate::admin::write::write_atomic(path, &text) {
+        Ok(()) => *last = seq,
+        Err(e) => {
+            tracing::error!(file = %path.display(), "cannot save the rollouts' progress: {e}; a restart resumes from the last saved step")
+        }
     }
 }
 

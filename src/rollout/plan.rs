@@ -30,6 +30,9 @@ pub struct RawRollout {
     pub guards: BTreeMap<String, Spanned<f64>>,
     /// Changes every user's bucket (and starts fresh statistics), as an experiment's salt.
     pub salt: Option<String>,
+    /// Written by the controller when a guard halts the rollout (or by hand to stop it):
+    /// every user on `from`, on every replica and after any restart, with no statistics needed.
+    pub halted: Option<Spanned<bool>>,
 }
 
 /// A checked rollout.
@@ -46,6 +49,9 @@ pub struct Rollout {
     pub guards: Vec<Guard>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
+    /// `halted: true`: the rollout was stopped; every user is on `from`. Not part of the id.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub halted: bool,
 }
 
 /// One bound on B relative to A.
@@ -85,12 +91,64 @@ impl Rollout {
     /// experiment's, so a changed block starts fresh numbers.
     pub fn id(&self) -> String {
         use sha2::Digest;
+        // `halted` is not part of the id: writing it stops this rollout, not starts another.
+        let plan = Rollout {
+            halted: false,
+            ..self.clone()
+        };
         let text = format!(
             "rollout:{}",
-            serde_json::to_string(self).unwrap_or_default()
+            serde_json::to_string(&plan).unwrap_or_default()
         );
         let digest = sha2::Sha256::digest(text.as_bytes());
         digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The manifest with `halted: true` in its `rollout` block (block or flow style), every other
+/// line kept. An error when there is no block or the result does not read as halted.
+pub fn mark_halted(text: &str) -> Result<String, String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let start = lines
+        .iter()
+        .position(|l| {
+            l.strip_prefix("rollout")
+                .is_some_and(|r| r.starts_with(':'))
+        })
+        .ok_or("the manifest has no `rollout` block any more")?;
+    let rest = lines[start]["rollout:".len()..].trim_start().to_owned();
+    if let Some(inner) = rest.strip_prefix('{') {
+        lines[start] = format!("rollout: {{halted: true, {}", inner.trim_start());
+    } else {
+        // The block's indent is its first key's.
+        let mut indent: Option<&str> = None;
+        let mut at = None;
+        for (i, line) in lines.iter().enumerate().skip(start + 1) {
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            if !line.starts_with([' ', '\t']) {
+                break;
+            }
+            let (lead, key) = line.split_at(line.len() - line.trim_start().len());
+            let indent = *indent.get_or_insert(lead);
+            if lead == indent && key.starts_with("halted:") {
+                at = Some(i);
+            }
+        }
+        let halted = format!("{}halted: true", indent.unwrap_or("  "));
+        match at {
+            Some(i) => lines[i] = halted,
+            None => lines.insert(start + 1, halted),
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    let raw = crate::prompts::manifest::parse(&out)
+        .map_err(|e| format!("`halted: true` cannot be written into the block: {}", e.1))?;
+    match raw.rollout.and_then(|r| r.halted) {
+        Some(h) if h.value => Ok(out),
+        _ => Err("`halted: true` cannot be written into the `rollout` block".to_owned()),
     }
 }
 
@@ -276,6 +334,7 @@ pub fn check(
         min_duration_value,
         guards,
         salt: raw.salt.clone(),
+        halted: raw.halted.as_ref().is_some_and(|h| h.value),
     })
 }
 
@@ -362,6 +421,41 @@ mod tests {
         );
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].0, Some(6));
+    }
+
+    #[test]
+    fn halted_is_written_into_the_block_and_keeps_the_id() {
+        let block = "# keep\nactive: 1\nrollout:\n    from: 1\n    to: 2\n    steps: [50, 100]\nlabels: {}\n";
+        let halted = mark_halted(block).unwrap();
+        assert_eq!(
+            halted,
+            "# keep\nactive: 1\nrollout:\n    halted: true\n    from: 1\n    to: 2\n    steps: [50, 100]\nlabels: {}\n"
+        );
+        assert_eq!(mark_halted(&halted).unwrap(), halted, "idempotent");
+        let off = block.replace("rollout:\n", "rollout:\n    halted: false\n");
+        assert!(
+            mark_halted(&off)
+                .unwrap()
+                .contains("    halted: true\n    from")
+        );
+        assert_eq!(
+            mark_halted("rollout: {from: 1, to: 2}\n").unwrap(),
+            "rollout: {halted: true, from: 1, to: 2}\n"
+        );
+        assert!(mark_halted("active: 1\n").is_err());
+        let plan = |text: &str| {
+            let raw = manifest::parse(text).unwrap();
+            check(
+                raw.rollout.as_ref().unwrap(),
+                &[1, 2],
+                None,
+                &mut Vec::new(),
+            )
+            .unwrap()
+        };
+        let (a, b) = (plan(block), plan(&halted));
+        assert!(!a.halted && b.halted);
+        assert_eq!(a.id(), b.id(), "halting does not start another rollout");
     }
 
     #[test]

@@ -15,6 +15,7 @@ fn plan(guards: Vec<Guard>, min_requests: u64) -> Rollout {
         min_duration_value: std::time::Duration::ZERO,
         guards,
         salt: None,
+        halted: false,
     }
 }
 
@@ -57,6 +58,7 @@ fn simulate(rng: &mut fastrand::Rng, plan: &Rollout, a: Arm, b: Arm, cap: u64) -
     let mut sums = [VariantSums::default(), VariantSums::default()];
     let mut index = 0;
     let mut base = [0u64; 2];
+    let mut tau2 = Vec::new();
     for n in 1..=cap {
         let arm = usize::from(rng.u32(0..100) < plan.steps[index]);
         let behaviour = [a, b][arm];
@@ -81,7 +83,7 @@ fn simulate(rng: &mut fastrand::Rng, plan: &Rollout, a: Arm, b: Arm, cap: u64) -
         if n % LOOK_EVERY != 0 {
             continue;
         }
-        let checks = evaluate(plan, &sums[0], &sums[1]);
+        let checks = evaluate(plan, &sums[0], &sums[1], &mut tau2);
         let step = StepProgress {
             index,
             requests: [sums[0].requests - base[0], sums[1].requests - base[1]],
@@ -155,7 +157,7 @@ fn simulated_regressions_halt_within_a_bounded_number_of_requests() {
     let usual = plan(guards(0.02, -0.05), 200);
     // Error rate 5% → 10% (+5 points; the bound is 2): every one of 200 rollouts halts, on
     // the error-rate guard, within 50,000 requests of all users (B, held at its first step of
-    // 10%, sees a tenth of them; the median halt comes after about 12,500).
+    // 10%, sees a tenth of them; the median halt comes after about 11,600).
     let broken = Arm {
         error_rate: 0.10,
         ..HEALTHY
@@ -229,9 +231,9 @@ fn the_latency_guard_reads_the_histogram() {
         "100 requests cannot bound a p95 from above"
     );
     let p = plan(vec![guard(GuardKind::LatencyP95, 1.25)], 100);
-    let checks = evaluate(&p, &a, &a);
+    let checks = evaluate(&p, &a, &a, &mut Vec::new());
     assert_eq!(checks[0].verdict, Verdict::Holds, "{checks:?}");
-    let checks = evaluate(&p, &a, &b);
+    let checks = evaluate(&p, &a, &b, &mut Vec::new());
     assert_eq!(checks[0].verdict, Verdict::Violated, "{checks:?}");
     assert!(checks[0].observed.unwrap() > 1.25, "{checks:?}");
 }
@@ -246,7 +248,7 @@ fn a_step_waits_for_requests_time_and_every_guard() {
             ..RequestFigures::default()
         });
     }
-    let checks = evaluate(&p, &a, &a);
+    let checks = evaluate(&p, &a, &a, &mut Vec::new());
     let step = |index, requests, aged| StepProgress {
         index,
         requests,
@@ -269,6 +271,56 @@ fn a_step_waits_for_requests_time_and_every_guard() {
         decide(&p, step(3, [0, 100], true), &checks),
         Decision::Complete
     );
-    let none = evaluate(&p, &VariantSums::default(), &a);
+    let none = evaluate(&p, &VariantSums::default(), &a, &mut Vec::new());
     assert_eq!(none[0].verdict, Verdict::Waiting);
+}
+
+#[test]
+fn the_mixing_variance_is_fixed_once_and_kept() {
+    let p = plan(vec![guard(GuardKind::ErrorRate, 0.02)], 200);
+    let arm = |requests: u64, errors: u64| VariantSums {
+        requests,
+        errors,
+        ..VariantSums::default()
+    };
+    let mut tau2 = Vec::new();
+    // Too few samples to settle: not fixed yet.
+    evaluate(&p, &arm(50, 2), &arm(50, 2), &mut tau2);
+    assert_eq!(tau2, [None]);
+    evaluate(&p, &arm(100, 5), &arm(100, 5), &mut tau2);
+    let fixed = tau2[0].expect("fixed at 100 per arm");
+    // Later looks with another spread keep it.
+    let checks = evaluate(&p, &arm(5000, 1000), &arm(5000, 1000), &mut tau2);
+    assert_eq!(tau2, [Some(fixed)]);
+    let (lo, hi) = checks[0].interval.unwrap();
+    let v = 2.0 * smoothed(1000, 5000) / 5000.0;
+    let expected = radius(v, fixed, ALPHA);
+    assert!(((hi - lo) / 2.0 - expected).abs() < 1e-12, "{checks:?}");
+}
+
+#[test]
+fn constant_scores_do_not_collapse_the_interval() {
+    let p = plan(
+        vec![guard(GuardKind::Feedback(QUALITY.to_owned()), -0.05)],
+        20,
+    );
+    let scored = |score: f64| {
+        let mut q = ScoreSums::default();
+        for _ in 0..20 {
+            q.add(score);
+        }
+        let mut s = VariantSums {
+            requests: 20,
+            ..VariantSums::default()
+        };
+        s.scores.insert(QUALITY.to_owned(), q);
+        s
+    };
+    let checks = evaluate(&p, &scored(1.0), &scored(1.0), &mut Vec::new());
+    let (lo, hi) = checks[0].interval.unwrap();
+    // Two pseudo-scores of variance 0.05² per arm: the interval keeps a width of the order of
+    // the bound, not 1e-6.
+    assert!(hi - lo > 0.02, "{checks:?}");
+    assert_eq!(smoothed_scores(20, 0.0, 0.0025), 2.0 * 0.0025 / 21.0);
+    assert_eq!(smoothed_scores(1, 0.0, 1.0), 1.0);
 }
