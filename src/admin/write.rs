@@ -98,9 +98,7 @@ impl Change {
             new_version: false,
         }
     }
-}
 
-impl Change {
     /// A guarded rollout started (`true`) or aborted.
     pub fn rollout(prompt: &str, started: bool) -> Change {
         Change {
@@ -134,6 +132,7 @@ impl Change {
             summary: "halt the guarded rollout: a guard was violated".to_owned(),
             note: None,
             branch: format!("{prompt}-rollout-halted"),
+            new_version: false,
         }
     }
 }
