@@ -122,9 +122,10 @@ fn model_settings(model: &Map<String, Value>, out: &mut Front, notes: &mut Vec<S
                 let Value::Object(conf) = value else { continue };
                 let deployment = ["azure_deployment", "model", "name"]
                     .iter()
-                    .find_map(|k| conf.get(*k).and_then(Value::as_str));
-                if let Some(model) = deployment {
-                    out.model = Some(model.to_owned());
+                    .find_map(|k| Some((*k, conf.get(*k).and_then(Value::as_str)?)));
+                if let Some((key, model)) = deployment {
+                    out.model = unreference(&format!("model.configuration.{key}"), model, notes)
+                        .map(str::to_owned);
                 }
                 let rest: Vec<&str> = conf
                     .keys()
@@ -140,7 +141,17 @@ fn model_settings(model: &Map<String, Value>, out: &mut Front, notes: &mut Vec<S
             }
             "parameters" => {
                 let Value::Object(params) = value else { continue };
-                for key in settings(params, out) {
+                let mut params = params.clone();
+                params.retain(|key, value| match value.as_str() {
+                    Some(text) if text.starts_with("${") => {
+                        notes.push(format!(
+                            "`model.parameters.{key}: {text}`: the value comes from the environment in Prompty; left out, set it yourself"
+                        ));
+                        false
+                    }
+                    _ => true,
+                });
+                for key in settings(&params, out) {
                     notes.push(format!(
                         "`model.parameters.{key}`: not an OpenAI request field promptgate knows"
                     ));
@@ -156,6 +167,30 @@ fn model_settings(model: &Map<String, Value>, out: &mut Front, notes: &mut Vec<S
             other => notes.push(format!("`model.{other}`: no equivalent here")),
         }
     }
+}
+
+/// A setting's value, unless it is a Prompty environment reference (`${env:NAME}`), which
+/// would be sent as written: then the reference's default (`${env:NAME:default}`) or nothing,
+/// with a note.
+fn unreference<'a>(key: &str, value: &'a str, notes: &mut Vec<String>) -> Option<&'a str> {
+    if !value.starts_with("${") {
+        return Some(value);
+    }
+    let default = value
+        .strip_prefix("${env:")
+        .and_then(|r| r.strip_suffix('}'))
+        .and_then(|r| r.split_once(':'))
+        .map(|(_, default)| default)
+        .filter(|d| !d.is_empty());
+    match default {
+        Some(d) => notes.push(format!(
+            "`{key}: {value}`: the model comes from the environment in Prompty; its default `{d}` was used, set `model:` yourself if that is not it"
+        )),
+        None => notes.push(format!(
+            "`{key}: {value}`: the model comes from the environment in Prompty; set `model:` yourself"
+        )),
+    }
+    default
 }
 
 /// Prompty's chat-history idiom — `{% for item in history %}{{item.role}}:\n{{item.content}}
@@ -350,6 +385,37 @@ fn output_format(outputs: &Map<String, Value>, notes: &mut Vec<String>) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn converted(text: &str) -> Imported {
+        convert("t.prompty", "t", text).unwrap()
+    }
+
+    #[test]
+    fn environment_references_are_not_sent_as_the_model() {
+        let t = converted(
+            "---\nmodel:\n  configuration:\n    azure_deployment: ${env:AZURE_OPENAI_DEPLOYMENT}\n  parameters:\n    seed: ${env:SEED}\n---\nHi\n",
+        );
+        assert_eq!(t.versions[&1], "Hi\n");
+        assert!(
+            t.notes.iter().any(|n| n.contains("`model.configuration.azure_deployment: ${env:AZURE_OPENAI_DEPLOYMENT}`: the model comes from the environment")),
+            "{:?}",
+            t.notes
+        );
+        assert!(t.notes.iter().any(|n| n.contains("`model.parameters.seed")));
+        let t = converted(
+            "---\nmodel:\n  configuration:\n    name: ${env:MODEL:gpt-4o-mini}\n---\nHi\n",
+        );
+        assert!(
+            t.versions[&1].contains("model: \"gpt-4o-mini\""),
+            "{}",
+            t.versions[&1]
+        );
+        assert!(
+            t.notes
+                .iter()
+                .any(|n| n.contains("its default `gpt-4o-mini`"))
+        );
+    }
 
     #[test]
     fn role_lines_in_any_prompty_spelling_become_ours() {
