@@ -304,42 +304,126 @@ fn json_type(kind: &str) -> Option<&'static str> {
     })
 }
 
+/// JSON Schema keywords a Prompty type spec may carry that mean the same here.
+const SCHEMA_KEYS: [&str; 20] = [
+    "description",
+    "default",
+    "enum",
+    "const",
+    "title",
+    "format",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "items",
+    "properties",
+    "additionalProperties",
+];
+
+/// A Prompty type spec (`{type: array, items: {type: string}}`) as a JSON Schema: its type in
+/// JSON Schema's words, the keywords that mean the same (nested `items` and `properties` too),
+/// a note for each key dropped. `at` names the spec in notes (`input \`topics\``).
+fn type_spec(spec: &Map<String, Value>, at: &str, notes: &mut Vec<String>) -> Map<String, Value> {
+    let mut property = Map::new();
+    let mut dropped = Vec::new();
+    for (key, value) in spec {
+        match key.as_str() {
+            "type" => match value.as_str().and_then(json_type) {
+                Some(t) => {
+                    property.insert("type".into(), json!(t));
+                }
+                None => notes.push(format!(
+                    "{at}: type `{}` has no JSON Schema equivalent; left untyped",
+                    value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_owned)
+                )),
+            },
+            "items" | "additionalProperties" if value.is_object() => {
+                let inner = type_spec(
+                    value.as_object().unwrap_or(&Map::new()),
+                    &format!("{at}.{key}"),
+                    notes,
+                );
+                property.insert(key.clone(), Value::Object(inner));
+            }
+            "properties" if value.is_object() => {
+                let mut inner = Map::new();
+                for (name, spec) in value.as_object().into_iter().flatten() {
+                    let spec = match spec {
+                        Value::Object(m) => type_spec(m, &format!("{at}.{name}"), notes),
+                        _ => Map::new(),
+                    };
+                    inner.insert(name.clone(), Value::Object(spec));
+                }
+                property.insert(key.clone(), Value::Object(inner));
+            }
+            // Prompty's `required: true` goes to the parent's `required` list; a JSON Schema
+            // list of required names stays.
+            "required" if value.is_boolean() => {}
+            "required" if value.is_array() => {
+                property.insert(key.clone(), value.clone());
+            }
+            // An example value, as `sample` is at the top level.
+            "sample" => {}
+            k if SCHEMA_KEYS.contains(&k) && k != "items" && k != "properties" => {
+                property.insert(key.clone(), value.clone());
+            }
+            _ => dropped.push(key.as_str()),
+        }
+    }
+    if !dropped.is_empty() {
+        notes.push(format!(
+            "{at}: {} not carried over (no JSON Schema equivalent)",
+            dropped
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    property
+}
+
+/// A type spec, as opposed to the older `inputs: {name: sample value}` form: a mapping with a
+/// `type`, or one with only Prompty's spec keys.
+fn is_type_spec(spec: &Value) -> bool {
+    spec.as_object().is_some_and(|m| {
+        m.get("type").is_some_and(Value::is_string)
+            || m.keys().all(|k| {
+                ["type", "description", "default", "sample", "required"].contains(&k.as_str())
+            })
+    })
+}
+
 fn input_schema(
     inputs: &Map<String, Value>,
     history: Option<&str>,
     notes: &mut Vec<String>,
 ) -> Option<Value> {
     let mut properties = Map::new();
+    let mut required = Vec::new();
     for (name, spec) in inputs {
         if Some(name.as_str()) == history {
             continue;
         }
-        let mut property = Map::new();
-        let typed = spec.as_object().filter(|m| {
-            m.keys().all(|k| {
-                ["type", "description", "default", "sample", "required"].contains(&k.as_str())
-            })
-        });
-        match typed {
-            Some(spec) => {
-                if let Some(kind) = spec.get("type").and_then(Value::as_str) {
-                    match json_type(kind) {
-                        Some(t) => {
-                            property.insert("type".into(), json!(t));
-                        }
-                        None => notes.push(format!(
-                            "input `{name}`: type `{kind}` has no JSON Schema equivalent; left untyped"
-                        )),
-                    }
+        let property = match spec {
+            Value::Object(m) if is_type_spec(spec) => {
+                if m.get("required") == Some(&Value::Bool(true)) {
+                    required.push(name.clone());
                 }
-                for key in ["description", "default"] {
-                    if let Some(v) = spec.get(key) {
-                        property.insert(key.into(), v.clone());
-                    }
-                }
+                type_spec(m, &format!("input `{name}`"), notes)
             }
             // `inputs: {name: sample value}`, the older form: the type of the sample.
-            None => {
+            _ => {
                 let t = match spec {
                     Value::String(_) => "string",
                     Value::Bool(_) => "boolean",
@@ -349,12 +433,21 @@ fn input_schema(
                     Value::Object(_) => "object",
                     Value::Null => continue,
                 };
+                let mut property = Map::new();
                 property.insert("type".into(), json!(t));
+                property
             }
-        }
+        };
         properties.insert(name.clone(), Value::Object(property));
     }
-    (!properties.is_empty()).then(|| json!({"type": "object", "properties": properties}))
+    if properties.is_empty() {
+        return None;
+    }
+    let mut schema = json!({"type": "object", "properties": properties});
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    Some(schema)
 }
 
 fn output_format(outputs: &Map<String, Value>, notes: &mut Vec<String>) -> Option<Value> {
@@ -414,6 +507,31 @@ mod tests {
             t.notes
                 .iter()
                 .any(|n| n.contains("its default `gpt-4o-mini`"))
+        );
+    }
+
+    #[test]
+    fn typed_inputs_keep_their_json_schema_keys() {
+        let mut notes = Vec::new();
+        let inputs: Map<String, Value> = serde_json::from_value(json!({
+            "topics": {"type": "array", "items": {"type": "str"}, "required": true, "minItems": 1, "widget": "list"},
+            "tone": {"type": "string", "enum": ["calm", "brisk"], "sample": "calm"},
+            "count": 3,
+        }))
+        .unwrap();
+        let schema = input_schema(&inputs, None, &mut notes).unwrap();
+        assert_eq!(
+            schema,
+            json!({"type": "object", "required": ["topics"], "properties": {
+                "topics": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "tone": {"type": "string", "enum": ["calm", "brisk"]},
+                "count": {"type": "integer"},
+            }})
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("input `topics`: `widget` not carried over"),
+            "{notes:?}"
         );
     }
 
