@@ -452,27 +452,55 @@ fn input_schema(
 
 fn output_format(outputs: &Map<String, Value>, notes: &mut Vec<String>) -> Option<Value> {
     let mut properties = Map::new();
+    let mut loose = Vec::new();
     for (name, spec) in outputs {
-        let mut property = Map::new();
-        if let Some(kind) = spec.get("type").and_then(Value::as_str) {
-            match json_type(kind) {
-                Some(t) => {
-                    property.insert("type".into(), json!(t));
-                }
-                None => notes.push(format!(
-                    "output `{name}`: type `{kind}` has no JSON Schema equivalent; left untyped"
-                )),
-            }
-        }
-        if let Some(d) = spec.get("description") {
-            property.insert("description".into(), d.clone());
+        let property = match spec {
+            Value::Object(m) => type_spec(m, &format!("output `{name}`"), notes),
+            _ => Map::new(),
+        };
+        if !strict_ready(&property) {
+            loose.push(format!("`{name}`"));
         }
         properties.insert(name.clone(), Value::Object(property));
+    }
+    if properties.is_empty() {
+        return None;
     }
     let required: Vec<&String> = properties.keys().collect();
     let schema = json!({"type": "object", "properties": properties, "required": required,
                         "additionalProperties": false});
-    (!properties.is_empty()).then(|| json!({"schema": schema}))
+    if loose.is_empty() {
+        return Some(json!({"schema": schema}));
+    }
+    notes.push(format!(
+        "outputs {}: not typed completely (a type on each, `items` on an array), which OpenAI's strict structured outputs refuse; written with `strict: false`",
+        loose.join(", ")
+    ));
+    Some(json!({"schema": schema, "strict": false}))
+}
+
+/// True when OpenAI's strict mode accepts `schema` as it is: a type, `items` on an array, and
+/// on an object every property listed in `required` and `additionalProperties: false`.
+fn strict_ready(schema: &Map<String, Value>) -> bool {
+    match schema.get("type").and_then(Value::as_str) {
+        Some("string" | "number" | "integer" | "boolean") => true,
+        Some("array") => schema
+            .get("items")
+            .and_then(Value::as_object)
+            .is_some_and(strict_ready),
+        Some("object") => {
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                return false;
+            };
+            let required = schema.get("required").and_then(Value::as_array);
+            schema.get("additionalProperties") == Some(&Value::Bool(false))
+                && props.iter().all(|(k, v)| {
+                    required.is_some_and(|r| r.contains(&json!(k)))
+                        && v.as_object().is_some_and(strict_ready)
+                })
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -533,6 +561,29 @@ mod tests {
             notes[0].contains("input `topics`: `widget` not carried over"),
             "{notes:?}"
         );
+    }
+
+    #[test]
+    fn outputs_are_strict_only_when_strict_mode_takes_them() {
+        let mut notes = Vec::new();
+        let outputs: Map<String, Value> = serde_json::from_value(json!({
+            "answer": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        }))
+        .unwrap();
+        let format = output_format(&outputs, &mut notes).unwrap();
+        assert!(format.get("strict").is_none(), "{format}");
+        assert!(notes.is_empty(), "{notes:?}");
+        for loose in [
+            json!({"answer": {"type": "string"}, "tags": {"type": "array"}}),
+            json!({"answer": {"description": "anything"}}),
+        ] {
+            let outputs: Map<String, Value> = serde_json::from_value(loose).unwrap();
+            let format = output_format(&outputs, &mut notes).unwrap();
+            assert_eq!(format["strict"], json!(false), "{format}");
+        }
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("outputs `tags`"), "{notes:?}");
     }
 
     #[test]
