@@ -74,18 +74,26 @@ pub fn convert(file: &str, stem: &str, text: &str) -> Result<Imported, ImportErr
             other => notes.push(format!("`{other}`: no equivalent here")),
         }
     }
-    if let Some(Value::Object(model)) = front.get("model") {
-        model_settings(model, &mut out, &mut notes);
+    match front.get("model") {
+        Some(Value::Object(model)) => model_settings(model, &mut out, &mut notes),
+        Some(Value::String(model)) => {
+            out.model = unreference("model", model, &mut notes).map(str::to_owned);
+        }
+        Some(Value::Null) | None => {}
+        Some(other) => notes.push(format!(
+            "`model: {other}`: neither a model name nor a mapping of settings; left out"
+        )),
     }
 
-    let (body, history) = history_loop(body, &mut notes);
+    let body = guard_conversation(body, &mut notes);
+    let (body, history) = history_loop(&body, &mut notes);
     let (body, chat) = role_sections(&body, &mut notes);
     out.chat = chat;
-    if let Some(Value::Object(inputs)) = front.get("inputs") {
-        out.input_schema = input_schema(inputs, history.as_deref(), &mut notes);
+    if let Some(inputs) = by_name(&front, "inputs", &mut notes) {
+        out.input_schema = input_schema(&inputs, history.as_deref(), &mut notes);
     }
-    if let Some(Value::Object(outputs)) = front.get("outputs") {
-        out.response_format = output_format(outputs, &mut notes);
+    if let Some(outputs) = by_name(&front, "outputs", &mut notes) {
+        out.response_format = output_format(&outputs, &mut notes);
     }
     let mut imported = Imported {
         name: folder,
@@ -95,6 +103,65 @@ pub fn convert(file: &str, stem: &str, text: &str) -> Result<Imported, ImportErr
     imported.manifest = (!manifest.is_empty()).then_some(manifest);
     imported.notes = notes;
     Ok(imported)
+}
+
+/// `inputs` or `outputs` as a mapping of names to specs: as written, or from the list form
+/// (`- name: question` plus the spec's keys, or bare names). Anything else is noted.
+fn by_name(
+    front: &Map<String, Value>,
+    key: &str,
+    notes: &mut Vec<String>,
+) -> Option<Map<String, Value>> {
+    match front.get(key)? {
+        Value::Object(map) => Some(map.clone()),
+        Value::Array(items) => {
+            let mut map = Map::new();
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(name) => {
+                        map.insert(name.clone(), json!({}));
+                    }
+                    Value::Object(spec) if spec.get("name").is_some_and(Value::is_string) => {
+                        let mut spec = spec.clone();
+                        if let Some(Value::String(name)) = spec.remove("name") {
+                            map.insert(name, Value::Object(spec));
+                        }
+                    }
+                    other => notes.push(format!(
+                        "`{key}` item {}: `{other}` has no `name`; left out",
+                        i + 1
+                    )),
+                }
+            }
+            Some(map)
+        }
+        Value::Null => None,
+        other => {
+            notes.push(format!(
+                "`{key}: {other}`: neither a mapping nor a list of names; left out"
+            ));
+            None
+        }
+    }
+}
+
+/// A `conversation:` line is text in Prompty but the marker here: made literal, with a note.
+fn guard_conversation(body: &str, notes: &mut Vec<String>) -> String {
+    let lines: Vec<String> = body
+        .split('\n')
+        .map(|line| {
+            if line.trim_end() == "conversation:" {
+                notes.push(
+                    "a `conversation:` line is text in Prompty; kept as text (it would be the client's messages here)"
+                        .to_owned(),
+                );
+                format!("{{{{ '' }}}}{line}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    lines.join("\n")
 }
 
 fn split(text: &str) -> Option<(&str, &str)> {
@@ -248,12 +315,38 @@ fn role_sections(body: &str, notes: &mut Vec<String>) -> (String, bool) {
     let mut skipping = false;
     let mut seen_text = false;
     for line in body.split('\n') {
-        let bare = line
-            .trim()
-            .trim_start_matches('#')
-            .trim()
-            .to_ascii_lowercase();
-        let role = bare.strip_suffix(':').map(str::trim_end);
+        let trimmed = line.trim();
+        let unhashed = trimmed.trim_start_matches('#');
+        let hashes = trimmed.len() - unhashed.len();
+        let bare = unhashed.trim().to_ascii_lowercase();
+        let mut role = bare.strip_suffix(':').map(str::trim_end);
+        // `user[name="Jane"]:`: a role line with attributes.
+        let mut attributes = None;
+        if let Some(r) = role
+            && let Some((name, rest)) = r.split_once('[')
+            && rest.ends_with(']')
+        {
+            role = Some(name.trim_end());
+            attributes = Some(rest);
+        }
+        let is_role = matches!(
+            role,
+            Some("system" | "user" | "assistant" | "developer" | "function" | "tool")
+        );
+        if is_role && hashes > 1 {
+            notes.push(format!(
+                "`{trimmed}`: Prompty takes at most one `#` before a role; kept as text"
+            ));
+            role = None;
+        }
+        if is_role
+            && hashes <= 1
+            && let Some(attributes) = attributes
+        {
+            notes.push(format!(
+                "`{trimmed}`: the message's attributes (`[{attributes}`) have no place here; left out"
+            ));
+        }
         match role {
             Some(r @ ("system" | "user" | "assistant" | "developer")) => {
                 any = true;
@@ -267,7 +360,8 @@ fn role_sections(body: &str, notes: &mut Vec<String>) -> (String, bool) {
                     "a `{r}:` section: tool results come from the client's conversation; the section was left out"
                 ));
             }
-            Some("conversation") if !line.trim_start().starts_with('#') => {
+            // The marker the history loop became (source lines were made text before).
+            Some("conversation") if line == "conversation:" => {
                 any = true;
                 skipping = false;
                 out.push("conversation:".to_owned());
@@ -584,6 +678,36 @@ mod tests {
         }
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].contains("outputs `tags`"), "{notes:?}");
+    }
+
+    #[test]
+    fn a_model_name_and_list_inputs_are_carried() {
+        let t = converted(
+            "---\nmodel: gpt-4o\ninputs:\n  - name: question\n    type: string\n  - 5\noutputs: yes\n---\nuser:\n{{question}}\n",
+        );
+        let v1 = &t.versions[&1];
+        assert!(v1.contains("model: \"gpt-4o\""), "{v1}");
+        assert!(
+            v1.contains(
+                r#"input_schema: {"type":"object","properties":{"question":{"type":"string"}}}"#
+            ),
+            "{v1}"
+        );
+        assert_eq!(t.notes.len(), 2, "{:?}", t.notes);
+        assert!(t.notes[0].contains("`inputs` item 2"), "{:?}", t.notes);
+        assert!(t.notes[1].contains("`outputs: true`"), "{:?}", t.notes);
+    }
+
+    #[test]
+    fn role_lines_prompty_does_not_take_stay_text() {
+        let t = converted(
+            "---\nname: t\n---\nsystem:\nconversation:\n## user:\nx\nuser[name=\"Jane\"]:\n{{q}}\n",
+        );
+        assert_eq!(
+            t.versions[&1],
+            "---\nchat: true\n---\nsystem:\n{{ '' }}conversation:\n## user:\nx\nuser:\n{{q}}\n"
+        );
+        assert_eq!(t.notes.len(), 3, "{:?}", t.notes);
     }
 
     #[test]
