@@ -88,6 +88,9 @@ pub fn convert(file: &str, stem: &str, text: &str) -> Result<Imported, ImportErr
     let body = guard_conversation(body, &mut notes);
     let (body, history) = history_loop(&body, &mut notes);
     let (body, chat) = role_sections(&body, &mut notes);
+    if chat {
+        shared_definitions(&body).map_err(fail)?;
+    }
     out.chat = chat;
     if let Some(inputs) = by_name(&front, "inputs", &mut notes) {
         out.input_schema = input_schema(&inputs, history.as_deref(), &mut notes);
@@ -384,6 +387,137 @@ fn role_sections(body: &str, notes: &mut Vec<String>) -> (String, bool) {
         text = format!("system:\n{text}");
     }
     (text, true)
+}
+
+/// Prompty renders the whole body, then splits it into messages; here each message is its own
+/// template. A name one message defines (`{% set %}`, `{% macro %}`, `{% import %}`,
+/// `{% from … import %}`) and another uses would be undefined on every request: refused.
+fn shared_definitions(body: &str) -> Result<(), String> {
+    let mut sections: Vec<(String, String)> = vec![(String::new(), String::new())];
+    for line in body.split('\n') {
+        let role = line.trim_end();
+        if [
+            "system:",
+            "developer:",
+            "user:",
+            "assistant:",
+            "conversation:",
+        ]
+        .contains(&role)
+        {
+            sections.push((role.to_owned(), String::new()));
+        } else if let Some(last) = sections.last_mut() {
+            last.1.push_str(line);
+            last.1.push('\n');
+        }
+    }
+    let sections: Vec<(String, Vec<String>, Vec<String>)> = sections
+        .into_iter()
+        .map(|(role, text)| {
+            let (defined, used) = tag_names(&text);
+            (role, defined, used)
+        })
+        .collect();
+    for (i, (role, defined, _)) in sections.iter().enumerate() {
+        for name in defined {
+            let user = sections
+                .iter()
+                .enumerate()
+                .find(|(j, (_, other_defined, used))| {
+                    *j != i && used.contains(name) && !other_defined.contains(name)
+                });
+            if let Some((j, (other, _, _))) = user {
+                return Err(format!(
+                    "`{name}` is defined in message {i} (`{role}`) and used in message {j} (`{other}`): Prompty renders the whole body before splitting it into messages, but each message is its own template here, so `{name}` would be undefined on every request; define it in each message that uses it, then import again"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The names a template text defines at its top (`set`, `macro`, `import`, `from … import`)
+/// and every identifier its tags use.
+fn tag_names(text: &str) -> (Vec<String>, Vec<String>) {
+    let mut defined = Vec::new();
+    let mut used = Vec::new();
+    let mut rest = text;
+    while let Some(start) = ["{{", "{%"].iter().filter_map(|o| rest.find(o)).min() {
+        let statement = rest[start..].starts_with("{%");
+        let close = if statement { "%}" } else { "}}" };
+        let inner_start = start + 2;
+        let Some(len) = rest[inner_start..].find(close) else {
+            break;
+        };
+        let inner = rest[inner_start..inner_start + len].trim_matches(['-', '+', ' ', '\n', '\t']);
+        rest = &rest[inner_start + len + 2..];
+        let words = identifiers(inner);
+        if statement {
+            match words.first().map(String::as_str) {
+                Some("set" | "macro") => defined.extend(
+                    inner
+                        .split(['=', '('])
+                        .next()
+                        .map(identifiers)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .skip(1),
+                ),
+                Some("import") => {
+                    if let Some(i) = words.iter().position(|w| w == "as") {
+                        defined.extend(words.get(i + 1).cloned());
+                    }
+                }
+                Some("from") => {
+                    if let Some(i) = words.iter().position(|w| w == "import") {
+                        let names = &words[i + 1..];
+                        let mut k = 0;
+                        while k < names.len() {
+                            if names.get(k + 1).is_some_and(|w| w == "as") {
+                                defined.extend(names.get(k + 2).cloned());
+                                k += 3;
+                            } else {
+                                defined.push(names[k].clone());
+                                k += 1;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        used.extend(words);
+    }
+    (defined, used)
+}
+
+/// The identifiers of a tag's text, outside string literals.
+fn identifiers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quote = None;
+    for c in text.chars() {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if c == '"' || c == '\'' {
+            quote = Some(c);
+        } else if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() && !word.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push(std::mem::take(&mut word));
+        }
+        word.clear();
+    }
+    if !word.is_empty() && !word.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push(word);
+    }
+    out
 }
 
 fn json_type(kind: &str) -> Option<&'static str> {
@@ -708,6 +842,29 @@ mod tests {
             "---\nchat: true\n---\nsystem:\n{{ '' }}conversation:\n## user:\nx\nuser:\n{{q}}\n"
         );
         assert_eq!(t.notes.len(), 3, "{:?}", t.notes);
+    }
+
+    #[test]
+    fn a_name_set_in_one_message_and_used_in_another_is_refused() {
+        for body in [
+            "system:\n{% set who = 'Jane' %}Hi\nuser:\n{{ who }}",
+            "{%- macro greet(n) -%}Hi {{ n }}{%- endmacro %}\nuser:\n{{ greet(q) }}",
+            "system:\n{% from 'x' import a as helper %}\nuser:\n{{ helper() }}",
+            "system:\n{% import 'x' as lib %}\nuser:\n{{ lib.f() }}",
+        ] {
+            let err = convert("t.prompty", "t", &format!("---\nname: t\n---\n{body}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is defined in message"), "{body}: {err}");
+        }
+        // Defined and used in the same message, or defined again where used: fine.
+        for body in [
+            "system:\n{% set who = 'Jane' %}{{ who }}\nuser:\n{{ q }}",
+            "system:\n{% set x = 1 %}{{ x }}\nuser:\n{% set x = 2 %}{{ x }}",
+            "system:\n{% set x = 1 %}{{ x }}\nuser:\n{{ 'x' }}",
+        ] {
+            convert("t.prompty", "t", &format!("---\nname: t\n---\n{body}\n")).unwrap();
+        }
     }
 
     #[test]
