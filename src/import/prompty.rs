@@ -576,11 +576,8 @@ fn type_spec(spec: &Map<String, Value>, at: &str, notes: &mut Vec<String>) -> Ma
                 )),
             },
             "items" | "additionalProperties" if value.is_object() => {
-                let inner = type_spec(
-                    value.as_object().unwrap_or(&Map::new()),
-                    &format!("{at}.{key}"),
-                    notes,
-                );
+                let spec = value.as_object().cloned().unwrap_or_default();
+                let inner = type_spec(&spec, &format!("{at}.{key}"), notes);
                 property.insert(key.clone(), Value::Object(inner));
             }
             "properties" if value.is_object() => {
@@ -602,6 +599,10 @@ fn type_spec(spec: &Map<String, Value>, at: &str, notes: &mut Vec<String>) -> Ma
             }
             // An example value, as `sample` is at the top level.
             "sample" => {}
+            "default" if value.as_str().is_some_and(|v| v.starts_with("${")) => notes.push(format!(
+                "{at}: the default `{}` comes from the environment in Prompty; left out, the variable has no default",
+                value.as_str().unwrap_or_default()
+            )),
             k if SCHEMA_KEYS.contains(&k) && k != "items" && k != "properties" => {
                 property.insert(key.clone(), value.clone());
             }
@@ -771,7 +772,7 @@ mod tests {
         let mut notes = Vec::new();
         let inputs: Map<String, Value> = serde_json::from_value(json!({
             "topics": {"type": "array", "items": {"type": "str"}, "required": true, "minItems": 1, "widget": "list"},
-            "tone": {"type": "string", "enum": ["calm", "brisk"], "sample": "calm"},
+            "tone": {"type": "string", "enum": ["calm", "brisk"], "sample": "calm", "default": "${env:TONE}"},
             "count": 3,
         }))
         .unwrap();
@@ -784,9 +785,13 @@ mod tests {
                 "count": {"type": "integer"},
             }})
         );
-        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(
             notes[0].contains("input `topics`: `widget` not carried over"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].contains("input `tone`: the default `${env:TONE}`"),
             "{notes:?}"
         );
     }
