@@ -418,10 +418,10 @@ pub fn main() -> ExitCode {
 fn import(args: &ImportArgs) -> ExitCode {
     let mut files = Vec::new();
     for path in &args.files {
-        match std::fs::read_to_string(path) {
+        match crate::import::read_input(path) {
             Ok(text) => files.push((path.display().to_string(), text)),
             Err(e) => {
-                eprintln!("error: cannot read `{}`: {e}", path.display());
+                eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
         }

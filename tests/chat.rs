@@ -563,6 +563,83 @@ fn prompty_files_import_and_render() {
     );
 }
 
+/// Imports that used to validate and then fail every request: an environment reference as the
+/// model, a list input typed as an object, strict outputs strict mode refuses, a `{% set %}`
+/// shared across messages.
+#[test]
+fn prompty_imports_that_would_fail_every_request_are_fixed_or_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = promptgate(&[
+        "import",
+        "--from",
+        "prompty",
+        &fixture("research.prompty"),
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    for line in [
+        "note: `model.configuration.azure_deployment: ${env:AZURE_OPENAI_DEPLOYMENT:gpt-4o-mini}`: the model comes from the environment",
+        "note: outputs `sources`: not typed completely",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
+    let sent = render_json(
+        out.path(),
+        "research_brief",
+        &["--var", r#"topics:=["tents","stoves"]"#],
+    );
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(sent["messages"][1]["content"], "Topics: tents, stoves");
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "You write research briefs, 2 paragraphs deep."
+    );
+    assert_eq!(
+        sent["response_format"]["json_schema"]["strict"], false,
+        "{sent}"
+    );
+    // The carried schema checks: `topics` is required, `depth` at most 3.
+    let prompts = out.path().to_str().unwrap();
+    for (vars, problem) in [
+        (&["depth:=2"][..], "variables.topics: is required"),
+        (
+            &[r#"topics:=["a"]"#, "depth:=5"][..],
+            "variables.depth: is greater than the maximum of 3",
+        ),
+    ] {
+        let mut args = vec!["render", "research_brief", "--prompts", prompts];
+        for var in vars {
+            args.extend(["--var", var]);
+        }
+        let (ok, _, stderr) = promptgate(&args);
+        assert!(!ok, "{vars:?} rendered");
+        assert!(stderr.contains(problem), "{stderr}");
+    }
+
+    let src = out.path().join("shared.prompty");
+    std::fs::write(
+        &src,
+        "---\nname: shared\n---\nsystem:\n{% set who = 'Jane' %}Hi\n\nuser:\n{{ who }}\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = promptgate(&[
+        "import",
+        "--from",
+        "prompty",
+        src.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr
+            .contains("`who` is defined in message 1 (`system:`) and used in message 2 (`user:`)"),
+        "{stderr}"
+    );
+    assert!(!out.path().join("shared").exists());
+}
+
 #[test]
 fn langfuse_exports_import_and_render() {
     let out = tempfile::tempdir().unwrap();

@@ -144,6 +144,11 @@ fn prompt(name: &str, versions: &[Version]) -> Result<Imported, ImportError> {
         let body = match (&v.prompt, v.kind.as_deref()) {
             (Value::String(text), None | Some("text")) => {
                 composed(text, notes, &at);
+                if text.ends_with(['\n', '\r']) && !text.trim().is_empty() {
+                    notes.push(format!(
+                        "{at}: the trailing newlines were dropped (a version's text ends at its last line)"
+                    ));
+                }
                 literal_except_variables(text, notes, &at)
             }
             (Value::Array(messages), None | Some("chat")) => {
@@ -230,6 +235,14 @@ fn chat_body(messages: &[Value], notes: &mut Vec<String>, at: &str) -> String {
             continue;
         }
         composed(content, notes, &at);
+        let lines: Vec<&str> = content.split('\n').collect();
+        if lines.first().is_some_and(|l| l.trim().is_empty())
+            || lines.last().is_some_and(|l| l.trim().is_empty())
+        {
+            notes.push(format!(
+                "{at}: blank lines at the start or end of the message were dropped (a message here runs from its first to its last line with text)"
+            ));
+        }
         let text = guard_role_lines(&literal_except_variables(content, notes, &at));
         sections.push(format!("{role}:\n{}\n", text.trim_matches('\n')));
     }
@@ -259,6 +272,35 @@ mod tests {
             "system:\nYou are {{ name }}.\n\nconversation:\n\nuser:\n{{ '' }}user:\n{{ question }}\n"
         );
         assert_eq!(notes.len(), 2, "{notes:?}");
+    }
+
+    #[test]
+    fn trimmed_whitespace_is_noted() {
+        let mut notes = Vec::new();
+        chat_body(
+            &[
+                json!({"role": "system", "content": "  \nYou help."}),
+                json!({"role": "user", "content": "{{q}}\n"}),
+                json!({"role": "user", "content": "a\n\nb"}),
+            ],
+            &mut notes,
+            "v1",
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].starts_with("v1 message 1: blank lines"),
+            "{notes:?}"
+        );
+        let one = r#"[{"name": "a", "version": 1, "type": "text", "prompt": "Hi\n\n", "config": {}, "labels": [], "tags": []}]"#;
+        let imported = convert(&[("f".to_owned(), one.to_owned())]).unwrap();
+        assert!(
+            imported[0]
+                .notes
+                .iter()
+                .any(|n| n.contains("trailing newlines")),
+            "{:?}",
+            imported[0].notes
+        );
     }
 
     #[test]

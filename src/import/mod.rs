@@ -47,6 +47,28 @@ pub struct Written {
     pub versions: Vec<u32>,
 }
 
+/// The largest input file `promptgate import` reads: prompts are far smaller, and the whole
+/// file is held in memory.
+pub const MAX_INPUT: u64 = 10 * 1024 * 1024;
+
+/// An input file's text, refused past [`MAX_INPUT`] bytes.
+pub fn read_input(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_INPUT + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+    if text.len() as u64 > MAX_INPUT {
+        return Err(format!(
+            "`{shown}` is larger than {} MiB, too large to be a prompt export",
+            MAX_INPUT / 1024 / 1024
+        ));
+    }
+    Ok(text)
+}
+
 /// Writes `prompt` under `out`, after checking it loads. Existing files are never overwritten.
 pub fn write(out: &Path, prompt: &Imported) -> Result<Written, String> {
     let folder = out.join(&prompt.name);
@@ -301,6 +323,18 @@ pub fn guard_role_lines(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_file_past_the_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.json");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_INPUT + 1).unwrap();
+        let err = read_input(&path).unwrap_err();
+        assert!(err.contains("big.json` is larger than 10 MiB"), "{err}");
+        file.set_len(MAX_INPUT).unwrap();
+        assert_eq!(read_input(&path).unwrap().len() as u64, MAX_INPUT);
+    }
 
     #[test]
     fn names_become_folder_names() {
