@@ -3,9 +3,12 @@
 //! the old set or the new one, never a mix; a set that does not validate is refused whole and
 //! the last good set keeps serving.
 //!
-//! One task does every reload, in order, so the file watcher and admin writes never race.
+//! One task does every reload, in order, so the file watcher and admin writes never race. While
+//! an admin write is in flight ([`Reloader::hold_disk`]), the watcher's reloads wait for it: the
+//! write's own reload records its change under its actor, not as seen on disk.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -64,6 +67,29 @@ struct Job {
 pub struct Reloader {
     jobs: mpsc::Sender<Job>,
     status: Arc<Mutex<ReloadStatus>>,
+    held: Arc<Held>,
+}
+
+/// Admin writes in flight, and whether a watcher's reload was put off for them.
+#[derive(Default)]
+struct Held {
+    writes: AtomicUsize,
+    skipped: AtomicBool,
+}
+
+/// Puts off the watcher's reloads until dropped (then one runs if any was put off).
+#[must_use = "the hold ends when dropped"]
+pub struct DiskHold {
+    reloader: Reloader,
+}
+
+impl Drop for DiskHold {
+    fn drop(&mut self) {
+        let held = &self.reloader.held;
+        if held.writes.fetch_sub(1, SeqCst) == 1 && held.skipped.swap(false, SeqCst) {
+            self.reloader.trigger();
+        }
+    }
 }
 
 /// What the reload task works on.
@@ -86,8 +112,19 @@ impl Reloader {
             ..ReloadStatus::default()
         }));
         let (jobs, rx) = mpsc::channel(64);
-        tokio::spawn(run(rx, target, status.clone()));
-        Reloader { jobs, status }
+        let held = Arc::new(Held::default());
+        tokio::spawn(run(rx, target, status.clone(), held.clone()));
+        Reloader { jobs, status, held }
+    }
+
+    /// Holds the watcher's reloads while an admin write changes files and reloads: without it,
+    /// the watcher can see the new file first and record the change as made on disk, leaving
+    /// the write's own reload nothing to attribute to its actor.
+    pub fn hold_disk(&self) -> DiskHold {
+        self.held.writes.fetch_add(1, SeqCst);
+        DiskHold {
+            reloader: self.clone(),
+        }
     }
 
     /// Reloads now and waits for the outcome.
@@ -124,7 +161,12 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, target: Target, status: Arc<Mutex<ReloadStatus>>) {
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    target: Target,
+    status: Arc<Mutex<ReloadStatus>>,
+    held: Arc<Held>,
+) {
     let target = Arc::new(target);
     while let Some(job) = rx.recv().await {
         let mut replies = Vec::new();
@@ -137,6 +179,15 @@ async fn run(mut rx: mpsc::Receiver<Job>, target: Target, status: Arc<Mutex<Relo
                 actor = next.actor;
             }
             replies.extend(next.reply);
+        }
+        // Only the watcher asks, and an admin write is in flight: its own reload follows and
+        // sees these files too. Put off (the hold's end asks again); but if the last hold
+        // ended meanwhile and did not see the mark, reload now.
+        if replies.is_empty() && held.writes.load(SeqCst) > 0 {
+            held.skipped.store(true, SeqCst);
+            if held.writes.load(SeqCst) > 0 || !held.skipped.swap(false, SeqCst) {
+                continue;
+            }
         }
         let started = Instant::now();
         let work = target.clone();
@@ -218,4 +269,76 @@ fn reload_once(target: &Target, actor: &Actor) -> Result<Reloaded, ReloadError> 
         changes,
         degraded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_watchers_reload_waits_for_an_admin_write_in_flight() {
+        let prompts_dir = tempfile::tempdir().unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
+        let dir = prompts_dir.path().to_path_buf();
+        std::fs::create_dir(dir.join("greet")).unwrap();
+        std::fs::write(dir.join("greet/v1.prompt"), "Hello").unwrap();
+        let set = prompts::load(&dir).unwrap();
+        let audit = Arc::new(Audit::open(state_dir.path()).unwrap());
+        audit.record(&set, &Actor::disk()).unwrap();
+        let reloader = Reloader::start(
+            Target {
+                dir: dir.clone(),
+                prompts: Arc::new(ArcSwap::from_pointee(set)),
+                audit,
+                metrics: Arc::new(Metrics::new()),
+                model: Arc::new(ModelSlot::new(
+                    "/nonexistent".into(),
+                    "/nonexistent".into(),
+                    None,
+                )),
+                rollouts: None,
+            },
+            Vec::new(),
+        );
+
+        // An admin write: its file lands, the watcher sees it first, then the write reloads.
+        let hold = reloader.hold_disk();
+        std::fs::write(dir.join("greet/v2.prompt"), "Hi").unwrap();
+        reloader.trigger();
+        for _ in 0..500 {
+            if reloader.held.skipped.load(SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            reloader.held.skipped.load(SeqCst),
+            "the watcher's reload was put off"
+        );
+        assert_eq!(reloader.status().reloads_ok, 0);
+        let ana = Actor {
+            name: "ana".to_owned(),
+            source: "admin",
+        };
+        let done = reloader.reload(ana).await.unwrap();
+        // v2 added (and, with no manifest, made active): all of it the admin's.
+        assert_eq!(done.changes[0].version, Some(2), "{:?}", done.changes);
+        assert!(
+            done.changes.iter().all(|e| e.actor == "ana"),
+            "{:?}",
+            done.changes
+        );
+
+        // The hold's end runs the put-off reload, which finds nothing new.
+        drop(hold);
+        for _ in 0..500 {
+            if reloader.status().reloads_ok == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(reloader.status().reloads_ok, 2);
+        assert!(!reloader.held.skipped.load(SeqCst));
+    }
 }

@@ -147,6 +147,8 @@ pub async fn commit<T: Send + 'static>(
 ) -> Result<(T, serde_json::Value), ApiError> {
     let Some(git) = &state.git else {
         let writer = state.writer.clone();
+        // The change is recorded by this write's reload, under its actor (see `hold_disk`).
+        let _hold = state.reloader.hold_disk();
         let (value, _) = super::blocking(move || op(&writer)).await?;
         let outcome = super::reload_after_write(state, actor).await;
         return Ok((value, outcome));
