@@ -919,7 +919,7 @@ async fn admin_values_with_characters_yaml_refuses_raw_round_trip() {
         .client
         .post(app.url("/admin/prompts/odd/versions"))
         .bearer_auth("t")
-        .json(&json!({"template": "Hi", "input_schema": schema, "activate": true}))
+        .json(&json!({"template": "Hi", "input_schema": schema, "activate": true, "notes": "why\u{7f}\u{85}"}))
         .send()
         .await
         .unwrap();
@@ -935,6 +935,8 @@ async fn admin_values_with_characters_yaml_refuses_raw_round_trip() {
         .await
         .unwrap();
     assert_eq!(got["input_schema"], schema);
+    let file = std::fs::read_to_string(dir.path().join("odd/v1.prompt")).unwrap();
+    assert!(file.contains(r#"notes: "why\u007f\u0085""#), "{file}");
 
     let mut deep = json!("leaf");
     for _ in 0..70 {

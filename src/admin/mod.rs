@@ -563,7 +563,16 @@ async fn start_rollout(
         ));
     }
     // JSON is YAML: the block is written as one flow mapping and validated like the file.
-    let block = rollout.to_string();
+    if crate::prompts::yaml::json_depth(&rollout) > crate::prompts::yaml::MAX_DEPTH {
+        return Err(ApiError::bad_request(
+            format!(
+                "the rollout nests deeper than {} levels",
+                crate::prompts::yaml::MAX_DEPTH
+            ),
+            None,
+        ));
+    }
+    let block = crate::prompts::yaml::json_flow(&rollout);
     let prompt = name.clone();
     let ((), mut body) = write::commit(&state, actor(&headers, None), move |writer| {
         writer.set_rollout(&prompt, Some(&block))?;

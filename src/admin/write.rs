@@ -463,7 +463,7 @@ fn read_optional(path: &Path) -> std::io::Result<Option<String>> {
 
 /// A string as a YAML scalar: JSON's double-quoted form is valid YAML and escapes everything.
 fn json_scalar(text: &str) -> String {
-    Value::from(text).to_string()
+    crate::prompts::yaml::json_flow(&Value::from(text))
 }
 
 /// The text of a version file: front matter from the request, then the template.
