@@ -8,7 +8,9 @@
 # fixed run of keep-alive requests is sent over one connection, and the counters are dumped.
 # Knobs (environment): REQUESTS (callgrind, default 400), STRACE_REQUESTS (default 2000),
 # CPU_SECONDS (default 5), PROFILES (a folder to keep the callgrind and strace outputs in, for
-# callgrind_annotate), CASES (default "nginx proxy prompt"), PROMPTGATE_ARGS (more `serve` flags,
+# callgrind_annotate), CASES (default "nginx floor proxy prompt"; `floor` is
+# examples/floor_proxy.rs: hyper's server and client forwarding and nothing else, the HTTP stack
+# promptgate is built on), PROMPTGATE_ARGS (more `serve` flags,
 # e.g. `--otlp-endpoint http://127.0.0.1:4318` with `bench/otlp_sink.py 4318` to count tracing),
 # PROMPTGATE_BIN (a promptgate binary to measure, e.g. a copy of an earlier build: nothing is
 # built then, and the mock is the one already built).
@@ -49,6 +51,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
 target_dir=${target_dir:-$root/target}
 promptgate=${PROMPTGATE_BIN:-$target_dir/release/promptgate}
 mock="$target_dir/release/examples/mock_upstream"
+floor="$target_dir/release/examples/floor_proxy"
 
 # --- scratch space and cleanup ------------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/promptgate-cost.XXXXXX")
@@ -134,7 +137,7 @@ http {
 }
 EOF
 
-# Starts the server of CASE (nginx | promptgate) under PREFIX (a command, may be empty);
+# Starts the server of CASE (nginx | floor | promptgate) under PREFIX (a command, may be empty);
 # sets server_pid and server_port.
 start_server() { # CASE PREFIX...
     local case=$1
@@ -142,6 +145,9 @@ start_server() { # CASE PREFIX...
     if [ "$case" = nginx ]; then
         server_port=$nginx_port
         "$@" "$nginx_bin" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" >"$work/nginx.log" 2>&1 &
+    elif [ "$case" = floor ]; then
+        server_port=$(free_port)
+        "$@" "$floor" "$server_port" "$mock_port" >"$work/floor.log" 2>&1 &
     else
         server_port=$(free_port)
         rm -rf "$work/state"
@@ -236,10 +242,11 @@ measure() { # KEY CASE WITH_PROMPT
 
 # Direct to the mock at one connection: the baseline of the latency overheads.
 direct_p50=$(field "$(load "http://127.0.0.1:$mock_port/chat/completions" 0 "$CPU_SECONDS")" p50_us)
-CASES=${CASES:-nginx proxy prompt}
+CASES=${CASES:-nginx floor proxy prompt}
 for key in $CASES; do
     case $key in
         nginx) measure nginx nginx 0 ;;
+        floor) measure floor floor 0 ;;
         proxy) measure proxy promptgate 0 ;;
         prompt) measure prompt promptgate 1 ;;
     esac
@@ -254,6 +261,7 @@ printf '%-28s %14s %8s %12s %8s %14s %8s\n' case 'instructions' '× nginx' 'CPU 
 for key in $CASES; do
     case $key in
         nginx) label="nginx proxy_pass" ;;
+        floor) label="hyper floor (no work)" ;;
         proxy) label="promptgate, no prompt" ;;
         prompt) label="promptgate, with prompt" ;;
     esac

@@ -32,6 +32,7 @@ pub mod rollout;
 pub mod select;
 pub mod server;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -221,6 +222,72 @@ pub fn app(state: AppState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state)
+}
+
+/// What a listener serves: its router and, on the proxy listener, a direct way to the two
+/// endpoints that inject a prompt — nearly all of a sidecar's traffic. `POST
+/// /v1/chat/completions` and `POST /v1/responses` go straight to the handlers the router has
+/// for them, without the router's matching and its layers of boxed futures; every other
+/// request goes through the router.
+#[derive(Clone)]
+pub struct Routes {
+    router: Router,
+    direct: Option<AppState>,
+}
+
+impl Routes {
+    /// Everything through `router`.
+    pub fn new(router: Router) -> Self {
+        Routes {
+            router,
+            direct: None,
+        }
+    }
+
+    /// The proxy listener: [`app`], with the injecting endpoints dispatched directly.
+    pub fn proxy(state: AppState) -> Self {
+        Routes {
+            router: app(state.clone()),
+            direct: Some(state),
+        }
+    }
+}
+
+type RouteFuture = futures_util::future::Either<
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>,
+    axum::routing::future::RouteFuture<Infallible>,
+>;
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for Routes {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        use futures_util::future::Either;
+        use tower::Service as _;
+        if let Some(state) = &self.direct
+            && req.method() == axum::http::Method::POST
+        {
+            let state = State(state.clone());
+            match req.uri().path() {
+                "/v1/chat/completions" => {
+                    let req = req.map(axum::body::Body::new);
+                    return Either::Left(Box::pin(async move {
+                        Ok(proxy::chat_completions(state, req).await)
+                    }));
+                }
+                "/v1/responses" => {
+                    let req = req.map(axum::body::Body::new);
+                    return Either::Left(Box::pin(async move {
+                        Ok(proxy::responses(state, req).await)
+                    }));
+                }
+                _ => {}
+            }
+        }
+        Either::Right(self.router.clone().call(req))
+    }
 }
 
 /// Only `/healthz` and `/readyz`, for `--health-listen`: the probes reach these from outside

@@ -8,21 +8,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::Routes;
 use crate::config::Limits;
 
-/// Serves `router` on `listener` until `stop` turns true, then waits for open connections to
+/// Serves `routes` on `listener` until `stop` turns true, then waits for open connections to
 /// finish their requests.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    routes: Routes,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -65,9 +64,8 @@ pub async fn serve(
             () = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), routes.clone())
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

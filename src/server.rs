@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::fewshot::{self, ModelSlot};
 use crate::prompts::watch::WatchGuard;
-use crate::{AppState, admin_app, app, health_app, prompts};
+use crate::{AppState, admin_app, health_app, prompts};
 
 /// A server running in the background.
 pub struct Server {
@@ -143,10 +143,10 @@ impl Server {
         };
         let (stop, stopped) = watch::channel(false);
         let limits = state.config.limits;
-        let serve = |listener: TcpListener, router: axum::Router| {
+        let serve = |listener: TcpListener, routes: crate::Routes| {
             tokio::spawn(crate::listener::serve(
                 listener,
-                router,
+                routes,
                 limits,
                 stopped.clone(),
             ))
@@ -154,11 +154,13 @@ impl Server {
         tokio::spawn(crate::rollout::run(state.clone(), stopped.clone()));
         let main = if state.config.console_only {
             // No proxy: the console and the admin API, with the probes.
-            admin_app(state.clone())
-                .merge(health_app(state.clone()).with_state::<AppState>(()))
-                .with_state(state.clone())
+            crate::Routes::new(
+                admin_app(state.clone())
+                    .merge(health_app(state.clone()).with_state::<AppState>(()))
+                    .with_state(state.clone()),
+            )
         } else {
-            app(state.clone())
+            crate::Routes::proxy(state.clone())
         };
         let mut tasks = vec![serve(listener, main)];
         let mut admin_addr = None;
@@ -166,13 +168,16 @@ impl Server {
             admin_addr = Some(admin_listener.local_addr()?);
             tracing::info!(addr = %admin_addr.unwrap_or(addr), "admin API and metrics listening");
             let router = admin_app(state.clone()).with_state(state.clone());
-            tasks.push(serve(admin_listener, router));
+            tasks.push(serve(admin_listener, crate::Routes::new(router)));
         }
         let mut health_addr = None;
         if let Some(health_listener) = health_listener {
             health_addr = Some(health_listener.local_addr()?);
             tracing::info!(addr = %health_addr.unwrap_or(addr), "health probes listening");
-            tasks.push(serve(health_listener, health_app(state.clone())));
+            tasks.push(serve(
+                health_listener,
+                crate::Routes::new(health_app(state.clone())),
+            ));
         }
         Ok(Server {
             addr,
