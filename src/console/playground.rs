@@ -156,7 +156,7 @@ async fn send(state: AppState, mut body: Value, tx: mpsc::Sender<Said>) {
         &state.config,
         Method::POST,
         "chat/completions",
-        &HeaderMap::new(),
+        HeaderMap::new(),
         OutBody::Full(body.to_string().into()),
     )
     .await;

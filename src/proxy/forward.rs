@@ -81,29 +81,28 @@ const NOT_FORWARDED: [&str; 5] = [
     "x-prompt-variables",
 ];
 
-/// Copies `src` without hop-by-hop headers (and those the `Connection` header names).
-pub fn end_to_end_headers(src: &HeaderMap) -> HeaderMap {
-    copy_headers(src, &[])
+/// `headers` without hop-by-hop headers (and those the `Connection` header names).
+pub fn end_to_end_headers(mut headers: HeaderMap) -> HeaderMap {
+    strip_headers(&mut headers, &[]);
+    headers
 }
 
-/// Copies `src` without hop-by-hop headers, those the `Connection` header names and `skip`.
-fn copy_headers(src: &HeaderMap, skip: &[&str]) -> HeaderMap {
-    let named: Vec<String> = src
+/// Removes from `headers` the hop-by-hop headers, those the `Connection` header names and
+/// `skip`, in place: a request has one or two of them (`host`), and removing those costs less
+/// than building a new map.
+fn strip_headers(headers: &mut HeaderMap, skip: &[&str]) {
+    let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
         .collect();
-    let mut out = HeaderMap::with_capacity(src.len());
-    for (name, value) in src {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || skip.contains(&n) || named.iter().any(|c| c == n) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+    let dropped =
+        |n: &str| HOP_BY_HOP.contains(&n) || skip.contains(&n) || named.iter().any(|c| c == n);
+    while let Some(name) = headers.keys().find(|name| dropped(name.as_str())).cloned() {
+        headers.remove(&name);
     }
-    out
 }
 
 /// The one pooled upstream client: hyper's own pooled client, with the upstream's origin and
@@ -140,7 +139,7 @@ pub async fn send(
     config: &Config,
     method: Method,
     path_and_query: &str,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: OutBody,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let base = match &config.upstream {
@@ -163,8 +162,8 @@ pub async fn send(
 
 /// The headers that go upstream: the client's end-to-end headers, promptgate's own removed,
 /// the upstream key when promptgate holds one.
-fn upstream_headers(headers: &HeaderMap, config: &Config) -> Result<HeaderMap, UpstreamError> {
-    let mut out = copy_headers(headers, &NOT_FORWARDED);
+fn upstream_headers(mut out: HeaderMap, config: &Config) -> Result<HeaderMap, UpstreamError> {
+    strip_headers(&mut out, &NOT_FORWARDED);
     if let Some(key) = &config.upstream_api_key {
         if out.contains_key("api-key") {
             // An Azure OpenAI client authenticates with `api-key`; replace that one.
@@ -186,7 +185,7 @@ async fn send_direct(
     config: &Config,
     method: Method,
     path_and_query: &str,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: OutBody,
 ) -> Result<UpstreamResponse, UpstreamError> {
     // The URI from the parts parsed at start; only the path is checked per request.
@@ -230,13 +229,17 @@ async fn send_direct(
     *request.method_mut() = method;
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = out;
-    // One deadline for the answer and its whole body, as `--upstream-timeout` says.
+    // One deadline for the answer and its whole body, as `--upstream-timeout` says: one
+    // timer, first raced against the answer, then handed to the body.
     let timeout = config.upstream_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let response = match tokio::time::timeout_at(deadline, direct.client.request(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => return Err(classify_direct(&e, &uri, config)),
-        Err(_) => {
+    let mut deadline = Box::pin(tokio::time::sleep(timeout));
+    let response = tokio::select! {
+        biased;
+        answer = direct.client.request(request) => match answer {
+            Ok(response) => response,
+            Err(e) => return Err(classify_direct(&e, &uri, config)),
+        },
+        () = deadline.as_mut() => {
             return Err(UpstreamError::Timeout {
                 url: uri.to_string(),
                 seconds: timeout.as_secs_f64(),
@@ -248,10 +251,10 @@ async fn send_direct(
         status: parts.status,
         // The upstream's `x-request-id` (OpenAI's `req_…`) passes through untouched: the SDKs
         // show it as `_request_id`, and it is the id the provider's support asks for (SPEC §2).
-        headers: end_to_end_headers(&parts.headers),
+        headers: end_to_end_headers(parts.headers),
         body: Box::pin(TimedBody {
             body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
             timeout,
         }),
     })
@@ -334,7 +337,7 @@ async fn send_reqwest(
     config: &Config,
     method: Method,
     path_and_query: &str,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: OutBody,
 ) -> Result<UpstreamResponse, UpstreamError> {
     // Built from the parsed base rather than parsed again from text on every request.
@@ -376,7 +379,7 @@ async fn send_reqwest(
     let status = response.status();
     // The upstream's `x-request-id` (OpenAI's `req_…`) passes through untouched: the SDKs show
     // it as `_request_id`, and it is the id the provider's support asks for (SPEC §2).
-    let headers = end_to_end_headers(response.headers());
+    let headers = end_to_end_headers(response.headers().clone());
     let timeout = config.upstream_timeout;
     let body = response
         .bytes_stream()
@@ -533,7 +536,7 @@ mod tests {
         h.insert("content-type", HeaderValue::from_static("application/json"));
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static("b"));
-        let out = end_to_end_headers(&h);
+        let out = end_to_end_headers(h);
         assert_eq!(out.len(), 3);
         assert!(out.get("x-secret").is_none());
         assert_eq!(out.get_all("x-multi").iter().count(), 2);

@@ -64,7 +64,7 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
         &state.config,
         parts.method,
         &upstream_path(&parts.uri),
-        &parts.headers,
+        parts.headers,
         OutBody::Stream(body),
     )
     .await;
@@ -119,7 +119,7 @@ async fn run(
         &state.config,
         Method::POST,
         &path,
-        &parts.headers,
+        parts.headers,
         OutBody::Full(prepared.body),
     )
     .await?;
