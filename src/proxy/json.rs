@@ -48,7 +48,8 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
             }
             i += BLOCK;
         }
-        // The block that holds an escape (or the short tail), a byte at a time.
+        // The block that holds an escape (or the short tail), a byte at a time up to the
+        // escape; then blocks again from the byte after it.
         let end = bytes.len().min(i + BLOCK);
         while i < end {
             let b = bytes[i];
@@ -72,6 +73,7 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
                 out.extend_from_slice(&[b'\\', escape]);
             }
             start = i;
+            break;
         }
     }
     out.extend_from_slice(&bytes[start..]);
