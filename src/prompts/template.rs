@@ -4,9 +4,15 @@
 //! version's body with the request's variables and the built-ins.
 
 use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::sync::Arc;
 
-use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
+use chrono::{DateTime, SecondsFormat, Utc};
+use minijinja::value::{Enumerator, Object};
+use minijinja::{AutoEscape, Environment, ErrorKind, Template, UndefinedBehavior, Value};
 use serde_json::Map;
+
+use super::variables::Variables;
 
 /// Names every template sees without the request passing them.
 pub const BUILTINS: [&str; 6] = [
@@ -95,7 +101,8 @@ fn list(names: &[String]) -> String {
         .join(", ")
 }
 
-/// Everything a render needs besides the environment.
+/// Everything a render needs besides the environment, for a render outside a request (the
+/// console's preview): variables as JSON, built-ins as text.
 pub struct RenderInput<'a> {
     pub prompt: &'a str,
     pub version: u32,
@@ -108,7 +115,7 @@ pub struct RenderInput<'a> {
     pub builtins: Builtins<'a>,
 }
 
-/// The built-in values of one request.
+/// The built-in values of a render, as text.
 #[derive(Clone, Copy)]
 pub struct Builtins<'a> {
     pub today: &'a str,
@@ -118,23 +125,21 @@ pub struct Builtins<'a> {
 }
 
 /// The variables a version declares (`variables:` in front matter) that the request lacks, as
-/// the error [`render`] answers; also for chat templates whose messages are all constant.
+/// the error [`render`] answers; checked once per request, before any template renders.
 pub fn check_declared(
     prompt: &str,
     version: u32,
     declared: Option<&[String]>,
-    variables: &Map<String, serde_json::Value>,
+    variables: &Variables,
 ) -> Result<(), RenderError> {
     let Some(declared) = declared else {
         return Ok(());
     };
-    let missing: BTreeSet<&String> = declared
-        .iter()
-        .filter(|n| !variables.contains_key(n.as_str()) && !BUILTINS.contains(&n.as_str()))
-        .collect();
-    if missing.is_empty() {
+    let provided = |n: &&String| variables.contains(n) || BUILTINS.contains(&n.as_str());
+    if declared.iter().all(|n| provided(&n)) {
         return Ok(());
     }
+    let missing: BTreeSet<&String> = declared.iter().filter(|n| !provided(n)).collect();
     Err(RenderError::MissingVariables {
         prompt: prompt.to_owned(),
         version,
@@ -142,49 +147,60 @@ pub fn check_declared(
     })
 }
 
-/// Renders one version. Every missing variable is named at once; values are inserted as data
-/// and never evaluated as templates.
+/// Renders one template outside a request. Every missing variable is named at once; values
+/// are inserted as data and never evaluated as templates.
 pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<String, RenderError> {
-    let provided = |name: &str| input.variables.contains_key(name) || BUILTINS.contains(&name);
-    let missing_of = |names: &mut dyn Iterator<Item = &String>| -> Vec<String> {
-        let set: BTreeSet<&String> = names.filter(|n| !provided(n)).collect();
-        set.into_iter().cloned().collect()
-    };
+    let variables = Variables::from(input.variables.clone());
     // Declared variables are required up front. Without a declaration the template decides
     // while rendering: a variable read under `is defined` or through `default(...)` is optional.
-    check_declared(input.prompt, input.version, input.declared, input.variables)?;
-
-    let mut ctx = std::collections::BTreeMap::<String, Value>::new();
-    ctx.insert("today".to_owned(), Value::from(input.builtins.today));
-    ctx.insert("now".to_owned(), Value::from(input.builtins.now));
-    ctx.insert("prompt_name".to_owned(), Value::from(input.prompt));
-    ctx.insert("prompt_version".to_owned(), Value::from(input.version));
-    ctx.insert(
-        "user_message".to_owned(),
+    check_declared(input.prompt, input.version, input.declared, &variables)?;
+    let context = Context::new(
+        input.prompt,
+        input.version,
+        variables,
+        Clock::Text {
+            today: Value::from(input.builtins.today),
+            now: Value::from(input.builtins.now),
+        },
         Value::from(input.builtins.user_message),
+        Value::from(input.builtins.examples),
     );
-    ctx.insert("examples".to_owned(), Value::from(input.builtins.examples));
-    // The request's own variables win over built-ins of the same name.
-    for (name, value) in input.variables {
-        ctx.insert(name.clone(), Value::from(minijinja::value::Serde(value)));
-    }
+    render_in(env, input.key, input.uses, &context)
+}
 
-    let template_error = |detail: String| RenderError::Template {
-        prompt: input.prompt.to_owned(),
-        version: input.version,
-        detail,
-    };
+/// Renders the template `key` of a version in `context`, whose declared variables were checked
+/// already ([`check_declared`]). A variable the template reads unguarded and the request lacks
+/// is named with every other such variable.
+pub fn render_in(
+    env: &Environment<'static>,
+    key: &str,
+    uses: &BTreeSet<String>,
+    context: &Context,
+) -> Result<String, RenderError> {
     let template = env
-        .get_template(input.key)
-        .map_err(|e| template_error(e.to_string()))?;
-    template.render(Value::from(ctx)).map_err(|e| {
+        .get_template(key)
+        .map_err(|e| context.template_error(e.to_string()))?;
+    render_template(&template, uses, context)
+}
+
+/// Renders a compiled template (see [`render_in`]).
+fn render_template(
+    template: &Template<'_, '_>,
+    uses: &BTreeSet<String>,
+    context: &Context,
+) -> Result<String, RenderError> {
+    template.render(context.root.clone()).map_err(|e| {
         if e.kind() == ErrorKind::UndefinedError {
             // A variable the version did not declare but the template reads unguarded.
-            let missing = missing_of(&mut input.uses.iter());
+            let missing: Vec<String> = uses
+                .iter()
+                .filter(|n| !context.provides(n))
+                .cloned()
+                .collect();
             if !missing.is_empty() {
                 return RenderError::MissingVariables {
-                    prompt: input.prompt.to_owned(),
-                    version: input.version,
+                    prompt: context.scope.prompt_name().to_owned(),
+                    version: context.scope.prompt_version,
                     missing,
                 };
             }
@@ -195,8 +211,164 @@ pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<Str
         if let Some(line) = e.line() {
             detail.push_str(&format!(" (template line {line})"));
         }
-        template_error(detail)
+        context.template_error(detail)
     })
+}
+
+/// When `today` and `now` are.
+#[derive(Debug)]
+pub enum Clock {
+    /// A request's time: formatted only when a template reads it.
+    At(DateTime<Utc>),
+    /// Given as text.
+    Text { today: Value, now: Value },
+}
+
+/// What a template sees: the request's variables over the built-ins (a variable wins over a
+/// built-in of the same name). Each name is looked up when the template reads it, so nothing
+/// is copied or formatted for names a template does not read. One per request, shared by
+/// every template of the version (cloning is a reference count).
+#[derive(Debug, Clone)]
+pub struct Context {
+    scope: Arc<Scope>,
+    root: Value,
+}
+
+#[derive(Debug)]
+struct Scope {
+    variables: Variables,
+    prompt_name: Value,
+    prompt_version: u32,
+    clock: Clock,
+    user_message: Value,
+    examples: Value,
+}
+
+impl Scope {
+    fn prompt_name(&self) -> &str {
+        self.prompt_name.as_str().unwrap_or_default()
+    }
+
+    fn lookup(&self, name: &str) -> Option<Value> {
+        if let Some(value) = self.variables.get(name) {
+            return Some(value);
+        }
+        Some(match name {
+            "today" => match &self.clock {
+                Clock::At(at) => date_text(at),
+                Clock::Text { today, .. } => today.clone(),
+            },
+            "now" => match &self.clock {
+                Clock::At(at) => time_text(at),
+                Clock::Text { now, .. } => now.clone(),
+            },
+            "prompt_name" => self.prompt_name.clone(),
+            "prompt_version" => Value::from(self.prompt_version),
+            "user_message" => self.user_message.clone(),
+            "examples" => self.examples.clone(),
+            _ => return None,
+        })
+    }
+}
+
+impl Object for Scope {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        key.as_str().and_then(|name| self.lookup(name))
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, name: &str) -> Option<Value> {
+        self.lookup(name)
+    }
+
+    /// Every name, sorted, as a map of them lists them.
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let names: BTreeSet<&str> = self.variables.names().chain(BUILTINS).collect();
+        Enumerator::Values(names.into_iter().map(Value::from).collect())
+    }
+}
+
+/// `today`: `2026-11-25`.
+fn date_text(at: &DateTime<Utc>) -> Value {
+    let mut out = Text::default();
+    let _ = write!(out, "{}", at.format("%Y-%m-%d"));
+    out.value()
+}
+
+/// `now`: `2026-11-25T10:00:00Z`.
+fn time_text(at: &DateTime<Utc>) -> Value {
+    Value::from(at.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+/// A short text written on the stack (what a MiniJinja value keeps inline), on the heap when
+/// longer.
+#[derive(Default)]
+struct Text {
+    buf: [u8; 32],
+    len: usize,
+    spill: String,
+}
+
+impl Text {
+    fn value(&self) -> Value {
+        if self.spill.is_empty() {
+            Value::from(std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default())
+        } else {
+            Value::from(self.spill.as_str())
+        }
+    }
+}
+
+impl std::fmt::Write for Text {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.spill.is_empty() && self.len + s.len() <= self.buf.len() {
+            self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+            self.len += s.len();
+        } else {
+            if self.spill.is_empty() {
+                let head = std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default();
+                self.spill.push_str(head);
+            }
+            self.spill.push_str(s);
+        }
+        Ok(())
+    }
+}
+
+impl Context {
+    pub fn new(
+        prompt: &str,
+        version: u32,
+        variables: Variables,
+        clock: Clock,
+        user_message: Value,
+        examples: Value,
+    ) -> Self {
+        let scope = Arc::new(Scope {
+            variables,
+            prompt_name: Value::from(prompt),
+            prompt_version: version,
+            clock,
+            user_message,
+            examples,
+        });
+        Context {
+            root: Value::from_dyn_object(scope.clone()),
+            scope,
+        }
+    }
+
+    fn template_error(&self, detail: String) -> RenderError {
+        RenderError::Template {
+            prompt: self.scope.prompt_name().to_owned(),
+            version: self.scope.prompt_version,
+            detail,
+        }
+    }
+
+    /// True when the request gives `name` (a built-in included).
+    fn provides(&self, name: &str) -> bool {
+        self.scope.variables.contains(name) || BUILTINS.contains(&name)
+    }
 }
 
 #[cfg(test)]

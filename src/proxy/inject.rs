@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -14,7 +14,8 @@ use serde_json::value::RawValue;
 use super::parse::{Body, PromptRef};
 use super::request::Endpoint;
 use crate::fewshot::{self, ModelSlot, PickError, Plan};
-use crate::prompts::{Builtins, ExamplesFormat, Prompt, PromptSet, RenderError, Version};
+use crate::prompts::template::{self, Clock, Context};
+use crate::prompts::{ExamplesFormat, Prompt, PromptSet, RenderError, Variables, Version};
 use crate::select::{self, SelectError, Selection};
 
 /// The body cannot take the prompt.
@@ -106,9 +107,10 @@ pub struct Rendered<'v> {
     pub after: Vec<Cow<'v, [u8]>>,
 }
 
-/// Step 4: the system prompt (and a chat template's other messages). `today` and `now` are
-/// formatted only when the template reads them. Variables get the `input_schema`'s defaults
-/// and are checked against it first.
+/// Step 4: the system prompt (and a chat template's other messages). Templates read the
+/// request's variables and the built-ins through one [`Context`] that looks each name up when
+/// read (`today` and `now` are formatted only then). Variables get the `input_schema`'s
+/// defaults and are checked against it first.
 pub fn render<'v>(
     set: &PromptSet,
     chosen: &Chosen<'v>,
@@ -118,36 +120,34 @@ pub fn render<'v>(
     now: DateTime<Utc>,
 ) -> Result<Rendered<'v>, RenderError> {
     let version = chosen.version;
-    let today = if version.reads("today") {
-        now.format("%Y-%m-%d").to_string()
-    } else {
-        String::new()
-    };
-    let now_text = if version.reads("now") {
-        now.to_rfc3339_opts(SecondsFormat::Secs, true)
-    } else {
-        String::new()
-    };
-    let checked;
     let variables = match &version.input_schema {
-        None => &reference.variables,
-        Some(schema) => {
-            checked = schema.apply(&reference.variables).map_err(|problems| {
-                RenderError::InvalidVariables {
-                    prompt: chosen.prompt.name.clone(),
-                    version: version.version,
-                    problems,
-                }
-            })?;
-            &checked
-        }
+        None => reference.variables.clone(),
+        Some(schema) => schema
+            .apply(&reference.variables.to_json())
+            .map(Variables::from)
+            .map_err(|problems| RenderError::InvalidVariables {
+                prompt: chosen.prompt.name.clone(),
+                version: version.version,
+                problems,
+            })?,
     };
-    let builtins = Builtins {
-        today: &today,
-        now: &now_text,
-        user_message,
-        examples: &shots.block,
-    };
+    // Declared variables are required up front, even by constant messages. Without a
+    // declaration the template decides while rendering: a variable read under `is defined` or
+    // through `default(...)` is optional.
+    template::check_declared(
+        &chosen.prompt.name,
+        version.version,
+        version.declared.as_deref(),
+        &variables,
+    )?;
+    let context = Context::new(
+        &chosen.prompt.name,
+        version.version,
+        variables,
+        Clock::At(now),
+        minijinja::Value::from(user_message),
+        minijinja::Value::from(shots.block.as_str()),
+    );
     // The seed appends the block after the prompt, unless the template places it itself.
     // (A one-template version keeps the separator even after an empty render, as it always
     // has; a chat template's system message does not start with one.)
@@ -160,29 +160,20 @@ pub fn render<'v>(
         }
     };
     let Some(chat) = &version.chat else {
-        let mut system = set.render(chosen.prompt, version, variables, builtins)?;
+        let mut system = set.render(version, &version.key, &context)?;
         append_block(&mut system, false);
         return Ok(Rendered {
             system: Some(system),
             ..Rendered::default()
         });
     };
-    // Constant messages are not rendered, so the declared variables are checked here once.
-    crate::prompts::template::check_declared(
-        &chosen.prompt.name,
-        version.version,
-        version.declared.as_deref(),
-        variables,
-    )?;
     let mut out = Rendered::default();
     let system_first = chat.system_first();
     for (i, message) in chat.messages.iter().enumerate() {
         if i == 0 && system_first {
             let mut system = match &message.constant {
                 Some(_) => message.text.clone(),
-                None => {
-                    set.render_template(chosen.prompt, version, &message.key, variables, builtins)?
-                }
+                None => set.render(version, &message.key, &context)?,
             };
             append_block(&mut system, true);
             out.system = Some(system);
@@ -191,8 +182,7 @@ pub fn render<'v>(
         let json = match &message.constant {
             Some(bytes) => Cow::Borrowed(&**bytes),
             None => {
-                let text =
-                    set.render_template(chosen.prompt, version, &message.key, variables, builtins)?;
+                let text = set.render(version, &message.key, &context)?;
                 Cow::Owned(crate::prompts::chat::message_json(message.role, &text))
             }
         };

@@ -16,9 +16,10 @@ use std::fmt;
 use axum::http::HeaderMap;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::fewshot;
+use crate::prompts::variables::{self, Variables};
 use crate::select::VersionRef;
 
 /// Why a request's prompt reference or body could not be read. Each names where.
@@ -191,7 +192,7 @@ fn offset_of(text: &[u8], line: usize, column: usize) -> usize {
 pub struct PromptRef {
     pub name: String,
     pub version: Option<VersionRef>,
-    pub variables: Map<String, Value>,
+    pub variables: Variables,
     /// `prompt.examples`: this request's few-shot count and strategy.
     pub examples: Option<fewshot::Override>,
 }
@@ -211,7 +212,7 @@ pub fn header_text(bytes: &[u8]) -> Cow<'_, str> {
 pub struct HeaderPrompt {
     pub name: Option<String>,
     pub version: Option<String>,
-    pub variables: Option<Map<String, Value>>,
+    pub variables: Option<Variables>,
 }
 
 impl HeaderPrompt {
@@ -223,8 +224,8 @@ impl HeaderPrompt {
         };
         let variables = match text("x-prompt-variables") {
             None => None,
-            Some(raw) => match serde_json::from_str::<Value>(&raw) {
-                Ok(Value::Object(map)) => Some(map),
+            Some(raw) => match serde_json::from_str::<variables::Field>(&raw) {
+                Ok(variables::Field::Object(variables)) => Some(variables),
                 Ok(_) => {
                     return Err(ParseError::Header {
                         message: "header `X-Prompt-Variables` must be a JSON object".to_owned(),
@@ -287,8 +288,8 @@ pub fn parse<'a>(bytes: &'a [u8], headers: &HeaderMap) -> Result<Parsed<'a>, Par
     };
     let field = body.get("prompt");
     let value = match field {
-        None => None,
-        Some(raw) => Some(read_prompt_field(bytes, raw)?),
+        None => PromptField::Absent,
+        Some(raw) => read_prompt_field(bytes, raw)?,
     };
     match prompt_ref(value, header)? {
         Some(reference) => Ok(Parsed::Prompt(body, reference)),
@@ -308,9 +309,9 @@ fn has_prompt_key(bytes: &[u8]) -> bool {
     })
 }
 
-/// The `prompt` field as a value; errors give the position in the whole body.
-fn read_prompt_field(body: &[u8], raw: &RawValue) -> Result<Value, ParseError> {
-    serde_json::from_str::<Value>(raw.get()).map_err(|e| {
+/// The `prompt` field, read whole; errors give the position in the whole body.
+fn read_prompt_field<'a>(body: &[u8], raw: &'a RawValue) -> Result<PromptField<'a>, ParseError> {
+    serde_json::from_str::<PromptField<'a>>(raw.get()).map_err(|e| {
         let (cause, line, column) = split_error(&e);
         let text = raw.get().as_bytes();
         // The raw value is a slice of the body: its start is the field's offset.
@@ -325,10 +326,95 @@ fn read_prompt_field(body: &[u8], raw: &RawValue) -> Result<Value, ParseError> {
     })
 }
 
+/// The `prompt` body field, read whole (so that bad JSON anywhere in it is refused as a full
+/// read refuses it) into what [`prompt_ref`] checks: its members in the order first given,
+/// a repeated member taking its last value, `variables` read straight into [`Variables`].
+#[derive(Debug, Default)]
+pub enum PromptField<'a> {
+    /// No field, or `null`.
+    #[default]
+    Absent,
+    Object(Vec<(Cow<'a, str>, Member)>),
+    /// Anything else.
+    Other,
+}
+
+/// A member of the `prompt` object.
+#[derive(Debug)]
+pub enum Member {
+    Json(Value),
+    Variables(variables::Field),
+}
+
+/// The members [`prompt_ref`] knows; after the first unknown one (which is refused) nothing is
+/// kept, so a long list of them costs no more than reading it.
+const PROMPT_MEMBERS: [&str; 5] = ["id", "name", "version", "variables", "examples"];
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for PromptField<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
+            type Value = PromptField<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Absent)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PromptField<'a>, A::Error> {
+                while seq.next_element::<Value>()?.is_some() {}
+                Ok(PromptField::Other)
+            }
+            fn visit_map<M: MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<PromptField<'a>, M::Error> {
+                let mut members: Vec<(Cow<'a, str>, Member)> = Vec::with_capacity(4);
+                let mut unknown = false;
+                while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
+                    let member = if key == "variables" {
+                        Member::Variables(map.next_value()?)
+                    } else {
+                        Member::Json(map.next_value()?)
+                    };
+                    match members.iter_mut().find(|(k, _)| *k == key) {
+                        Some(slot) => slot.1 = member,
+                        None if unknown && !PROMPT_MEMBERS.contains(&&*key) => {}
+                        None => {
+                            unknown |= !PROMPT_MEMBERS.contains(&&*key);
+                            members.push((key, member));
+                        }
+                    }
+                }
+                Ok(PromptField::Object(members))
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor(std::marker::PhantomData))
+    }
+}
+
 /// Reads the `prompt` body field and merges the headers. `Ok(None)`: the request names no
 /// prompt (no field, `null`, or `{}`, and no header).
 pub fn prompt_ref(
-    field: Option<Value>,
+    field: PromptField<'_>,
     header: HeaderPrompt,
 ) -> Result<Option<PromptRef>, ParseError> {
     let mut body_name = None;
@@ -336,10 +422,26 @@ pub fn prompt_ref(
     let mut body_variables = None;
     let mut examples = None;
     match field {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (key, value) in map {
-                match key.as_str() {
+        PromptField::Absent => {}
+        PromptField::Object(members) => {
+            for (key, member) in members {
+                let value = match member {
+                    Member::Variables(variables) => {
+                        match variables {
+                            variables::Field::Null => {}
+                            variables::Field::Object(vars) => body_variables = Some(vars),
+                            variables::Field::Other => {
+                                return Err(ParseError::field(
+                                    "`prompt.variables` must be an object of name → value",
+                                    "prompt.variables",
+                                ));
+                            }
+                        }
+                        continue;
+                    }
+                    Member::Json(value) => value,
+                };
+                match &*key {
                     "id" | "name" => match value {
                         Value::String(s) if !s.is_empty() => body_name = Some(s),
                         _ => {
@@ -350,16 +452,6 @@ pub fn prompt_ref(
                         }
                     },
                     "version" => body_version = version_ref(&value)?,
-                    "variables" => match value {
-                        Value::Null => {}
-                        Value::Object(vars) => body_variables = Some(vars),
-                        _ => {
-                            return Err(ParseError::field(
-                                "`prompt.variables` must be an object of name → value",
-                                "prompt.variables",
-                            ));
-                        }
-                    },
                     "examples" => {
                         if !value.is_null() {
                             examples =
@@ -379,7 +471,7 @@ pub fn prompt_ref(
                 }
             }
         }
-        Some(_) => {
+        PromptField::Other => {
             return Err(ParseError::field(
                 "`prompt` must be an object like {\"id\": \"name\", \"variables\": {...}}",
                 "prompt",
@@ -403,8 +495,10 @@ pub fn prompt_ref(
             "prompt.version",
         ));
     }
-    let mut variables = header.variables.unwrap_or_default();
-    variables.extend(body_variables.unwrap_or_default());
+    let variables = match (header.variables, body_variables) {
+        (Some(header), Some(body)) => header.merge(body),
+        (header, body) => body.or(header).unwrap_or_default(),
+    };
     Ok(Some(PromptRef {
         name,
         version,

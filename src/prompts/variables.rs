@@ -1,0 +1,434 @@
+//! A request's template variables (`prompt.variables`, `X-Prompt-Variables`), read once into
+//! the values the renderer takes.
+//!
+//! Read straight from the request's JSON: a string, number, boolean or `null` — and a list of
+//! them — becomes a MiniJinja value at once, with no `serde_json::Value` in between. An object
+//! (or a list holding one) stays a `serde_json::Value`, so that its keys keep the client's
+//! order where that shows (an `input_schema`'s error list), and becomes a MiniJinja value when
+//! a template reads it — the same value a conversion of the whole JSON would give.
+//!
+//! Names keep the order they were first given in; a name given again takes the later value in
+//! the earlier place, as JSON objects are read everywhere else.
+
+use std::fmt;
+use std::sync::Arc;
+
+use minijinja::Value;
+use minijinja::value::Serde;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Map;
+
+/// Above this many variables, lookups go through a sorted index instead of a scan.
+const SCAN_MAX: usize = 16;
+
+/// A request's variables, shared (cloning is a reference count).
+#[derive(Clone, Default, PartialEq)]
+pub struct Variables(Arc<Entries>);
+
+#[derive(Default, PartialEq)]
+struct Entries {
+    /// Name (a string value) and value, in the order the names were first given.
+    list: Vec<(Value, Var)>,
+    /// Positions in `list` sorted by name, when it is longer than [`SCAN_MAX`].
+    sorted: Vec<u32>,
+}
+
+/// One variable's value.
+#[derive(Debug, Clone, PartialEq)]
+enum Var {
+    /// Read as a MiniJinja value (holds no object).
+    Value(Value),
+    /// An object, or a list holding one, as the client wrote it.
+    Json(serde_json::Value),
+}
+
+impl Var {
+    fn to_value(&self) -> Value {
+        match self {
+            Var::Value(v) => v.clone(),
+            Var::Json(json) => Value::from(Serde(json)),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Var::Json(json) => json.clone(),
+            // Strings, numbers, booleans, none and lists of them map back one to one.
+            Var::Value(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// What a JSON value is read as.
+    fn from_json(json: serde_json::Value) -> Var {
+        if holds_object(&json) {
+            Var::Json(json)
+        } else {
+            Var::Value(Value::from(Serde(&json)))
+        }
+    }
+}
+
+fn holds_object(json: &serde_json::Value) -> bool {
+    match json {
+        serde_json::Value::Object(_) => true,
+        serde_json::Value::Array(items) => items.iter().any(holds_object),
+        _ => false,
+    }
+}
+
+fn name_of(name: &Value) -> &str {
+    name.as_str().unwrap_or_default()
+}
+
+impl Variables {
+    fn from_list(list: Vec<(Value, Var)>) -> Self {
+        let list = dedupe(list);
+        let sorted = if list.len() > SCAN_MAX {
+            let mut sorted: Vec<u32> = (0..list.len() as u32).collect();
+            sorted.sort_unstable_by(|&a, &b| {
+                name_of(&list[a as usize].0).cmp(name_of(&list[b as usize].0))
+            });
+            sorted
+        } else {
+            Vec::new()
+        };
+        Variables(Arc::new(Entries { list, sorted }))
+    }
+
+    fn find(&self, name: &str) -> Option<&Var> {
+        let entries = &*self.0;
+        if entries.sorted.is_empty() {
+            return entries
+                .list
+                .iter()
+                .find(|(n, _)| name_of(n) == name)
+                .map(|(_, v)| v);
+        }
+        entries
+            .sorted
+            .binary_search_by(|&i| name_of(&entries.list[i as usize].0).cmp(name))
+            .ok()
+            .map(|at| &entries.list[entries.sorted[at] as usize].1)
+    }
+
+    /// The value of `name`, as a template reads it.
+    pub fn get(&self, name: &str) -> Option<Value> {
+        self.find(name).map(Var::to_value)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.list.is_empty()
+    }
+
+    /// The names, in the order first given.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.list.iter().map(|(n, _)| name_of(n))
+    }
+
+    /// `other`'s variables over these: a name in both takes `other`'s value in its place here.
+    pub fn merge(self, other: Variables) -> Variables {
+        if self.is_empty() {
+            return other;
+        }
+        if other.is_empty() {
+            return self;
+        }
+        let list = self
+            .0
+            .list
+            .iter()
+            .chain(&other.0.list)
+            .cloned()
+            .collect();
+        Variables::from_list(list)
+    }
+
+    /// As a JSON object (what an `input_schema` checks).
+    pub fn to_json(&self) -> Map<String, serde_json::Value> {
+        self.0
+            .list
+            .iter()
+            .map(|(n, v)| (name_of(n).to_owned(), v.to_json()))
+            .collect()
+    }
+}
+
+/// A name given twice keeps its first place and takes its last value.
+fn dedupe(mut list: Vec<(Value, Var)>) -> Vec<(Value, Var)> {
+    if list.len() <= SCAN_MAX {
+        let mut i = 1;
+        while i < list.len() {
+            match (0..i).find(|&j| name_of(&list[j].0) == name_of(&list[i].0)) {
+                Some(j) => {
+                    let (_, value) = list.remove(i);
+                    list[j].1 = value;
+                }
+                None => i += 1,
+            }
+        }
+        return list;
+    }
+    let mut last = std::collections::HashMap::with_capacity(list.len());
+    let mut first = Vec::with_capacity(list.len());
+    for (i, (name, _)) in list.iter().enumerate() {
+        if last.insert(name_of(name), i).is_none() {
+            first.push(i);
+        }
+    }
+    if first.len() == list.len() {
+        return list;
+    }
+    let take: Vec<usize> = first.iter().map(|&i| last[name_of(&list[i].0)]).collect();
+    let mut slots: Vec<Option<(Value, Var)>> = list.into_iter().map(Some).collect();
+    first
+        .iter()
+        .zip(take)
+        .filter_map(|(&i, j)| {
+            let name = slots[i].as_ref().map(|(n, _)| n.clone())?;
+            let (_, value) = slots[j].take()?;
+            Some((name, value))
+        })
+        .collect()
+}
+
+impl From<Map<String, serde_json::Value>> for Variables {
+    fn from(map: Map<String, serde_json::Value>) -> Self {
+        Variables::from_list(
+            map.into_iter()
+                .map(|(name, json)| (Value::from(name), Var::from_json(json)))
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Debug for Variables {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.list.iter().map(|(n, v)| (name_of(n), v)))
+            .finish()
+    }
+}
+
+/// A JSON value where variables may be: `null`, an object of variables, or anything else (the
+/// caller's error). Whatever it is, it is read whole, so bad JSON anywhere in it is refused as
+/// a full read would refuse it.
+#[derive(Debug)]
+pub enum Field {
+    Null,
+    Object(Variables),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> Visitor<'de> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Field, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E>(self) -> Result<Field, E> {
+                Ok(Field::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+                while seq.next_element::<serde_json::Value>()?.is_some() {}
+                Ok(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+                let mut list = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(name) = map.next_key::<Name>()? {
+                    list.push((name.0, map.next_value::<Var>()?));
+                }
+                Ok(Field::Object(Variables::from_list(list)))
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
+/// A variable's name as a MiniJinja string (kept inline when short).
+struct Name(Value);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl Visitor<'_> for NameVisitor {
+            type Value = Name;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name, E> {
+                Ok(Name(Value::from(v)))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Var {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct VarVisitor;
+        impl<'de> Visitor<'de> for VarVisitor {
+            type Value = Var;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Var, E> {
+                Ok(Var::Value(Value::from(())))
+            }
+            fn visit_none<E>(self) -> Result<Var, E> {
+                Ok(Var::Value(Value::from(())))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Var, E> {
+                Ok(Var::Value(Value::from(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Var, E> {
+                Ok(Var::Value(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Var, E> {
+                Ok(Var::Value(Value::from(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Var, E> {
+                Ok(Var::Value(Value::from(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Var, E> {
+                Ok(Var::Value(Value::from(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Var, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(item) = seq.next_element::<Var>()? {
+                    items.push(item);
+                }
+                if items.iter().all(|i| matches!(i, Var::Value(_))) {
+                    let values: Vec<Value> = items
+                        .into_iter()
+                        .map(|i| match i {
+                            Var::Value(v) => v,
+                            Var::Json(_) => unreachable!("checked above"),
+                        })
+                        .collect();
+                    return Ok(Var::Value(Value::from_object(values)));
+                }
+                Ok(Var::Json(serde_json::Value::Array(
+                    items.iter().map(Var::to_json).collect(),
+                )))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Var, A::Error> {
+                let json = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(
+                    map,
+                ))?;
+                Ok(Var::Json(json))
+            }
+        }
+        deserializer.deserialize_any(VarVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(text: &str) -> Variables {
+        match serde_json::from_str::<Field>(text).unwrap() {
+            Field::Object(vars) => vars,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn read_values_equal_a_conversion_of_the_json() {
+        let text = r#"{"s": "text", "long": "a string longer than twenty-two bytes", "n": 3,
+            "neg": -4, "f": 1.0, "big": 1e300, "b": true, "z": null, "list": ["a", 2, [true]],
+            "obj": {"z": 1, "a": [1, {"k": "v"}]}, "mixed": [1, {"b": 2, "a": 1}]}"#;
+        let vars = read(text);
+        let serde_json::Value::Object(map) = serde_json::from_str(text).unwrap() else {
+            panic!()
+        };
+        for (name, json) in &map {
+            assert_eq!(
+                vars.get(name).unwrap(),
+                Value::from(Serde(json)),
+                "{name}"
+            );
+        }
+        // Back to JSON exactly as written, objects' keys in the client's order.
+        assert_eq!(vars.to_json(), map);
+        assert_eq!(
+            serde_json::Value::Object(vars.to_json()).to_string(),
+            serde_json::Value::Object(map.clone()).to_string()
+        );
+        assert_eq!(Variables::from(map), vars);
+    }
+
+    #[test]
+    fn a_repeated_name_takes_the_last_value_in_the_first_place() {
+        let vars = read(r#"{"a": 1, "b": 2, "a": 3}"#);
+        assert_eq!(vars.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(vars.get("a"), Some(Value::from(3)));
+        let many: Vec<String> = (0..40).map(|i| format!("\"v{}\": {i}", i % 30)).collect();
+        let vars = read(&format!("{{{}}}", many.join(",")));
+        assert_eq!(vars.len(), 30);
+        assert_eq!(vars.names().next(), Some("v0"));
+        assert_eq!(vars.get("v0"), Some(Value::from(30)));
+        assert_eq!(vars.get("v29"), Some(Value::from(29)));
+        assert!(!vars.contains("v30"));
+    }
+
+    #[test]
+    fn merge_overrides_in_place() {
+        let header = Variables::from(json!({"a": 1, "b": 2}).as_object().unwrap().clone());
+        let body = read(r#"{"b": 3, "c": 4}"#);
+        let merged = header.merge(body);
+        assert_eq!(merged.names().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(merged.get("b"), Some(Value::from(3)));
+    }
+
+    #[test]
+    fn non_objects_are_told_apart_after_a_full_read() {
+        assert!(matches!(serde_json::from_str::<Field>("null"), Ok(Field::Null)));
+        assert!(matches!(
+            serde_json::from_str::<Field>("[1, \"x\"]"),
+            Ok(Field::Other)
+        ));
+        // Refused where and as a full read refuses it.
+        let deep = format!(r#"{{"v": {}1{}}}"#, "[".repeat(127), "]".repeat(127));
+        for bad in [
+            "[1e400]",
+            r#"{"a": "\ud800"}"#,
+            r#"{"a": ["x", {"b": "\ud800b"}]}"#,
+            r#"{"a": 1,}"#,
+            &deep,
+        ] {
+            let err = serde_json::from_str::<Field>(bad).unwrap_err();
+            let full = serde_json::from_str::<serde_json::Value>(bad).unwrap_err();
+            assert_eq!(err.to_string(), full.to_string(), "{bad}");
+        }
+    }
+}
