@@ -4,10 +4,9 @@
 //! version's body with the request's variables and the built-ins.
 
 use std::collections::BTreeSet;
-use std::fmt::Write;
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use minijinja::value::{Enumerator, Object};
 use minijinja::{AutoEscape, Environment, ErrorKind, Template, UndefinedBehavior, Value};
 use serde_json::Map;
@@ -289,49 +288,47 @@ impl Object for Scope {
 
 /// `today`: `2026-11-25`.
 fn date_text(at: &DateTime<Utc>) -> Value {
-    let mut out = Text::default();
-    let _ = write!(out, "{}", at.format("%Y-%m-%d"));
-    out.value()
+    let mut out = [0u8; 10];
+    match write_date(&mut out, at) {
+        Some(()) => Value::from(std::str::from_utf8(&out).unwrap_or_default()),
+        None => Value::from(at.format("%Y-%m-%d").to_string()),
+    }
 }
 
 /// `now`: `2026-11-25T10:00:00Z`.
 fn time_text(at: &DateTime<Utc>) -> Value {
-    Value::from(at.to_rfc3339_opts(SecondsFormat::Secs, true))
-}
-
-/// A short text written on the stack (what a MiniJinja value keeps inline), on the heap when
-/// longer.
-#[derive(Default)]
-struct Text {
-    buf: [u8; 32],
-    len: usize,
-    spill: String,
-}
-
-impl Text {
-    fn value(&self) -> Value {
-        if self.spill.is_empty() {
-            Value::from(std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default())
-        } else {
-            Value::from(self.spill.as_str())
-        }
-    }
-}
-
-impl std::fmt::Write for Text {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        if self.spill.is_empty() && self.len + s.len() <= self.buf.len() {
-            self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
-            self.len += s.len();
-        } else {
-            if self.spill.is_empty() {
-                let head = std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default();
-                self.spill.push_str(head);
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let time = at.time();
+    // chrono writes a leap second as second 60, and a year past 9999 with a sign.
+    match write_date(&mut out, at).filter(|()| time.nanosecond() < 1_000_000_000) {
+        Some(()) => {
+            for (at, n) in [(11, time.hour()), (14, time.minute()), (17, time.second())] {
+                out[at..at + 2].copy_from_slice(&two_digits(n));
             }
-            self.spill.push_str(s);
+            Value::from(std::str::from_utf8(&out).unwrap_or_default())
         }
-        Ok(())
+        None => Value::from(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
     }
+}
+
+/// Writes `YYYY-MM-DD` at the start of `out`; `None` for a year that is not four digits.
+fn write_date(out: &mut [u8], at: &DateTime<Utc>) -> Option<()> {
+    let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
+    out[..4].copy_from_slice(&[
+        b'0' + (year / 1000) as u8,
+        b'0' + (year / 100 % 10) as u8,
+        b'0' + (year / 10 % 10) as u8,
+        b'0' + (year % 10) as u8,
+    ]);
+    out[4] = b'-';
+    out[5..7].copy_from_slice(&two_digits(at.month()));
+    out[7] = b'-';
+    out[8..10].copy_from_slice(&two_digits(at.day()));
+    Some(())
+}
+
+fn two_digits(n: u32) -> [u8; 2] {
+    [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]
 }
 
 impl Context {
@@ -516,6 +513,29 @@ mod tests {
         .unwrap();
         // Booleans print as Jinja2 and the seed's `str()` print them.
         assert_eq!(out, "a;b; 3 True");
+    }
+
+    #[test]
+    fn today_and_now_are_written_as_chrono_writes_them() {
+        use chrono::TimeZone;
+        let times = [
+            Utc.with_ymd_and_hms(2026, 1, 5, 3, 4, 9).unwrap(),
+            Utc.with_ymd_and_hms(999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(12026, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-5, 1, 1, 0, 0, 0).unwrap(),
+            Utc.timestamp_opt(1_700_000_000, 999_999_999).unwrap(),
+            Utc.timestamp_opt(1_700_000_039, 1_500_000_000).unwrap(),
+        ];
+        for at in times {
+            assert_eq!(
+                date_text(&at).as_str(),
+                Some(at.format("%Y-%m-%d").to_string().as_str())
+            );
+            assert_eq!(
+                time_text(&at).as_str(),
+                Some(at.to_rfc3339_opts(SecondsFormat::Secs, true).as_str())
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Names keep the order they were first given in; a name given again takes the later value in
 //! the earlier place, as JSON objects are read everywhere else.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -22,15 +23,30 @@ use serde_json::Map;
 const SCAN_MAX: usize = 16;
 
 /// A request's variables, shared (cloning is a reference count).
-#[derive(Clone, Default, PartialEq)]
+#[derive(Clone, Default)]
 pub struct Variables(Arc<Entries>);
 
-#[derive(Default, PartialEq)]
+#[derive(Default)]
 struct Entries {
-    /// Name (a string value) and value, in the order the names were first given.
-    list: Vec<(Value, Var)>,
+    /// Every name, one after the other (one allocation for all of them).
+    names: String,
+    /// In the order the names were first given.
+    list: Vec<Entry>,
     /// Positions in `list` sorted by name, when it is longer than [`SCAN_MAX`].
     sorted: Vec<u32>,
+}
+
+struct Entry {
+    /// The name's place in `names`.
+    start: u32,
+    end: u32,
+    value: Var,
+}
+
+impl Entries {
+    fn name(&self, entry: &Entry) -> &str {
+        &self.names[entry.start as usize..entry.end as usize]
+    }
 }
 
 /// One variable's value.
@@ -76,39 +92,102 @@ fn holds_object(json: &serde_json::Value) -> bool {
     }
 }
 
-fn name_of(name: &Value) -> &str {
-    name.as_str().unwrap_or_default()
+/// Variables as they are read, before names given twice are settled.
+#[derive(Default)]
+struct Builder(Entries);
+
+impl Builder {
+    fn with_capacity(n: usize) -> Self {
+        Builder(Entries {
+            names: String::with_capacity(n * 12),
+            list: Vec::with_capacity(n),
+            sorted: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, name: &str, value: Var) {
+        let start = self.0.names.len();
+        self.0.names.push_str(name);
+        // Names past 4 GiB cannot arrive: request bodies are far smaller.
+        let span = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.0.list.push(Entry {
+            start: span(start),
+            end: span(self.0.names.len()),
+            value,
+        });
+    }
+
+    /// A name given twice keeps its first place and takes its last value.
+    fn finish(self) -> Variables {
+        let mut entries = self.0;
+        dedupe(&mut entries);
+        if entries.list.len() > SCAN_MAX {
+            let mut sorted: Vec<u32> = (0..entries.list.len() as u32).collect();
+            sorted.sort_unstable_by(|&a, &b| {
+                entries
+                    .name(&entries.list[a as usize])
+                    .cmp(entries.name(&entries.list[b as usize]))
+            });
+            entries.sorted = sorted;
+        }
+        Variables(Arc::new(entries))
+    }
+}
+
+fn dedupe(entries: &mut Entries) {
+    let Entries { names, list, .. } = entries;
+    let name = |e: &Entry| &names[e.start as usize..e.end as usize];
+    if list.len() <= SCAN_MAX {
+        let mut i = 1;
+        while i < list.len() {
+            match (0..i).find(|&j| name(&list[j]) == name(&list[i])) {
+                Some(j) => {
+                    let later = list.remove(i);
+                    list[j].value = later.value;
+                }
+                None => i += 1,
+            }
+        }
+        return;
+    }
+    let mut last = std::collections::HashMap::with_capacity(list.len());
+    let mut first = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        if last.insert(name(entry), i).is_none() {
+            first.push(i);
+        }
+    }
+    if first.len() == list.len() {
+        return;
+    }
+    let take: Vec<usize> = first.iter().map(|&i| last[name(&list[i])]).collect();
+    let mut slots: Vec<Option<Entry>> = std::mem::take(list).into_iter().map(Some).collect();
+    *list = first
+        .iter()
+        .zip(take)
+        .filter_map(|(&i, j)| {
+            let (start, end) = slots[i].as_ref().map(|e| (e.start, e.end))?;
+            let value = slots[j].take()?.value;
+            Some(Entry { start, end, value })
+        })
+        .collect();
 }
 
 impl Variables {
-    fn from_list(list: Vec<(Value, Var)>) -> Self {
-        let list = dedupe(list);
-        let sorted = if list.len() > SCAN_MAX {
-            let mut sorted: Vec<u32> = (0..list.len() as u32).collect();
-            sorted.sort_unstable_by(|&a, &b| {
-                name_of(&list[a as usize].0).cmp(name_of(&list[b as usize].0))
-            });
-            sorted
-        } else {
-            Vec::new()
-        };
-        Variables(Arc::new(Entries { list, sorted }))
-    }
-
     fn find(&self, name: &str) -> Option<&Var> {
         let entries = &*self.0;
         if entries.sorted.is_empty() {
             return entries
                 .list
                 .iter()
-                .find(|(n, _)| name_of(n) == name)
-                .map(|(_, v)| v);
+                .find(|e| entries.name(e) == name)
+                .map(|e| &e.value);
         }
         entries
             .sorted
-            .binary_search_by(|&i| name_of(&entries.list[i as usize].0).cmp(name))
+            .binary_search_by(|&i| entries.name(&entries.list[i as usize]).cmp(name))
             .ok()
-            .map(|at| &entries.list[entries.sorted[at] as usize].1)
+            .map(|at| &entries.list[entries.sorted[at] as usize].value)
     }
 
     /// The value of `name`, as a template reads it.
@@ -130,7 +209,11 @@ impl Variables {
 
     /// The names, in the order first given.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.list.iter().map(|(n, _)| name_of(n))
+        self.0.list.iter().map(|e| self.0.name(e))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.0.list.iter().map(|e| (self.0.name(e), &e.value))
     }
 
     /// `other`'s variables over these: a name in both takes `other`'s value in its place here.
@@ -141,79 +224,40 @@ impl Variables {
         if other.is_empty() {
             return self;
         }
-        let list = self
-            .0
-            .list
-            .iter()
-            .chain(&other.0.list)
-            .cloned()
-            .collect();
-        Variables::from_list(list)
+        let mut builder = Builder::with_capacity(self.len() + other.len());
+        for (name, value) in self.iter().chain(other.iter()) {
+            builder.push(name, value.clone());
+        }
+        builder.finish()
     }
 
     /// As a JSON object (what an `input_schema` checks).
     pub fn to_json(&self) -> Map<String, serde_json::Value> {
-        self.0
-            .list
-            .iter()
-            .map(|(n, v)| (name_of(n).to_owned(), v.to_json()))
+        self.iter()
+            .map(|(name, value)| (name.to_owned(), value.to_json()))
             .collect()
     }
 }
 
-/// A name given twice keeps its first place and takes its last value.
-fn dedupe(mut list: Vec<(Value, Var)>) -> Vec<(Value, Var)> {
-    if list.len() <= SCAN_MAX {
-        let mut i = 1;
-        while i < list.len() {
-            match (0..i).find(|&j| name_of(&list[j].0) == name_of(&list[i].0)) {
-                Some(j) => {
-                    let (_, value) = list.remove(i);
-                    list[j].1 = value;
-                }
-                None => i += 1,
-            }
-        }
-        return list;
+impl PartialEq for Variables {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
     }
-    let mut last = std::collections::HashMap::with_capacity(list.len());
-    let mut first = Vec::with_capacity(list.len());
-    for (i, (name, _)) in list.iter().enumerate() {
-        if last.insert(name_of(name), i).is_none() {
-            first.push(i);
-        }
-    }
-    if first.len() == list.len() {
-        return list;
-    }
-    let take: Vec<usize> = first.iter().map(|&i| last[name_of(&list[i].0)]).collect();
-    let mut slots: Vec<Option<(Value, Var)>> = list.into_iter().map(Some).collect();
-    first
-        .iter()
-        .zip(take)
-        .filter_map(|(&i, j)| {
-            let name = slots[i].as_ref().map(|(n, _)| n.clone())?;
-            let (_, value) = slots[j].take()?;
-            Some((name, value))
-        })
-        .collect()
 }
 
 impl From<Map<String, serde_json::Value>> for Variables {
     fn from(map: Map<String, serde_json::Value>) -> Self {
-        Variables::from_list(
-            map.into_iter()
-                .map(|(name, json)| (Value::from(name), Var::from_json(json)))
-                .collect(),
-        )
+        let mut builder = Builder::with_capacity(map.len());
+        for (name, json) in map {
+            builder.push(&name, Var::from_json(json));
+        }
+        builder.finish()
     }
 }
 
 impl fmt::Debug for Variables {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.0.list.iter().map(|(n, v)| (name_of(n), v)))
-            .finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -261,30 +305,34 @@ impl<'de> Deserialize<'de> for Field {
                 Ok(Field::Other)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
-                let mut list = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-                while let Some(name) = map.next_key::<Name>()? {
-                    list.push((name.0, map.next_value::<Var>()?));
+                let mut variables = Builder::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+                    let value = map.next_value::<Var>()?;
+                    variables.push(&name, value);
                 }
-                Ok(Field::Object(Variables::from_list(list)))
+                Ok(Field::Object(variables.finish()))
             }
         }
         deserializer.deserialize_any(FieldVisitor)
     }
 }
 
-/// A variable's name as a MiniJinja string (kept inline when short).
-struct Name(Value);
+/// A variable's name, borrowed from the text unless it holds escapes.
+struct Name<'de>(Cow<'de, str>);
 
-impl<'de> Deserialize<'de> for Name {
+impl<'de> Deserialize<'de> for Name<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct NameVisitor;
-        impl Visitor<'_> for NameVisitor {
-            type Value = Name;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_str<E>(self, v: &str) -> Result<Name, E> {
-                Ok(Name(Value::from(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
             }
         }
         deserializer.deserialize_str(NameVisitor)
@@ -340,9 +388,8 @@ impl<'de> Deserialize<'de> for Var {
                 )))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Var, A::Error> {
-                let json = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(
-                    map,
-                ))?;
+                let json =
+                    serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(Var::Json(json))
             }
         }
@@ -372,11 +419,7 @@ mod tests {
             panic!()
         };
         for (name, json) in &map {
-            assert_eq!(
-                vars.get(name).unwrap(),
-                Value::from(Serde(json)),
-                "{name}"
-            );
+            assert_eq!(vars.get(name).unwrap(), Value::from(Serde(json)), "{name}");
         }
         // Back to JSON exactly as written, objects' keys in the client's order.
         assert_eq!(vars.to_json(), map);
@@ -412,7 +455,10 @@ mod tests {
 
     #[test]
     fn non_objects_are_told_apart_after_a_full_read() {
-        assert!(matches!(serde_json::from_str::<Field>("null"), Ok(Field::Null)));
+        assert!(matches!(
+            serde_json::from_str::<Field>("null"),
+            Ok(Field::Null)
+        ));
         assert!(matches!(
             serde_json::from_str::<Field>("[1, \"x\"]"),
             Ok(Field::Other)

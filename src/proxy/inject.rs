@@ -60,16 +60,16 @@ pub struct Shots {
 }
 
 /// The last user message, when the template or the examples' strategy reads it ("" else).
-pub fn user_message_if_read(
+pub fn user_message_if_read<'b>(
     endpoint: Endpoint,
-    body: &Body<'_>,
+    body: &Body<'b>,
     chosen: &Chosen<'_>,
     plan: Option<&Plan>,
-) -> String {
+) -> Cow<'b, str> {
     if plan.is_some() || chosen.version.reads("user_message") {
         user_message(endpoint, body)
     } else {
-        String::new()
+        Cow::Borrowed("")
     }
 }
 
@@ -565,9 +565,10 @@ fn json_into(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
 }
 
 /// The last user message's text ("" if none): a string content, or the text parts of an
-/// array joined by newlines. Text that is not valid Unicode (half an emoji) is read with
-/// U+FFFD in its place; the body itself is not changed.
-pub fn user_message(endpoint: Endpoint, body: &Body<'_>) -> String {
+/// array joined by newlines; borrowed from the body when it holds no escapes. Text that is not
+/// valid Unicode (half an emoji) is read with U+FFFD in its place; the body itself is not
+/// changed.
+pub fn user_message<'b>(endpoint: Endpoint, body: &Body<'b>) -> Cow<'b, str> {
     let items = match endpoint {
         Endpoint::ChatCompletions => body.get("messages"),
         Endpoint::Responses => match body.get("input") {
@@ -577,7 +578,7 @@ pub fn user_message(endpoint: Endpoint, body: &Body<'_>) -> String {
     };
     let Some(items) = items.and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
     else {
-        return String::new();
+        return Cow::Borrowed("");
     };
     #[derive(Deserialize)]
     struct Message<'a> {
@@ -589,14 +590,14 @@ pub fn user_message(endpoint: Endpoint, body: &Body<'_>) -> String {
     items
         .iter()
         .rev()
-        .filter_map(|item| serde_json::from_str::<Message<'_>>(item.get()).ok())
+        .filter_map(|item| serde_json::from_str::<Message<'b>>(item.get()).ok())
         .find(|m| m.role.as_deref() == Some("user"))
         .and_then(|m| m.content)
         .map(content_text)
         .unwrap_or_default()
 }
 
-fn content_text(content: &RawValue) -> String {
+fn content_text(content: &RawValue) -> Cow<'_, str> {
     if content.get().starts_with('"') {
         return lossy(content).unwrap_or_default();
     }
@@ -606,18 +607,47 @@ fn content_text(content: &RawValue) -> String {
         text: Option<&'a RawValue>,
     }
     let Ok(parts) = serde_json::from_str::<Vec<Part<'_>>>(content.get()) else {
-        return String::new();
+        return Cow::Borrowed("");
     };
-    parts
+    let mut texts = parts
         .iter()
         .filter_map(|p| p.text.filter(|t| t.get().starts_with('"')))
-        .filter_map(lossy)
-        .collect::<Vec<_>>()
-        .join("\n")
+        .filter_map(lossy);
+    let Some(first) = texts.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = texts.next() else {
+        return first;
+    };
+    let mut joined = first.into_owned();
+    for text in std::iter::once(second).chain(texts) {
+        joined.push('\n');
+        joined.push_str(&text);
+    }
+    Cow::Owned(joined)
 }
 
-/// A JSON string's text, lone surrogates replaced by U+FFFD.
-fn lossy(raw: &RawValue) -> Option<String> {
+/// A JSON string's text, lone surrogates replaced by U+FFFD; borrowed when it holds no escapes.
+fn lossy(raw: &RawValue) -> Option<Cow<'_, str>> {
+    struct Exact<'a>(Cow<'a, str>);
+    impl<'de> Deserialize<'de> for Exact<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Exact<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Exact<'de>, E> {
+                    Ok(Exact(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Exact<'de>, E> {
+                    Ok(Exact(Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
     struct Lossy(String);
     impl<'de> Deserialize<'de> for Lossy {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -638,7 +668,14 @@ fn lossy(raw: &RawValue) -> Option<String> {
             d.deserialize_bytes(V)
         }
     }
-    serde_json::from_str::<Lossy>(raw.get()).ok().map(|l| l.0)
+    // Valid text (nearly always) is read as it is; only text with a lone surrogate is read
+    // again as bytes.
+    if let Ok(Exact(text)) = serde_json::from_str::<Exact<'_>>(raw.get()) {
+        return Some(text);
+    }
+    serde_json::from_str::<Lossy>(raw.get())
+        .ok()
+        .map(|l| Cow::Owned(l.0))
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::fmt;
 
 use axum::http::HeaderMap;
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::fewshot;
 use crate::prompts::variables::{self, Variables};
@@ -383,10 +383,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for PromptField<'a> {
                 while seq.next_element::<Value>()?.is_some() {}
                 Ok(PromptField::Other)
             }
-            fn visit_map<M: MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<PromptField<'a>, M::Error> {
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<PromptField<'a>, M::Error> {
                 let mut members: Vec<(Cow<'a, str>, Member)> = Vec::with_capacity(4);
                 let mut unknown = false;
                 while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
