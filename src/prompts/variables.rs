@@ -49,6 +49,14 @@ impl Entries {
     }
 }
 
+impl Entry {
+    /// True when this entry's name, in `names`, is `name` (lengths first: the cheap test).
+    fn is(&self, names: &str, name: &str) -> bool {
+        (self.end - self.start) as usize == name.len()
+            && names.as_bytes()[self.start as usize..self.end as usize] == *name.as_bytes()
+    }
+}
+
 /// One variable's value.
 #[derive(Debug, Clone, PartialEq)]
 enum Var {
@@ -71,6 +79,13 @@ impl Var {
             Var::Json(json) => json.clone(),
             // Strings, numbers, booleans, none and lists of them map back one to one.
             Var::Value(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    fn into_json(self) -> serde_json::Value {
+        match self {
+            Var::Json(json) => json,
+            value => value.to_json(),
         }
     }
 
@@ -140,7 +155,7 @@ fn dedupe(entries: &mut Entries) {
     if list.len() <= SCAN_MAX {
         let mut i = 1;
         while i < list.len() {
-            match (0..i).find(|&j| name(&list[j]) == name(&list[i])) {
+            match (0..i).find(|&j| list[j].is(names, name(&list[i]))) {
                 Some(j) => {
                     let later = list.remove(i);
                     list[j].value = later.value;
@@ -180,7 +195,7 @@ impl Variables {
             return entries
                 .list
                 .iter()
-                .find(|e| entries.name(e) == name)
+                .find(|e| e.is(&entries.names, name))
                 .map(|e| &e.value);
         }
         entries
@@ -369,23 +384,27 @@ impl<'de> Deserialize<'de> for Var {
                 Ok(Var::Value(Value::from(v)))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Var, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                // Values while every item is one; JSON from the first item holding an object.
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+                let mut json: Option<Vec<serde_json::Value>> = None;
                 while let Some(item) = seq.next_element::<Var>()? {
-                    items.push(item);
+                    match (&mut json, item) {
+                        (None, Var::Value(value)) => values.push(value),
+                        (Some(items), item) => items.push(item.into_json()),
+                        (None, Var::Json(item)) => {
+                            let mut items: Vec<serde_json::Value> = values
+                                .drain(..)
+                                .map(|v| Var::Value(v).into_json())
+                                .collect();
+                            items.push(item);
+                            json = Some(items);
+                        }
+                    }
                 }
-                if items.iter().all(|i| matches!(i, Var::Value(_))) {
-                    let values: Vec<Value> = items
-                        .into_iter()
-                        .map(|i| match i {
-                            Var::Value(v) => v,
-                            Var::Json(_) => unreachable!("checked above"),
-                        })
-                        .collect();
-                    return Ok(Var::Value(Value::from_object(values)));
-                }
-                Ok(Var::Json(serde_json::Value::Array(
-                    items.iter().map(Var::to_json).collect(),
-                )))
+                Ok(match json {
+                    None => Var::Value(Value::from_object(values)),
+                    Some(items) => Var::Json(serde_json::Value::Array(items)),
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Var, A::Error> {
                 let json =

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -217,12 +217,19 @@ pub struct HeaderPrompt {
 
 impl HeaderPrompt {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ParseError> {
-        let text = |name: &'static str| {
+        // Names made once: looking one up by text would parse it on every request.
+        static NAME: HeaderName = HeaderName::from_static("x-prompt-name");
+        static VERSION: HeaderName = HeaderName::from_static("x-prompt-version");
+        static VARIABLES: HeaderName = HeaderName::from_static("x-prompt-variables");
+        if headers.is_empty() {
+            return Ok(HeaderPrompt::default());
+        }
+        let text = |name: &HeaderName| {
             headers
                 .get(name)
                 .map(|v| header_text(v.as_bytes()).trim().to_owned())
         };
-        let variables = match text("x-prompt-variables") {
+        let variables = match text(&VARIABLES) {
             None => None,
             Some(raw) => match serde_json::from_str::<variables::Field>(&raw) {
                 Ok(variables::Field::Object(variables)) => Some(variables),
@@ -241,8 +248,8 @@ impl HeaderPrompt {
             },
         };
         Ok(HeaderPrompt {
-            name: text("x-prompt-name").filter(|s| !s.is_empty()),
-            version: text("x-prompt-version").filter(|s| !s.is_empty()),
+            name: text(&NAME).filter(|s| !s.is_empty()),
+            version: text(&VERSION).filter(|s| !s.is_empty()),
             variables,
         })
     }
@@ -277,24 +284,74 @@ pub fn parse<'a>(bytes: &'a [u8], headers: &HeaderMap) -> Result<Parsed<'a>, Par
     {
         return Ok(Parsed::Untouched);
     }
-    let body = match Body::parse(bytes) {
-        Ok(body) => body,
-        // Neither the bytes nor a header name a prompt: whatever this is, it is upstream's
-        // to judge.
-        Err(_) if !header.names_prompt() && !has_prompt_key(bytes) => {
-            return Ok(Parsed::Untouched);
+    // One pass over a well-formed body (nearly every body): the top level kept raw, the
+    // `prompt` field read whole on the way. Anything it cannot read is read again the long way,
+    // which tells what is wrong and where.
+    let once = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice::<Request<'a>>(bytes).ok(),
+        _ => None,
+    };
+    let (body, field) = match once {
+        Some(Request { body, prompt }) => (body, prompt),
+        None => {
+            let body = match Body::parse(bytes) {
+                Ok(body) => body,
+                // Neither the bytes nor a header name a prompt: whatever this is, it is
+                // upstream's to judge.
+                Err(_) if !header.names_prompt() && !has_prompt_key(bytes) => {
+                    return Ok(Parsed::Untouched);
+                }
+                Err(e) => return Err(e),
+            };
+            let field = match body.get("prompt") {
+                None => None,
+                Some(raw) => Some(read_prompt_field(bytes, raw)?),
+            };
+            (body, field)
         }
-        Err(e) => return Err(e),
     };
-    let field = body.get("prompt");
-    let value = match field {
-        None => PromptField::Absent,
-        Some(raw) => read_prompt_field(bytes, raw)?,
-    };
-    match prompt_ref(value, header)? {
+    let named = field.is_some();
+    match prompt_ref(field.unwrap_or_default(), header)? {
         Some(reference) => Ok(Parsed::Prompt(body, reference)),
-        None if field.is_some() => Ok(Parsed::WithoutPrompt(body)),
+        None if named => Ok(Parsed::WithoutPrompt(body)),
         None => Ok(Parsed::Untouched),
+    }
+}
+
+/// A request body read in one pass: [`Body`] with its `prompt` field read whole (and kept
+/// there as `null`: it never goes upstream).
+struct Request<'a> {
+    body: Body<'a>,
+    /// The last `prompt` field, as JSON parsers read a repeated key.
+    prompt: Option<PromptField<'a>>,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Request<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Fields<'a> {
+            type Value = Request<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Request<'a>, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut prompt = None;
+                while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
+                    if key == "prompt" {
+                        prompt = Some(map.next_value::<PromptField<'a>>()?);
+                        fields.push((key, RawValue::NULL));
+                    } else {
+                        fields.push((key, map.next_value::<&'a RawValue>()?));
+                    }
+                }
+                Ok(Request {
+                    body: Body { fields },
+                    prompt,
+                })
+            }
+        }
+        deserializer.deserialize_map(Fields(std::marker::PhantomData))
     }
 }
 
@@ -524,8 +581,9 @@ pub fn version_ref(value: &Value) -> Result<Option<VersionRef>, ParseError> {
 
 /// The assignment key: header `X-User-Id`, then body `user`, then body `safety_identifier`.
 pub fn assignment_key<'b>(headers: Option<&'b HeaderMap>, body: &Body<'b>) -> Option<Cow<'b, str>> {
+    static USER_ID: HeaderName = HeaderName::from_static("x-user-id");
     headers
-        .and_then(|h| h.get("x-user-id"))
+        .and_then(|h| h.get(&USER_ID))
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
         .map(Cow::Borrowed)
@@ -614,6 +672,67 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    /// The long way: the top level kept raw, then the `prompt` field read on its own.
+    fn parse_long(text: &str) -> Result<Option<PromptRef>, ParseError> {
+        let body = Body::parse(text.as_bytes())?;
+        let field = match body.get("prompt") {
+            None => PromptField::Absent,
+            Some(raw) => read_prompt_field(text.as_bytes(), raw)?,
+        };
+        prompt_ref(field, HeaderPrompt::default())
+    }
+
+    #[test]
+    fn one_pass_reads_what_the_long_way_reads() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"prompt": {{"id": "g", "variables": {{"v": {}1{}}}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let bodies = [
+            r#"{"model": "m", "prompt": {"id": "g", "version": 2, "variables": {"a": "x", "b": [1, {"k": null}], "a": 3}}, "n": 1}"#.to_owned(),
+            r#"{"prompt": {"id": "g", "variables": {"x": "\ud800"}}, "prompt": {"name": "h"}}"#.to_owned(),
+            r#"{"\u0070rompt": {"id": "g", "variables": null, "examples": null}}"#.to_owned(),
+            r#"{"prompt": {"id": "g", "zz": 1, "id": 5, "variables": []}}"#.to_owned(),
+            r#"{"prompt": {"id": 5, "zz": 1}}"#.to_owned(),
+            r#"{"prompt": {"variables": {}}}"#.to_owned(),
+            r#"{"prompt": [1, "x"]}"#.to_owned(),
+            // Deep enough that only a read of the field on its own takes it.
+            deep(124),
+            deep(125),
+            deep(126),
+        ];
+        for text in &bodies {
+            let long = parse_long(text);
+            match parse_str(text) {
+                Ok(Parsed::Prompt(body, reference)) => {
+                    assert_eq!(Ok(Some(reference)), long, "{text}");
+                    let long_body = Body::parse(text.as_bytes()).unwrap();
+                    let keys = |b: &Body<'_>| {
+                        b.fields()
+                            .iter()
+                            .filter(|(k, _)| k != "prompt")
+                            .map(|(k, v)| (k.to_string(), v.get().to_owned()))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(keys(&body), keys(&long_body), "{text}");
+                }
+                Ok(other) => panic!("{text}: {other:?}"),
+                Err(e) => assert_eq!(Err(e), long, "{text}"),
+            }
+        }
+        // 125 levels: one more than the one pass takes, the most a read of the field takes.
+        assert!(serde_json::from_slice::<Request<'_>>(deep(125).as_bytes()).is_err());
+        assert!(matches!(parse_str(&deep(125)), Ok(Parsed::Prompt(..))));
+        // Past the depth a full read allows, refused either way.
+        assert!(matches!(
+            parse_str(&deep(126)),
+            Err(ParseError::PromptJson { .. })
+        ));
     }
 
     #[test]
