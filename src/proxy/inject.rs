@@ -59,15 +59,39 @@ pub struct Shots {
     pub picked: Option<(crate::prompts::Strategy, Vec<usize>)>,
 }
 
+/// A chat request's `messages`, split into items once for every phase that reads them.
+#[derive(Debug, Default)]
+pub struct Messages<'b> {
+    /// The field as the client wrote it.
+    raw: Option<&'b RawValue>,
+    /// Its items; `None` when it is not an array.
+    items: Option<Vec<&'b RawValue>>,
+}
+
+impl<'b> Messages<'b> {
+    /// The `messages` of a chat request (none for other endpoints).
+    pub fn of(endpoint: Endpoint, body: &Body<'b>) -> Self {
+        let raw = match endpoint {
+            Endpoint::ChatCompletions => body.get("messages"),
+            Endpoint::Responses => None,
+        };
+        Messages {
+            raw,
+            items: raw.and_then(|raw| serde_json::from_str(raw.get()).ok()),
+        }
+    }
+}
+
 /// The last user message, when the template or the examples' strategy reads it ("" else).
 pub fn user_message_if_read<'b>(
     endpoint: Endpoint,
     body: &Body<'b>,
+    messages: &Messages<'b>,
     chosen: &Chosen<'_>,
     plan: Option<&Plan>,
 ) -> Cow<'b, str> {
     if plan.is_some() || chosen.version.reads("user_message") {
-        user_message(endpoint, body)
+        user_message_in(endpoint, body, messages)
     } else {
         Cow::Borrowed("")
     }
@@ -213,6 +237,7 @@ pub struct Injected {
 pub fn inject(
     endpoint: Endpoint,
     body: &Body<'_>,
+    messages: &Messages<'_>,
     chosen: &Chosen<'_>,
     rendered: &Rendered<'_>,
     shots: &Shots,
@@ -222,16 +247,17 @@ pub fn inject(
     let system = rendered.system.as_deref();
     match endpoint {
         Endpoint::ChatCompletions => {
-            let client = match body.get("messages") {
+            let client = match messages.raw {
                 None => None,
                 Some(raw) if raw.get().starts_with('[') => Some(raw),
                 Some(_) => return Err(InjectError::MessagesNotArray),
             };
-            let items: Vec<&RawValue> = match client {
-                Some(raw) => {
-                    serde_json::from_str(raw.get()).map_err(|_| InjectError::MessagesNotArray)?
-                }
-                None => Vec::new(),
+            let items: &[&RawValue] = match client {
+                Some(_) => messages
+                    .items
+                    .as_deref()
+                    .ok_or(InjectError::MessagesNotArray)?,
+                None => &[],
             };
             // The system message (the client's own merged in, or not, as the version says),
             // the client's system messages it keeps, the template's messages before the
@@ -239,12 +265,12 @@ pub fn inject(
             // after it.
             let (head_system, kept, rest) = match system {
                 Some(system) => {
-                    let head = super::system::plan(&items, system, version.client_system);
+                    let head = super::system::plan(items, system, version.client_system);
                     (Some(head.system), head.kept, head.rest)
                 }
                 None => {
                     let (kept, rest) =
-                        super::system::plan_without_prompt(&items, version.client_system);
+                        super::system::plan_without_prompt(items, version.client_system);
                     (None, kept, rest)
                 }
             };
@@ -569,15 +595,27 @@ fn json_into(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
 /// valid Unicode (half an emoji) is read with U+FFFD in its place; the body itself is not
 /// changed.
 pub fn user_message<'b>(endpoint: Endpoint, body: &Body<'b>) -> Cow<'b, str> {
+    user_message_in(endpoint, body, &Messages::of(endpoint, body))
+}
+
+fn user_message_in<'b>(
+    endpoint: Endpoint,
+    body: &Body<'b>,
+    messages: &Messages<'b>,
+) -> Cow<'b, str> {
+    let input;
     let items = match endpoint {
-        Endpoint::ChatCompletions => body.get("messages"),
+        Endpoint::ChatCompletions => messages.items.as_deref(),
         Endpoint::Responses => match body.get("input") {
             Some(raw) if raw.get().starts_with('"') => return lossy(raw).unwrap_or_default(),
-            other => other,
+            other => {
+                input =
+                    other.and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok());
+                input.as_deref()
+            }
         },
     };
-    let Some(items) = items.and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
-    else {
+    let Some(items) = items else {
         return Cow::Borrowed("");
     };
     #[derive(Deserialize)]

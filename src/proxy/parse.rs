@@ -287,8 +287,11 @@ pub fn parse<'a>(bytes: &'a [u8], headers: &HeaderMap) -> Result<Parsed<'a>, Par
     // One pass over a well-formed body (nearly every body): the top level kept raw, the
     // `prompt` field read whole on the way. Anything it cannot read is read again the long way,
     // which tells what is wrong and where.
+    // (Text checked as UTF-8 once: then no string in it is checked again.)
     let once = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => serde_json::from_slice::<Request<'a>>(bytes).ok(),
+        Some(b'{') => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Request<'a>>(text).ok()),
         _ => None,
     };
     let (body, field) = match once {
