@@ -406,6 +406,44 @@ mod tests {
         )
     }
 
+    /// A context built whole, every value converted up front: what the lazy one must equal.
+    fn render_whole(body: &str, vars: &serde_json::Value) -> Result<String, minijinja::Error> {
+        let mut env = environment();
+        env.add_template("t", body).unwrap();
+        let b = builtins();
+        let mut ctx = std::collections::BTreeMap::<String, Value>::new();
+        ctx.insert("today".into(), Value::from(b.today));
+        ctx.insert("now".into(), Value::from(b.now));
+        ctx.insert("prompt_name".into(), Value::from("p"));
+        ctx.insert("prompt_version".into(), Value::from(1));
+        ctx.insert("user_message".into(), Value::from(b.user_message));
+        ctx.insert("examples".into(), Value::from(b.examples));
+        for (name, value) in vars.as_object().unwrap() {
+            ctx.insert(name.clone(), Value::from(minijinja::value::Serde(value)));
+        }
+        env.get_template("t").unwrap().render(Value::from(ctx))
+    }
+
+    #[test]
+    fn the_lazy_context_renders_what_a_whole_one_renders() {
+        let vars = json!({
+            "company_name": "Acme Corp", "tier": "enterprise", "n": 3, "f": 1.5, "neg": -2,
+            "ok": false, "none": null, "products": ["API", "Dashboard", 3, [true]],
+            "obj": {"z": 1, "a": {"b": [1, 2]}}, "mixed": [1, {"k": "v"}],
+            "history_summary": "3 tickets in the last month, all about billing",
+            "today": "overridden", "range": "a variable, not the function"
+        });
+        let template = "{{ company_name }} {{ tier }}{% if tier == \"enterprise\" %}!{% endif %}\n\
+            {% for p in products %}- {{ p }}\n{% endfor %}{{ n + 1 }} {{ f }} {{ neg }} {{ ok }} \
+            {{ none }} {{ obj }} {{ obj.a.b[1] }} {{ mixed }} {{ mixed[1].k }} {{ history_summary }}\n\
+            {{ today }} {{ now }} {{ prompt_name }} v{{ prompt_version }} [{{ user_message }}] \
+            [{{ examples }}] {{ range }} {{ missing | default(\"d\") }}\
+            {% if other is defined %}no{% endif %} {{ obj | tojson }} {{ products | length }}";
+        let out = render_str(template, None, vars.clone()).unwrap();
+        assert_eq!(out, render_whole(template, &vars).unwrap());
+        assert!(out.starts_with("Acme Corp enterprise!\n- API\n"), "{out}");
+    }
+
     #[test]
     fn seed_style_placeholders_render_like_the_seed() {
         let out = render_str(
