@@ -645,7 +645,7 @@ fn render(args: &RenderArgs) -> ExitCode {
     let reference = PromptRef {
         name: args.name.clone(),
         version,
-        variables,
+        variables: variables.into(),
         examples: None,
     };
     let messages = match &args.message {

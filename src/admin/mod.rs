@@ -298,7 +298,7 @@ pub(crate) async fn preview(
             None => None,
         },
         name: name.to_owned(),
-        variables: req.variables,
+        variables: req.variables.into(),
         examples: None,
     };
     let empty =

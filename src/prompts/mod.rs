@@ -13,6 +13,7 @@ pub mod outputs;
 mod problem;
 pub mod schema;
 pub mod template;
+pub mod variables;
 pub mod version;
 pub mod watch;
 pub mod yaml;
@@ -28,6 +29,7 @@ pub use load::{Overlay, check_prompt, load, valid_prompt_name};
 pub use manifest::{ExamplesConfig, ExamplesFormat, Experiment, Split, Strategy, Variant};
 pub use problem::{Problem, Problems};
 pub use template::{Builtins, RenderError};
+pub use variables::Variables;
 pub use version::ClientSystem;
 
 /// Every prompt of a folder, validated and compiled. Immutable: a reload builds a new one.
@@ -176,38 +178,15 @@ impl PromptSet {
         self.prompts.is_empty()
     }
 
-    /// Renders `version` of `prompt` with the request's variables and the built-ins.
+    /// Renders one template of `version` (its body, or one message of a chat template) in a
+    /// request's context.
     pub fn render(
         &self,
-        prompt: &Prompt,
-        version: &Version,
-        variables: &serde_json::Map<String, serde_json::Value>,
-        builtins: Builtins<'_>,
-    ) -> Result<String, RenderError> {
-        self.render_template(prompt, version, &version.key, variables, builtins)
-    }
-
-    /// Renders one template of `version` (its body, or one message of a chat template).
-    pub fn render_template(
-        &self,
-        prompt: &Prompt,
         version: &Version,
         key: &str,
-        variables: &serde_json::Map<String, serde_json::Value>,
-        builtins: Builtins<'_>,
+        context: &template::Context,
     ) -> Result<String, RenderError> {
-        template::render(
-            &self.env,
-            &template::RenderInput {
-                prompt: &prompt.name,
-                version: version.version,
-                key,
-                declared: version.declared.as_deref(),
-                uses: &version.uses,
-                variables,
-                builtins,
-            },
-        )
+        template::render_in(&self.env, key, &version.uses, context)
     }
 }
 

@@ -4,9 +4,14 @@
 //! version's body with the request's variables and the built-ins.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
+use minijinja::value::{Enumerator, Object};
+use minijinja::{AutoEscape, Environment, ErrorKind, Template, UndefinedBehavior, Value};
 use serde_json::Map;
+
+use super::variables::Variables;
 
 /// Names every template sees without the request passing them.
 pub const BUILTINS: [&str; 6] = [
@@ -95,7 +100,8 @@ fn list(names: &[String]) -> String {
         .join(", ")
 }
 
-/// Everything a render needs besides the environment.
+/// Everything a render needs besides the environment, for a render outside a request (the
+/// console's preview): variables as JSON, built-ins as text.
 pub struct RenderInput<'a> {
     pub prompt: &'a str,
     pub version: u32,
@@ -108,7 +114,7 @@ pub struct RenderInput<'a> {
     pub builtins: Builtins<'a>,
 }
 
-/// The built-in values of one request.
+/// The built-in values of a render, as text.
 #[derive(Clone, Copy)]
 pub struct Builtins<'a> {
     pub today: &'a str,
@@ -118,23 +124,21 @@ pub struct Builtins<'a> {
 }
 
 /// The variables a version declares (`variables:` in front matter) that the request lacks, as
-/// the error [`render`] answers; also for chat templates whose messages are all constant.
+/// the error [`render`] answers; checked once per request, before any template renders.
 pub fn check_declared(
     prompt: &str,
     version: u32,
     declared: Option<&[String]>,
-    variables: &Map<String, serde_json::Value>,
+    variables: &Variables,
 ) -> Result<(), RenderError> {
     let Some(declared) = declared else {
         return Ok(());
     };
-    let missing: BTreeSet<&String> = declared
-        .iter()
-        .filter(|n| !variables.contains_key(n.as_str()) && !BUILTINS.contains(&n.as_str()))
-        .collect();
-    if missing.is_empty() {
+    let provided = |n: &&String| variables.contains(n) || BUILTINS.contains(&n.as_str());
+    if declared.iter().all(|n| provided(&n)) {
         return Ok(());
     }
+    let missing: BTreeSet<&String> = declared.iter().filter(|n| !provided(n)).collect();
     Err(RenderError::MissingVariables {
         prompt: prompt.to_owned(),
         version,
@@ -142,49 +146,60 @@ pub fn check_declared(
     })
 }
 
-/// Renders one version. Every missing variable is named at once; values are inserted as data
-/// and never evaluated as templates.
+/// Renders one template outside a request. Every missing variable is named at once; values
+/// are inserted as data and never evaluated as templates.
 pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<String, RenderError> {
-    let provided = |name: &str| input.variables.contains_key(name) || BUILTINS.contains(&name);
-    let missing_of = |names: &mut dyn Iterator<Item = &String>| -> Vec<String> {
-        let set: BTreeSet<&String> = names.filter(|n| !provided(n)).collect();
-        set.into_iter().cloned().collect()
-    };
+    let variables = Variables::from(input.variables.clone());
     // Declared variables are required up front. Without a declaration the template decides
     // while rendering: a variable read under `is defined` or through `default(...)` is optional.
-    check_declared(input.prompt, input.version, input.declared, input.variables)?;
-
-    let mut ctx = std::collections::BTreeMap::<String, Value>::new();
-    ctx.insert("today".to_owned(), Value::from(input.builtins.today));
-    ctx.insert("now".to_owned(), Value::from(input.builtins.now));
-    ctx.insert("prompt_name".to_owned(), Value::from(input.prompt));
-    ctx.insert("prompt_version".to_owned(), Value::from(input.version));
-    ctx.insert(
-        "user_message".to_owned(),
+    check_declared(input.prompt, input.version, input.declared, &variables)?;
+    let context = Context::new(
+        input.prompt,
+        input.version,
+        variables,
+        Clock::Text {
+            today: Value::from(input.builtins.today),
+            now: Value::from(input.builtins.now),
+        },
         Value::from(input.builtins.user_message),
+        Value::from(input.builtins.examples),
     );
-    ctx.insert("examples".to_owned(), Value::from(input.builtins.examples));
-    // The request's own variables win over built-ins of the same name.
-    for (name, value) in input.variables {
-        ctx.insert(name.clone(), Value::from(minijinja::value::Serde(value)));
-    }
+    render_in(env, input.key, input.uses, &context)
+}
 
-    let template_error = |detail: String| RenderError::Template {
-        prompt: input.prompt.to_owned(),
-        version: input.version,
-        detail,
-    };
+/// Renders the template `key` of a version in `context`, whose declared variables were checked
+/// already ([`check_declared`]). A variable the template reads unguarded and the request lacks
+/// is named with every other such variable.
+pub fn render_in(
+    env: &Environment<'static>,
+    key: &str,
+    uses: &BTreeSet<String>,
+    context: &Context,
+) -> Result<String, RenderError> {
     let template = env
-        .get_template(input.key)
-        .map_err(|e| template_error(e.to_string()))?;
-    template.render(Value::from(ctx)).map_err(|e| {
+        .get_template(key)
+        .map_err(|e| context.template_error(e.to_string()))?;
+    render_template(&template, uses, context)
+}
+
+/// Renders a compiled template (see [`render_in`]).
+fn render_template(
+    template: &Template<'_, '_>,
+    uses: &BTreeSet<String>,
+    context: &Context,
+) -> Result<String, RenderError> {
+    template.render(context.root.clone()).map_err(|e| {
         if e.kind() == ErrorKind::UndefinedError {
             // A variable the version did not declare but the template reads unguarded.
-            let missing = missing_of(&mut input.uses.iter());
+            let missing: Vec<String> = uses
+                .iter()
+                .filter(|n| !context.provides(n))
+                .cloned()
+                .collect();
             if !missing.is_empty() {
                 return RenderError::MissingVariables {
-                    prompt: input.prompt.to_owned(),
-                    version: input.version,
+                    prompt: context.scope.prompt_name().to_owned(),
+                    version: context.scope.prompt_version,
                     missing,
                 };
             }
@@ -195,8 +210,162 @@ pub fn render(env: &Environment<'static>, input: &RenderInput<'_>) -> Result<Str
         if let Some(line) = e.line() {
             detail.push_str(&format!(" (template line {line})"));
         }
-        template_error(detail)
+        context.template_error(detail)
     })
+}
+
+/// When `today` and `now` are.
+#[derive(Debug)]
+pub enum Clock {
+    /// A request's time: formatted only when a template reads it.
+    At(DateTime<Utc>),
+    /// Given as text.
+    Text { today: Value, now: Value },
+}
+
+/// What a template sees: the request's variables over the built-ins (a variable wins over a
+/// built-in of the same name). Each name is looked up when the template reads it, so nothing
+/// is copied or formatted for names a template does not read. One per request, shared by
+/// every template of the version (cloning is a reference count).
+#[derive(Debug, Clone)]
+pub struct Context {
+    scope: Arc<Scope>,
+    root: Value,
+}
+
+#[derive(Debug)]
+struct Scope {
+    variables: Variables,
+    prompt_name: Value,
+    prompt_version: u32,
+    clock: Clock,
+    user_message: Value,
+    examples: Value,
+}
+
+impl Scope {
+    fn prompt_name(&self) -> &str {
+        self.prompt_name.as_str().unwrap_or_default()
+    }
+
+    fn lookup(&self, name: &str) -> Option<Value> {
+        if let Some(value) = self.variables.get(name) {
+            return Some(value);
+        }
+        Some(match name {
+            "today" => match &self.clock {
+                Clock::At(at) => date_text(at),
+                Clock::Text { today, .. } => today.clone(),
+            },
+            "now" => match &self.clock {
+                Clock::At(at) => time_text(at),
+                Clock::Text { now, .. } => now.clone(),
+            },
+            "prompt_name" => self.prompt_name.clone(),
+            "prompt_version" => Value::from(self.prompt_version),
+            "user_message" => self.user_message.clone(),
+            "examples" => self.examples.clone(),
+            _ => return None,
+        })
+    }
+}
+
+impl Object for Scope {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        key.as_str().and_then(|name| self.lookup(name))
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, name: &str) -> Option<Value> {
+        self.lookup(name)
+    }
+
+    /// Every name, sorted, as a map of them lists them.
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let names: BTreeSet<&str> = self.variables.names().chain(BUILTINS).collect();
+        Enumerator::Values(names.into_iter().map(Value::from).collect())
+    }
+}
+
+/// `today`: `2026-11-25`.
+fn date_text(at: &DateTime<Utc>) -> Value {
+    let mut out = [0u8; 10];
+    match write_date(&mut out, at) {
+        Some(()) => Value::from(std::str::from_utf8(&out).unwrap_or_default()),
+        None => Value::from(at.format("%Y-%m-%d").to_string()),
+    }
+}
+
+/// `now`: `2026-11-25T10:00:00Z`.
+fn time_text(at: &DateTime<Utc>) -> Value {
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let time = at.time();
+    // chrono writes a leap second as second 60, and a year past 9999 with a sign.
+    match write_date(&mut out, at).filter(|()| time.nanosecond() < 1_000_000_000) {
+        Some(()) => {
+            for (at, n) in [(11, time.hour()), (14, time.minute()), (17, time.second())] {
+                out[at..at + 2].copy_from_slice(&two_digits(n));
+            }
+            Value::from(std::str::from_utf8(&out).unwrap_or_default())
+        }
+        None => Value::from(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+    }
+}
+
+/// Writes `YYYY-MM-DD` at the start of `out`; `None` for a year that is not four digits.
+fn write_date(out: &mut [u8], at: &DateTime<Utc>) -> Option<()> {
+    let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
+    out[..4].copy_from_slice(&[
+        b'0' + (year / 1000) as u8,
+        b'0' + (year / 100 % 10) as u8,
+        b'0' + (year / 10 % 10) as u8,
+        b'0' + (year % 10) as u8,
+    ]);
+    out[4] = b'-';
+    out[5..7].copy_from_slice(&two_digits(at.month()));
+    out[7] = b'-';
+    out[8..10].copy_from_slice(&two_digits(at.day()));
+    Some(())
+}
+
+fn two_digits(n: u32) -> [u8; 2] {
+    [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]
+}
+
+impl Context {
+    pub fn new(
+        prompt: &str,
+        version: u32,
+        variables: Variables,
+        clock: Clock,
+        user_message: Value,
+        examples: Value,
+    ) -> Self {
+        let scope = Arc::new(Scope {
+            variables,
+            prompt_name: Value::from(prompt),
+            prompt_version: version,
+            clock,
+            user_message,
+            examples,
+        });
+        Context {
+            root: Value::from_dyn_object(scope.clone()),
+            scope,
+        }
+    }
+
+    fn template_error(&self, detail: String) -> RenderError {
+        RenderError::Template {
+            prompt: self.scope.prompt_name().to_owned(),
+            version: self.scope.prompt_version,
+            detail,
+        }
+    }
+
+    /// True when the request gives `name` (a built-in included).
+    fn provides(&self, name: &str) -> bool {
+        self.scope.variables.contains(name) || BUILTINS.contains(&name)
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +404,44 @@ mod tests {
                 builtins: builtins(),
             },
         )
+    }
+
+    /// A context built whole, every value converted up front: what the lazy one must equal.
+    fn render_whole(body: &str, vars: &serde_json::Value) -> Result<String, minijinja::Error> {
+        let mut env = environment();
+        env.add_template("t", body).unwrap();
+        let b = builtins();
+        let mut ctx = std::collections::BTreeMap::<String, Value>::new();
+        ctx.insert("today".into(), Value::from(b.today));
+        ctx.insert("now".into(), Value::from(b.now));
+        ctx.insert("prompt_name".into(), Value::from("p"));
+        ctx.insert("prompt_version".into(), Value::from(1));
+        ctx.insert("user_message".into(), Value::from(b.user_message));
+        ctx.insert("examples".into(), Value::from(b.examples));
+        for (name, value) in vars.as_object().unwrap() {
+            ctx.insert(name.clone(), Value::from(minijinja::value::Serde(value)));
+        }
+        env.get_template("t").unwrap().render(Value::from(ctx))
+    }
+
+    #[test]
+    fn the_lazy_context_renders_what_a_whole_one_renders() {
+        let vars = json!({
+            "company_name": "Acme Corp", "tier": "enterprise", "n": 3, "f": 1.5, "neg": -2,
+            "ok": false, "none": null, "products": ["API", "Dashboard", 3, [true]],
+            "obj": {"z": 1, "a": {"b": [1, 2]}}, "mixed": [1, {"k": "v"}],
+            "history_summary": "3 tickets in the last month, all about billing",
+            "today": "overridden", "range": "a variable, not the function"
+        });
+        let template = "{{ company_name }} {{ tier }}{% if tier == \"enterprise\" %}!{% endif %}\n\
+            {% for p in products %}- {{ p }}\n{% endfor %}{{ n + 1 }} {{ f }} {{ neg }} {{ ok }} \
+            {{ none }} {{ obj }} {{ obj.a.b[1] }} {{ mixed }} {{ mixed[1].k }} {{ history_summary }}\n\
+            {{ today }} {{ now }} {{ prompt_name }} v{{ prompt_version }} [{{ user_message }}] \
+            [{{ examples }}] {{ range }} {{ missing | default(\"d\") }}\
+            {% if other is defined %}no{% endif %} {{ obj | tojson }} {{ products | length }}";
+        let out = render_str(template, None, vars.clone()).unwrap();
+        assert_eq!(out, render_whole(template, &vars).unwrap());
+        assert!(out.starts_with("Acme Corp enterprise!\n- API\n"), "{out}");
     }
 
     #[test]
@@ -344,6 +551,29 @@ mod tests {
         .unwrap();
         // Booleans print as Jinja2 and the seed's `str()` print them.
         assert_eq!(out, "a;b; 3 True");
+    }
+
+    #[test]
+    fn today_and_now_are_written_as_chrono_writes_them() {
+        use chrono::TimeZone;
+        let times = [
+            Utc.with_ymd_and_hms(2026, 1, 5, 3, 4, 9).unwrap(),
+            Utc.with_ymd_and_hms(999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(12026, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-5, 1, 1, 0, 0, 0).unwrap(),
+            Utc.timestamp_opt(1_700_000_000, 999_999_999).unwrap(),
+            Utc.timestamp_opt(1_700_000_039, 1_500_000_000).unwrap(),
+        ];
+        for at in times {
+            assert_eq!(
+                date_text(&at).as_str(),
+                Some(at.format("%Y-%m-%d").to_string().as_str())
+            );
+            assert_eq!(
+                time_text(&at).as_str(),
+                Some(at.to_rfc3339_opts(SecondsFormat::Secs, true).as_str())
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -14,7 +14,8 @@ use serde_json::value::RawValue;
 use super::parse::{Body, PromptRef};
 use super::request::Endpoint;
 use crate::fewshot::{self, ModelSlot, PickError, Plan};
-use crate::prompts::{Builtins, ExamplesFormat, Prompt, PromptSet, RenderError, Version};
+use crate::prompts::template::{self, Clock, Context};
+use crate::prompts::{ExamplesFormat, Prompt, PromptSet, RenderError, Variables, Version};
 use crate::select::{self, SelectError, Selection};
 
 /// The body cannot take the prompt.
@@ -58,17 +59,41 @@ pub struct Shots {
     pub picked: Option<(crate::prompts::Strategy, Vec<usize>)>,
 }
 
+/// A chat request's `messages`, split into items once for every phase that reads them.
+#[derive(Debug, Default)]
+pub struct Messages<'b> {
+    /// The field as the client wrote it.
+    raw: Option<&'b RawValue>,
+    /// Its items; `None` when it is not an array.
+    items: Option<Vec<&'b RawValue>>,
+}
+
+impl<'b> Messages<'b> {
+    /// The `messages` of a chat request (none for other endpoints).
+    pub fn of(endpoint: Endpoint, body: &Body<'b>) -> Self {
+        let raw = match endpoint {
+            Endpoint::ChatCompletions => body.get("messages"),
+            Endpoint::Responses => None,
+        };
+        Messages {
+            raw,
+            items: raw.and_then(|raw| serde_json::from_str(raw.get()).ok()),
+        }
+    }
+}
+
 /// The last user message, when the template or the examples' strategy reads it ("" else).
-pub fn user_message_if_read(
+pub fn user_message_if_read<'b>(
     endpoint: Endpoint,
-    body: &Body<'_>,
+    body: &Body<'b>,
+    messages: &Messages<'b>,
     chosen: &Chosen<'_>,
     plan: Option<&Plan>,
-) -> String {
+) -> Cow<'b, str> {
     if plan.is_some() || chosen.version.reads("user_message") {
-        user_message(endpoint, body)
+        user_message_in(endpoint, body, messages)
     } else {
-        String::new()
+        Cow::Borrowed("")
     }
 }
 
@@ -106,9 +131,10 @@ pub struct Rendered<'v> {
     pub after: Vec<Cow<'v, [u8]>>,
 }
 
-/// Step 4: the system prompt (and a chat template's other messages). `today` and `now` are
-/// formatted only when the template reads them. Variables get the `input_schema`'s defaults
-/// and are checked against it first.
+/// Step 4: the system prompt (and a chat template's other messages). Templates read the
+/// request's variables and the built-ins through one [`Context`] that looks each name up when
+/// read (`today` and `now` are formatted only then). Variables get the `input_schema`'s
+/// defaults and are checked against it first.
 pub fn render<'v>(
     set: &PromptSet,
     chosen: &Chosen<'v>,
@@ -118,36 +144,34 @@ pub fn render<'v>(
     now: DateTime<Utc>,
 ) -> Result<Rendered<'v>, RenderError> {
     let version = chosen.version;
-    let today = if version.reads("today") {
-        now.format("%Y-%m-%d").to_string()
-    } else {
-        String::new()
-    };
-    let now_text = if version.reads("now") {
-        now.to_rfc3339_opts(SecondsFormat::Secs, true)
-    } else {
-        String::new()
-    };
-    let checked;
     let variables = match &version.input_schema {
-        None => &reference.variables,
-        Some(schema) => {
-            checked = schema.apply(&reference.variables).map_err(|problems| {
-                RenderError::InvalidVariables {
-                    prompt: chosen.prompt.name.clone(),
-                    version: version.version,
-                    problems,
-                }
-            })?;
-            &checked
-        }
+        None => reference.variables.clone(),
+        Some(schema) => schema
+            .apply(&reference.variables.to_json())
+            .map(Variables::from)
+            .map_err(|problems| RenderError::InvalidVariables {
+                prompt: chosen.prompt.name.clone(),
+                version: version.version,
+                problems,
+            })?,
     };
-    let builtins = Builtins {
-        today: &today,
-        now: &now_text,
-        user_message,
-        examples: &shots.block,
-    };
+    // Declared variables are required up front, even by constant messages. Without a
+    // declaration the template decides while rendering: a variable read under `is defined` or
+    // through `default(...)` is optional.
+    template::check_declared(
+        &chosen.prompt.name,
+        version.version,
+        version.declared.as_deref(),
+        &variables,
+    )?;
+    let context = Context::new(
+        &chosen.prompt.name,
+        version.version,
+        variables,
+        Clock::At(now),
+        minijinja::Value::from(user_message),
+        minijinja::Value::from(shots.block.as_str()),
+    );
     // The seed appends the block after the prompt, unless the template places it itself.
     // (A one-template version keeps the separator even after an empty render, as it always
     // has; a chat template's system message does not start with one.)
@@ -160,29 +184,20 @@ pub fn render<'v>(
         }
     };
     let Some(chat) = &version.chat else {
-        let mut system = set.render(chosen.prompt, version, variables, builtins)?;
+        let mut system = set.render(version, &version.key, &context)?;
         append_block(&mut system, false);
         return Ok(Rendered {
             system: Some(system),
             ..Rendered::default()
         });
     };
-    // Constant messages are not rendered, so the declared variables are checked here once.
-    crate::prompts::template::check_declared(
-        &chosen.prompt.name,
-        version.version,
-        version.declared.as_deref(),
-        variables,
-    )?;
     let mut out = Rendered::default();
     let system_first = chat.system_first();
     for (i, message) in chat.messages.iter().enumerate() {
         if i == 0 && system_first {
             let mut system = match &message.constant {
                 Some(_) => message.text.clone(),
-                None => {
-                    set.render_template(chosen.prompt, version, &message.key, variables, builtins)?
-                }
+                None => set.render(version, &message.key, &context)?,
             };
             append_block(&mut system, true);
             out.system = Some(system);
@@ -191,8 +206,7 @@ pub fn render<'v>(
         let json = match &message.constant {
             Some(bytes) => Cow::Borrowed(&**bytes),
             None => {
-                let text =
-                    set.render_template(chosen.prompt, version, &message.key, variables, builtins)?;
+                let text = set.render(version, &message.key, &context)?;
                 Cow::Owned(crate::prompts::chat::message_json(message.role, &text))
             }
         };
@@ -223,6 +237,7 @@ pub struct Injected {
 pub fn inject(
     endpoint: Endpoint,
     body: &Body<'_>,
+    messages: &Messages<'_>,
     chosen: &Chosen<'_>,
     rendered: &Rendered<'_>,
     shots: &Shots,
@@ -232,16 +247,17 @@ pub fn inject(
     let system = rendered.system.as_deref();
     match endpoint {
         Endpoint::ChatCompletions => {
-            let client = match body.get("messages") {
+            let client = match messages.raw {
                 None => None,
                 Some(raw) if raw.get().starts_with('[') => Some(raw),
                 Some(_) => return Err(InjectError::MessagesNotArray),
             };
-            let items: Vec<&RawValue> = match client {
-                Some(raw) => {
-                    serde_json::from_str(raw.get()).map_err(|_| InjectError::MessagesNotArray)?
-                }
-                None => Vec::new(),
+            let items: &[&RawValue] = match client {
+                Some(_) => messages
+                    .items
+                    .as_deref()
+                    .ok_or(InjectError::MessagesNotArray)?,
+                None => &[],
             };
             // The system message (the client's own merged in, or not, as the version says),
             // the client's system messages it keeps, the template's messages before the
@@ -249,12 +265,12 @@ pub fn inject(
             // after it.
             let (head_system, kept, rest) = match system {
                 Some(system) => {
-                    let head = super::system::plan(&items, system, version.client_system);
+                    let head = super::system::plan(items, system, version.client_system);
                     (Some(head.system), head.kept, head.rest)
                 }
                 None => {
                     let (kept, rest) =
-                        super::system::plan_without_prompt(&items, version.client_system);
+                        super::system::plan_without_prompt(items, version.client_system);
                     (None, kept, rest)
                 }
             };
@@ -575,19 +591,32 @@ fn json_into(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
 }
 
 /// The last user message's text ("" if none): a string content, or the text parts of an
-/// array joined by newlines. Text that is not valid Unicode (half an emoji) is read with
-/// U+FFFD in its place; the body itself is not changed.
-pub fn user_message(endpoint: Endpoint, body: &Body<'_>) -> String {
+/// array joined by newlines; borrowed from the body when it holds no escapes. Text that is not
+/// valid Unicode (half an emoji) is read with U+FFFD in its place; the body itself is not
+/// changed.
+pub fn user_message<'b>(endpoint: Endpoint, body: &Body<'b>) -> Cow<'b, str> {
+    user_message_in(endpoint, body, &Messages::of(endpoint, body))
+}
+
+fn user_message_in<'b>(
+    endpoint: Endpoint,
+    body: &Body<'b>,
+    messages: &Messages<'b>,
+) -> Cow<'b, str> {
+    let input;
     let items = match endpoint {
-        Endpoint::ChatCompletions => body.get("messages"),
+        Endpoint::ChatCompletions => messages.items.as_deref(),
         Endpoint::Responses => match body.get("input") {
             Some(raw) if raw.get().starts_with('"') => return lossy(raw).unwrap_or_default(),
-            other => other,
+            other => {
+                input =
+                    other.and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok());
+                input.as_deref()
+            }
         },
     };
-    let Some(items) = items.and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
-    else {
-        return String::new();
+    let Some(items) = items else {
+        return Cow::Borrowed("");
     };
     #[derive(Deserialize)]
     struct Message<'a> {
@@ -599,14 +628,14 @@ pub fn user_message(endpoint: Endpoint, body: &Body<'_>) -> String {
     items
         .iter()
         .rev()
-        .filter_map(|item| serde_json::from_str::<Message<'_>>(item.get()).ok())
+        .filter_map(|item| serde_json::from_str::<Message<'b>>(item.get()).ok())
         .find(|m| m.role.as_deref() == Some("user"))
         .and_then(|m| m.content)
         .map(content_text)
         .unwrap_or_default()
 }
 
-fn content_text(content: &RawValue) -> String {
+fn content_text(content: &RawValue) -> Cow<'_, str> {
     if content.get().starts_with('"') {
         return lossy(content).unwrap_or_default();
     }
@@ -616,18 +645,47 @@ fn content_text(content: &RawValue) -> String {
         text: Option<&'a RawValue>,
     }
     let Ok(parts) = serde_json::from_str::<Vec<Part<'_>>>(content.get()) else {
-        return String::new();
+        return Cow::Borrowed("");
     };
-    parts
+    let mut texts = parts
         .iter()
         .filter_map(|p| p.text.filter(|t| t.get().starts_with('"')))
-        .filter_map(lossy)
-        .collect::<Vec<_>>()
-        .join("\n")
+        .filter_map(lossy);
+    let Some(first) = texts.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = texts.next() else {
+        return first;
+    };
+    let mut joined = first.into_owned();
+    for text in std::iter::once(second).chain(texts) {
+        joined.push('\n');
+        joined.push_str(&text);
+    }
+    Cow::Owned(joined)
 }
 
-/// A JSON string's text, lone surrogates replaced by U+FFFD.
-fn lossy(raw: &RawValue) -> Option<String> {
+/// A JSON string's text, lone surrogates replaced by U+FFFD; borrowed when it holds no escapes.
+fn lossy(raw: &RawValue) -> Option<Cow<'_, str>> {
+    struct Exact<'a>(Cow<'a, str>);
+    impl<'de> Deserialize<'de> for Exact<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Exact<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Exact<'de>, E> {
+                    Ok(Exact(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Exact<'de>, E> {
+                    Ok(Exact(Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
     struct Lossy(String);
     impl<'de> Deserialize<'de> for Lossy {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -648,7 +706,14 @@ fn lossy(raw: &RawValue) -> Option<String> {
             d.deserialize_bytes(V)
         }
     }
-    serde_json::from_str::<Lossy>(raw.get()).ok().map(|l| l.0)
+    // Valid text (nearly always) is read as it is; only text with a lone surrogate is read
+    // again as bytes.
+    if let Ok(Exact(text)) = serde_json::from_str::<Exact<'_>>(raw.get()) {
+        return Some(text);
+    }
+    serde_json::from_str::<Lossy>(raw.get())
+        .ok()
+        .map(|l| Cow::Owned(l.0))
 }
 
 #[cfg(test)]

@@ -13,12 +13,13 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::fewshot;
+use crate::prompts::variables::{self, Variables};
 use crate::select::VersionRef;
 
 /// Why a request's prompt reference or body could not be read. Each names where.
@@ -191,7 +192,7 @@ fn offset_of(text: &[u8], line: usize, column: usize) -> usize {
 pub struct PromptRef {
     pub name: String,
     pub version: Option<VersionRef>,
-    pub variables: Map<String, Value>,
+    pub variables: Variables,
     /// `prompt.examples`: this request's few-shot count and strategy.
     pub examples: Option<fewshot::Override>,
 }
@@ -211,20 +212,27 @@ pub fn header_text(bytes: &[u8]) -> Cow<'_, str> {
 pub struct HeaderPrompt {
     pub name: Option<String>,
     pub version: Option<String>,
-    pub variables: Option<Map<String, Value>>,
+    pub variables: Option<Variables>,
 }
 
 impl HeaderPrompt {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ParseError> {
-        let text = |name: &'static str| {
+        // Names made once: looking one up by text would parse it on every request.
+        static NAME: HeaderName = HeaderName::from_static("x-prompt-name");
+        static VERSION: HeaderName = HeaderName::from_static("x-prompt-version");
+        static VARIABLES: HeaderName = HeaderName::from_static("x-prompt-variables");
+        if headers.is_empty() {
+            return Ok(HeaderPrompt::default());
+        }
+        let text = |name: &HeaderName| {
             headers
                 .get(name)
                 .map(|v| header_text(v.as_bytes()).trim().to_owned())
         };
-        let variables = match text("x-prompt-variables") {
+        let variables = match text(&VARIABLES) {
             None => None,
-            Some(raw) => match serde_json::from_str::<Value>(&raw) {
-                Ok(Value::Object(map)) => Some(map),
+            Some(raw) => match serde_json::from_str::<variables::Field>(&raw) {
+                Ok(variables::Field::Object(variables)) => Some(variables),
                 Ok(_) => {
                     return Err(ParseError::Header {
                         message: "header `X-Prompt-Variables` must be a JSON object".to_owned(),
@@ -240,8 +248,8 @@ impl HeaderPrompt {
             },
         };
         Ok(HeaderPrompt {
-            name: text("x-prompt-name").filter(|s| !s.is_empty()),
-            version: text("x-prompt-version").filter(|s| !s.is_empty()),
+            name: text(&NAME).filter(|s| !s.is_empty()),
+            version: text(&VERSION).filter(|s| !s.is_empty()),
             variables,
         })
     }
@@ -276,24 +284,77 @@ pub fn parse<'a>(bytes: &'a [u8], headers: &HeaderMap) -> Result<Parsed<'a>, Par
     {
         return Ok(Parsed::Untouched);
     }
-    let body = match Body::parse(bytes) {
-        Ok(body) => body,
-        // Neither the bytes nor a header name a prompt: whatever this is, it is upstream's
-        // to judge.
-        Err(_) if !header.names_prompt() && !has_prompt_key(bytes) => {
-            return Ok(Parsed::Untouched);
+    // One pass over a well-formed body (nearly every body): the top level kept raw, the
+    // `prompt` field read whole on the way. Anything it cannot read is read again the long way,
+    // which tells what is wrong and where.
+    // (Text checked as UTF-8 once: then no string in it is checked again.)
+    let once = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Request<'a>>(text).ok()),
+        _ => None,
+    };
+    let (body, field) = match once {
+        Some(Request { body, prompt }) => (body, prompt),
+        None => {
+            let body = match Body::parse(bytes) {
+                Ok(body) => body,
+                // Neither the bytes nor a header name a prompt: whatever this is, it is
+                // upstream's to judge.
+                Err(_) if !header.names_prompt() && !has_prompt_key(bytes) => {
+                    return Ok(Parsed::Untouched);
+                }
+                Err(e) => return Err(e),
+            };
+            let field = match body.get("prompt") {
+                None => None,
+                Some(raw) => Some(read_prompt_field(bytes, raw)?),
+            };
+            (body, field)
         }
-        Err(e) => return Err(e),
     };
-    let field = body.get("prompt");
-    let value = match field {
-        None => None,
-        Some(raw) => Some(read_prompt_field(bytes, raw)?),
-    };
-    match prompt_ref(value, header)? {
+    let named = field.is_some();
+    match prompt_ref(field.unwrap_or_default(), header)? {
         Some(reference) => Ok(Parsed::Prompt(body, reference)),
-        None if field.is_some() => Ok(Parsed::WithoutPrompt(body)),
+        None if named => Ok(Parsed::WithoutPrompt(body)),
         None => Ok(Parsed::Untouched),
+    }
+}
+
+/// A request body read in one pass: [`Body`] with its `prompt` field read whole (and kept
+/// there as `null`: it never goes upstream).
+struct Request<'a> {
+    body: Body<'a>,
+    /// The last `prompt` field, as JSON parsers read a repeated key.
+    prompt: Option<PromptField<'a>>,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Request<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Fields<'a> {
+            type Value = Request<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Request<'a>, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut prompt = None;
+                while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
+                    if key == "prompt" {
+                        prompt = Some(map.next_value::<PromptField<'a>>()?);
+                        fields.push((key, RawValue::NULL));
+                    } else {
+                        fields.push((key, map.next_value::<&'a RawValue>()?));
+                    }
+                }
+                Ok(Request {
+                    body: Body { fields },
+                    prompt,
+                })
+            }
+        }
+        deserializer.deserialize_map(Fields(std::marker::PhantomData))
     }
 }
 
@@ -308,9 +369,9 @@ fn has_prompt_key(bytes: &[u8]) -> bool {
     })
 }
 
-/// The `prompt` field as a value; errors give the position in the whole body.
-fn read_prompt_field(body: &[u8], raw: &RawValue) -> Result<Value, ParseError> {
-    serde_json::from_str::<Value>(raw.get()).map_err(|e| {
+/// The `prompt` field, read whole; errors give the position in the whole body.
+fn read_prompt_field<'a>(body: &[u8], raw: &'a RawValue) -> Result<PromptField<'a>, ParseError> {
+    serde_json::from_str::<PromptField<'a>>(raw.get()).map_err(|e| {
         let (cause, line, column) = split_error(&e);
         let text = raw.get().as_bytes();
         // The raw value is a slice of the body: its start is the field's offset.
@@ -325,10 +386,92 @@ fn read_prompt_field(body: &[u8], raw: &RawValue) -> Result<Value, ParseError> {
     })
 }
 
+/// The `prompt` body field, read whole (so that bad JSON anywhere in it is refused as a full
+/// read refuses it) into what [`prompt_ref`] checks: its members in the order first given,
+/// a repeated member taking its last value, `variables` read straight into [`Variables`].
+#[derive(Debug, Default)]
+pub enum PromptField<'a> {
+    /// No field, or `null`.
+    #[default]
+    Absent,
+    Object(Vec<(Cow<'a, str>, Member)>),
+    /// Anything else.
+    Other,
+}
+
+/// A member of the `prompt` object.
+#[derive(Debug)]
+pub enum Member {
+    Json(Value),
+    Variables(variables::Field),
+}
+
+/// The members [`prompt_ref`] knows; after the first unknown one (which is refused) nothing is
+/// kept, so a long list of them costs no more than reading it.
+const PROMPT_MEMBERS: [&str; 5] = ["id", "name", "version", "variables", "examples"];
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for PromptField<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
+            type Value = PromptField<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Absent)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<PromptField<'a>, E> {
+                Ok(PromptField::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PromptField<'a>, A::Error> {
+                while seq.next_element::<Value>()?.is_some() {}
+                Ok(PromptField::Other)
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<PromptField<'a>, M::Error> {
+                let mut members: Vec<(Cow<'a, str>, Member)> = Vec::with_capacity(4);
+                let mut unknown = false;
+                while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
+                    let member = if key == "variables" {
+                        Member::Variables(map.next_value()?)
+                    } else {
+                        Member::Json(map.next_value()?)
+                    };
+                    match members.iter_mut().find(|(k, _)| *k == key) {
+                        Some(slot) => slot.1 = member,
+                        None if unknown && !PROMPT_MEMBERS.contains(&&*key) => {}
+                        None => {
+                            unknown |= !PROMPT_MEMBERS.contains(&&*key);
+                            members.push((key, member));
+                        }
+                    }
+                }
+                Ok(PromptField::Object(members))
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor(std::marker::PhantomData))
+    }
+}
+
 /// Reads the `prompt` body field and merges the headers. `Ok(None)`: the request names no
 /// prompt (no field, `null`, or `{}`, and no header).
 pub fn prompt_ref(
-    field: Option<Value>,
+    field: PromptField<'_>,
     header: HeaderPrompt,
 ) -> Result<Option<PromptRef>, ParseError> {
     let mut body_name = None;
@@ -336,10 +479,26 @@ pub fn prompt_ref(
     let mut body_variables = None;
     let mut examples = None;
     match field {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (key, value) in map {
-                match key.as_str() {
+        PromptField::Absent => {}
+        PromptField::Object(members) => {
+            for (key, member) in members {
+                let value = match member {
+                    Member::Variables(variables) => {
+                        match variables {
+                            variables::Field::Null => {}
+                            variables::Field::Object(vars) => body_variables = Some(vars),
+                            variables::Field::Other => {
+                                return Err(ParseError::field(
+                                    "`prompt.variables` must be an object of name → value",
+                                    "prompt.variables",
+                                ));
+                            }
+                        }
+                        continue;
+                    }
+                    Member::Json(value) => value,
+                };
+                match &*key {
                     "id" | "name" => match value {
                         Value::String(s) if !s.is_empty() => body_name = Some(s),
                         _ => {
@@ -350,16 +509,6 @@ pub fn prompt_ref(
                         }
                     },
                     "version" => body_version = version_ref(&value)?,
-                    "variables" => match value {
-                        Value::Null => {}
-                        Value::Object(vars) => body_variables = Some(vars),
-                        _ => {
-                            return Err(ParseError::field(
-                                "`prompt.variables` must be an object of name → value",
-                                "prompt.variables",
-                            ));
-                        }
-                    },
                     "examples" => {
                         if !value.is_null() {
                             examples =
@@ -379,7 +528,7 @@ pub fn prompt_ref(
                 }
             }
         }
-        Some(_) => {
+        PromptField::Other => {
             return Err(ParseError::field(
                 "`prompt` must be an object like {\"id\": \"name\", \"variables\": {...}}",
                 "prompt",
@@ -403,8 +552,10 @@ pub fn prompt_ref(
             "prompt.version",
         ));
     }
-    let mut variables = header.variables.unwrap_or_default();
-    variables.extend(body_variables.unwrap_or_default());
+    let variables = match (header.variables, body_variables) {
+        (Some(header), Some(body)) => header.merge(body),
+        (header, body) => body.or(header).unwrap_or_default(),
+    };
     Ok(Some(PromptRef {
         name,
         version,
@@ -433,8 +584,9 @@ pub fn version_ref(value: &Value) -> Result<Option<VersionRef>, ParseError> {
 
 /// The assignment key: header `X-User-Id`, then body `user`, then body `safety_identifier`.
 pub fn assignment_key<'b>(headers: Option<&'b HeaderMap>, body: &Body<'b>) -> Option<Cow<'b, str>> {
+    static USER_ID: HeaderName = HeaderName::from_static("x-user-id");
     headers
-        .and_then(|h| h.get("x-user-id"))
+        .and_then(|h| h.get(&USER_ID))
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
         .map(Cow::Borrowed)
@@ -523,6 +675,67 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    /// The long way: the top level kept raw, then the `prompt` field read on its own.
+    fn parse_long(text: &str) -> Result<Option<PromptRef>, ParseError> {
+        let body = Body::parse(text.as_bytes())?;
+        let field = match body.get("prompt") {
+            None => PromptField::Absent,
+            Some(raw) => read_prompt_field(text.as_bytes(), raw)?,
+        };
+        prompt_ref(field, HeaderPrompt::default())
+    }
+
+    #[test]
+    fn one_pass_reads_what_the_long_way_reads() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"prompt": {{"id": "g", "variables": {{"v": {}1{}}}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let bodies = [
+            r#"{"model": "m", "prompt": {"id": "g", "version": 2, "variables": {"a": "x", "b": [1, {"k": null}], "a": 3}}, "n": 1}"#.to_owned(),
+            r#"{"prompt": {"id": "g", "variables": {"x": "\ud800"}}, "prompt": {"name": "h"}}"#.to_owned(),
+            r#"{"\u0070rompt": {"id": "g", "variables": null, "examples": null}}"#.to_owned(),
+            r#"{"prompt": {"id": "g", "zz": 1, "id": 5, "variables": []}}"#.to_owned(),
+            r#"{"prompt": {"id": 5, "zz": 1}}"#.to_owned(),
+            r#"{"prompt": {"variables": {}}}"#.to_owned(),
+            r#"{"prompt": [1, "x"]}"#.to_owned(),
+            // Deep enough that only a read of the field on its own takes it.
+            deep(124),
+            deep(125),
+            deep(126),
+        ];
+        for text in &bodies {
+            let long = parse_long(text);
+            match parse_str(text) {
+                Ok(Parsed::Prompt(body, reference)) => {
+                    assert_eq!(Ok(Some(reference)), long, "{text}");
+                    let long_body = Body::parse(text.as_bytes()).unwrap();
+                    let keys = |b: &Body<'_>| {
+                        b.fields()
+                            .iter()
+                            .filter(|(k, _)| k != "prompt")
+                            .map(|(k, v)| (k.to_string(), v.get().to_owned()))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(keys(&body), keys(&long_body), "{text}");
+                }
+                Ok(other) => panic!("{text}: {other:?}"),
+                Err(e) => assert_eq!(Err(e), long, "{text}"),
+            }
+        }
+        // 125 levels: one more than the one pass takes, the most a read of the field takes.
+        assert!(serde_json::from_slice::<Request<'_>>(deep(125).as_bytes()).is_err());
+        assert!(matches!(parse_str(&deep(125)), Ok(Parsed::Prompt(..))));
+        // Past the depth a full read allows, refused either way.
+        assert!(matches!(
+            parse_str(&deep(126)),
+            Err(ParseError::PromptJson { .. })
+        ));
     }
 
     #[test]

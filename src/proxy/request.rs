@@ -114,10 +114,12 @@ pub async fn apply(
 ) -> Result<Prepared, ApiError> {
     let chosen = inject::choose(set, reference, key)?;
     let plan = fewshot::plan(chosen.prompt, reference.examples.as_ref());
-    let user_message = inject::user_message_if_read(endpoint, body, &chosen, plan.as_ref());
+    let messages = inject::Messages::of(endpoint, body);
+    let user_message =
+        inject::user_message_if_read(endpoint, body, &messages, &chosen, plan.as_ref());
     let shots = inject::pick(model, &chosen, plan.as_ref(), &user_message).await?;
     let rendered = inject::render(set, &chosen, reference, &shots, &user_message, now)?;
-    let injected = inject::inject(endpoint, body, &chosen, &rendered, &shots)?;
+    let injected = inject::inject(endpoint, body, &messages, &chosen, &rendered, &shots)?;
     Ok(Prepared {
         body: Bytes::from(injected.body),
         served: Some(served(&chosen, shots.picked)),
