@@ -5,6 +5,7 @@
 //! through a bounded channel to one writer task. At start the events file is replayed, so the
 //! statistics and the feedback index survive a restart.
 
+mod answer;
 pub mod checkpoint;
 pub mod events;
 pub mod fleet;

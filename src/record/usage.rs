@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
 
+use super::answer::{Answer, Details, UsageFields};
 use super::pricing::Usage;
 
 /// The largest JSON body kept aside to read its usage; larger answers go unread.
@@ -23,45 +23,6 @@ pub struct Observed {
     /// Why the answer ended, per choice (`stop`, `length`, `tool_calls`; on the Responses API
     /// its final `status`), for traces.
     pub finish_reasons: Vec<String>,
-}
-
-/// The parts of an answer (a JSON body, or one event's data) the tap reads; everything else is
-/// skipped without being built.
-#[derive(Debug, Default, Deserialize)]
-struct Answer<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    usage: Option<UsageFields>,
-    /// Whether it is empty (a usage-only chunk), and each choice's finish reason.
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
-    /// Responses API events carry the response, usage included, in `response`.
-    #[serde(borrow, default)]
-    response: Option<Inner<'a>>,
-    /// A Responses API answer's status (`completed`, `incomplete`).
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Inner<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    usage: Option<UsageFields>,
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Choice<'a> {
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
 }
 
 impl Answer<'_> {
@@ -82,22 +43,6 @@ impl Answer<'_> {
             observed.finish_reasons = vec![status.to_owned()];
         }
     }
-}
-
-/// An OpenAI `usage` object, chat (`prompt_tokens`) or responses (`input_tokens`).
-#[derive(Debug, Default, Deserialize)]
-struct UsageFields {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    prompt_tokens_details: Option<Details>,
-    input_tokens_details: Option<Details>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Details {
-    cached_tokens: Option<u64>,
 }
 
 impl UsageFields {
@@ -149,7 +94,7 @@ pub fn read_answer(data: &[u8]) -> Option<Observed> {
 fn parse_answer(data: &[u8]) -> Option<Answer<'_>> {
     // `usage` of another type than an object (or null) makes the typed read fail; such an
     // answer simply has no usage.
-    serde_json::from_slice::<Answer<'_>>(data).ok()
+    super::answer::parse(data)
 }
 
 enum Mode {
