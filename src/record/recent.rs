@@ -38,21 +38,25 @@ impl Recent {
 
     fn add_at(&self, prompt: &str, error: bool, minute: u64) {
         let mut prompts = self.prompts.lock().unwrap_or_else(|e| e.into_inner());
-        if !prompts.contains_key(prompt) {
-            if prompts.len() >= MAX_PROMPTS {
-                // Forget prompts with nothing in the window before refusing a new one.
-                prompts.retain(|_, b| {
-                    b.iter()
-                        .any(|b| b.requests > 0 && minute.saturating_sub(b.minute) < BUCKETS as u64)
-                });
+        // One lookup in the common case: a prompt already counted.
+        let buckets = match prompts.get_mut(prompt) {
+            Some(buckets) => buckets,
+            None => {
                 if prompts.len() >= MAX_PROMPTS {
-                    return;
+                    // Forget prompts with nothing in the window before refusing a new one.
+                    prompts.retain(|_, b| {
+                        b.iter().any(|b| {
+                            b.requests > 0 && minute.saturating_sub(b.minute) < BUCKETS as u64
+                        })
+                    });
+                    if prompts.len() >= MAX_PROMPTS {
+                        return;
+                    }
                 }
+                prompts
+                    .entry(prompt.to_owned())
+                    .or_insert([Bucket::default(); BUCKETS])
             }
-            prompts.insert(prompt.to_owned(), [Bucket::default(); BUCKETS]);
-        }
-        let Some(buckets) = prompts.get_mut(prompt) else {
-            return;
         };
         let slot = &mut buckets[(minute % BUCKETS as u64) as usize];
         if slot.minute != minute {
