@@ -3,7 +3,7 @@
 //! request, so it skips the formatting machinery; in JSON, one field per value through the
 //! subscriber.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -55,8 +55,7 @@ impl RequestLine<'_> {
             LOG_PLAIN => self.write_plain(now),
             LOG_TEXT => {
                 // One preformatted message through the subscriber (it colours it).
-                let mut text = String::with_capacity(320);
-                self.write_to(&mut text);
+                let text = self.to_string();
                 tracing::info!(target: "promptgate::request", "{text}");
             }
             _ => self.log_fields(),
@@ -67,12 +66,12 @@ impl RequestLine<'_> {
     /// (`2026-01-31T12:00:00.123456Z  INFO promptgate::request: request request_id=…`), written
     /// to stderr in one call.
     fn write_plain(&self, now: DateTime<Utc>) {
-        let mut buf = String::with_capacity(384);
+        let mut buf = Vec::with_capacity(384);
         timestamp(&mut buf, now);
-        buf.push_str("  INFO promptgate::request: ");
+        buf.extend_from_slice(b"  INFO promptgate::request: ");
         self.write_to(&mut buf);
-        buf.push('\n');
-        let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+        buf.push(b'\n');
+        let _ = std::io::stderr().lock().write_all(&buf);
     }
 
     fn log_fields(&self) {
@@ -105,45 +104,45 @@ impl RequestLine<'_> {
     /// The request id and the model come from outside: quoted, so they cannot forge fields.
     /// The method, the path (from the request line) and the names promptgate validated hold
     /// no spaces or quotes.
-    pub fn write_to(&self, buf: &mut String) {
-        buf.push_str("request request_id=");
+    pub fn write_to(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(b"request request_id=");
         quoted(buf, self.request_id);
-        buf.push_str(" method=");
-        buf.push_str(self.method);
-        buf.push_str(" path=");
-        buf.push_str(self.path);
-        buf.push_str(" status=");
+        buf.extend_from_slice(b" method=");
+        buf.extend_from_slice(self.method.as_bytes());
+        buf.extend_from_slice(b" path=");
+        buf.extend_from_slice(self.path.as_bytes());
+        buf.extend_from_slice(b" status=");
         push_int(buf, u64::from(self.status));
-        buf.push_str(" outcome=");
-        buf.push_str(self.outcome.as_str());
+        buf.extend_from_slice(b" outcome=");
+        buf.extend_from_slice(self.outcome.as_str().as_bytes());
         if let Some(s) = self.served {
-            buf.push_str(" prompt=");
-            buf.push_str(&s.name);
-            buf.push_str(" version=");
+            buf.extend_from_slice(b" prompt=");
+            buf.extend_from_slice(s.name.as_bytes());
+            buf.extend_from_slice(b" version=");
             push_int(buf, u64::from(s.version));
-            buf.push_str(" hash=");
-            buf.push_str(&s.hash);
-            buf.push_str(" selection=");
-            buf.push_str(s.selection.as_str());
+            buf.extend_from_slice(b" hash=");
+            buf.extend_from_slice(s.hash.as_bytes());
+            buf.extend_from_slice(b" selection=");
+            buf.extend_from_slice(s.selection.as_str().as_bytes());
         }
-        buf.push_str(" latency_ms=");
+        buf.extend_from_slice(b" latency_ms=");
         push_millis(buf, self.latency);
         if let Some(t) = self.ttft {
-            buf.push_str(" ttft_ms=");
+            buf.extend_from_slice(b" ttft_ms=");
             push_millis(buf, t);
         }
         if let Some(o) = self.overhead {
-            buf.push_str(" overhead_us=");
+            buf.extend_from_slice(b" overhead_us=");
             push_micros(buf, o);
         }
         if let Some(m) = self.model {
-            buf.push_str(" model=");
+            buf.extend_from_slice(b" model=");
             quoted(buf, m);
         }
         if let Some(u) = self.usage {
-            buf.push_str(" prompt_tokens=");
+            buf.extend_from_slice(b" prompt_tokens=");
             push_int(buf, u.prompt_tokens);
-            buf.push_str(" completion_tokens=");
+            buf.extend_from_slice(b" completion_tokens=");
             push_int(buf, u.completion_tokens);
         }
         if let Some(c) = self.cost {
@@ -157,9 +156,10 @@ impl RequestLine<'_> {
 
 impl fmt::Display for RequestLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = String::with_capacity(320);
+        let mut buf = Vec::with_capacity(320);
         self.write_to(&mut buf);
-        f.write_str(&buf)
+        // Every piece written is UTF-8.
+        f.write_str(&String::from_utf8_lossy(&buf))
     }
 }
 
@@ -168,14 +168,14 @@ struct Millis(Duration);
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = String::with_capacity(16);
+        let mut buf = Vec::with_capacity(16);
         push_millis(&mut buf, self.0);
-        f.write_str(&buf)
+        f.write_str(&String::from_utf8_lossy(&buf))
     }
 }
 
 /// `n` in decimal.
-fn push_int(buf: &mut String, n: u64) {
+fn push_int(buf: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;
@@ -187,13 +187,11 @@ fn push_int(buf: &mut String, n: u64) {
             break;
         }
     }
-    for &d in &digits[at..] {
-        buf.push(char::from(d));
-    }
+    buf.extend_from_slice(&digits[at..]);
 }
 
 /// `1234.567`: milliseconds with three decimals.
-fn push_millis(buf: &mut String, d: Duration) {
+fn push_millis(buf: &mut Vec<u8>, d: Duration) {
     let us = d.as_micros();
     match u64::try_from(us / 1000) {
         Ok(ms) => push_int(buf, ms),
@@ -201,11 +199,16 @@ fn push_millis(buf: &mut String, d: Duration) {
             let _ = write!(buf, "{}", us / 1000);
         }
     }
-    buf.push('.');
-    digits(buf, (us % 1000) as u32, 3);
+    let frac = (us % 1000) as u32;
+    buf.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }
 
-fn push_micros(buf: &mut String, d: Duration) {
+fn push_micros(buf: &mut Vec<u8>, d: Duration) {
     match u64::try_from(d.as_micros()) {
         Ok(us) => push_int(buf, us),
         Err(_) => {
@@ -214,33 +217,72 @@ fn push_micros(buf: &mut String, d: Duration) {
     }
 }
 
-/// `n`'s last `width` digits, zero-padded.
-fn digits(buf: &mut String, n: u32, width: u32) {
-    let mut div = 10u32.pow(width - 1);
-    while div > 0 {
-        buf.push(char::from(b'0' + (n / div % 10) as u8));
-        div /= 10;
+/// A moment's calendar fields, in UTC.
+struct Civil {
+    year: i32,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    nanos: u32,
+}
+
+impl Civil {
+    fn of(now: DateTime<Utc>) -> Self {
+        // From the naive time: a `DateTime`'s own accessors add its (zero) offset each call.
+        let t = now.naive_utc();
+        Civil {
+            year: t.year(),
+            month: t.month(),
+            day: t.day(),
+            hour: t.hour(),
+            minute: t.minute(),
+            second: t.second(),
+            nanos: t.nanosecond(),
+        }
+    }
+
+    /// `2026-01-31T12:00:00.` into the first 20 bytes of `out`, with the last four digits of
+    /// `year`.
+    fn write_seconds(&self, year: u32, out: &mut [u8]) {
+        fn two(out: &mut [u8], n: u32) {
+            out[0] = b'0' + (n / 10 % 10) as u8;
+            out[1] = b'0' + (n % 10) as u8;
+        }
+        two(&mut out[0..2], year / 100);
+        two(&mut out[2..4], year);
+        out[4] = b'-';
+        two(&mut out[5..7], self.month);
+        out[7] = b'-';
+        two(&mut out[8..10], self.day);
+        out[10] = b'T';
+        two(&mut out[11..13], self.hour);
+        out[13] = b':';
+        two(&mut out[14..16], self.minute);
+        out[16] = b':';
+        two(&mut out[17..19], self.second);
+        out[19] = b'.';
+    }
+}
+
+/// `n`'s last `width` digits, zero-padded, into `out`.
+fn fraction(out: &mut [u8], mut n: u32) {
+    for at in (0..out.len()).rev() {
+        out[at] = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
 /// `2026-01-31T12:00:00.123456Z`, as `tracing-subscriber` writes its timestamps.
-pub(super) fn timestamp(buf: &mut String, now: DateTime<Utc>) {
-    let year = u32::try_from(now.year()).unwrap_or(0);
-    digits(buf, year, 4);
-    buf.push('-');
-    digits(buf, now.month(), 2);
-    buf.push('-');
-    digits(buf, now.day(), 2);
-    buf.push('T');
-    digits(buf, now.hour(), 2);
-    buf.push(':');
-    digits(buf, now.minute(), 2);
-    buf.push(':');
-    digits(buf, now.second(), 2);
-    buf.push('.');
+pub(super) fn timestamp(buf: &mut Vec<u8>, now: DateTime<Utc>) {
+    let civil = Civil::of(now);
+    let mut out = [0u8; 27];
+    civil.write_seconds(u32::try_from(civil.year).unwrap_or(0), &mut out);
     // A leap second's nanoseconds run past 10⁹; the subscriber shows them as 59.999999.
-    digits(buf, (now.nanosecond() / 1000).min(999_999), 6);
-    buf.push('Z');
+    fraction(&mut out[20..26], (civil.nanos / 1000).min(999_999));
+    out[26] = b'Z';
+    buf.extend_from_slice(&out);
 }
 
 /// The length of an events file's time: `2026-01-31T12:00:00.123Z`.
@@ -250,39 +292,26 @@ pub(super) const EVENT_TIME_LEN: usize = 24;
 /// `None` for what that layout does not hold (a year past 9999, a leap second), which is then
 /// left to chrono.
 pub(super) fn event_time(out: &mut [u8; EVENT_TIME_LEN], now: DateTime<Utc>) -> Option<&str> {
-    let year = u32::try_from(now.year()).ok().filter(|y| *y <= 9999)?;
-    let nanos = now.nanosecond();
-    if nanos >= 1_000_000_000 {
+    let civil = Civil::of(now);
+    let year = u32::try_from(civil.year).ok().filter(|y| *y <= 9999)?;
+    if civil.nanos >= 1_000_000_000 {
         return None;
     }
-    let mut text = String::with_capacity(EVENT_TIME_LEN);
-    digits(&mut text, year, 4);
-    text.push('-');
-    digits(&mut text, now.month(), 2);
-    text.push('-');
-    digits(&mut text, now.day(), 2);
-    text.push('T');
-    digits(&mut text, now.hour(), 2);
-    text.push(':');
-    digits(&mut text, now.minute(), 2);
-    text.push(':');
-    digits(&mut text, now.second(), 2);
-    text.push('.');
-    digits(&mut text, nanos / 1_000_000, 3);
-    text.push('Z');
-    out.copy_from_slice(text.as_bytes());
+    civil.write_seconds(year, out);
+    fraction(&mut out[20..23], civil.nanos / 1_000_000);
+    out[23] = b'Z';
     std::str::from_utf8(out).ok()
 }
 
 /// Writes `text` as it is when it is plainly a token (the common case: a uuid, a model name),
 /// else quoted and escaped, so a value from outside cannot forge fields in the log line.
-fn quoted(buf: &mut String, text: &str) {
+fn quoted(buf: &mut Vec<u8>, text: &str) {
     let plain = !text.is_empty()
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'));
     if plain {
-        buf.push_str(text);
+        buf.extend_from_slice(text.as_bytes());
     } else {
         let _ = write!(buf, "{text:?}");
     }
@@ -294,12 +323,12 @@ mod tests {
 
     #[test]
     fn timestamps_are_laid_out_as_the_subscriber_lays_them_out() {
-        let mut buf = String::new();
+        let mut buf = Vec::new();
         let t = chrono::DateTime::parse_from_rfc3339("2026-01-09T03:04:05.000678901Z")
             .unwrap()
             .with_timezone(&Utc);
         timestamp(&mut buf, t);
-        assert_eq!(buf, "2026-01-09T03:04:05.000678Z");
+        assert_eq!(buf, b"2026-01-09T03:04:05.000678Z");
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub fn relay(upstream: UpstreamResponse, mut ctx: RequestCtx) -> Response {
         .and_then(|v| v.to_str().ok());
     let strip = sse && ctx.strip_usage_chunk;
     let tap = UsageTap::new(content_type, strip);
+    // The answer's id and finish reasons go to traces only.
+    let tap = if ctx.trace.is_some() {
+        tap
+    } else {
+        tap.without_ending()
+    };
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     *response.headers_mut() = upstream.headers;

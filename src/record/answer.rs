@@ -180,7 +180,7 @@ impl<'a> Scanner<'a> {
             self.expect(b'"')?;
             let (key, escaped) = self.string()?;
             // serde reads a struct's keys as text: they must be UTF-8.
-            if escaped || std::str::from_utf8(key).is_err() {
+            if escaped || (!key.is_ascii() && std::str::from_utf8(key).is_err()) {
                 return Err(Unsure);
             }
             self.expect(b':')?;
@@ -481,7 +481,7 @@ impl<'a> Scanner<'a> {
 /// `(x - 1) & !x` when the byte was zero, so XOR-ing with the byte sought and subtracting
 /// marks its places; a borrow can only mark bytes after a true mark, so the lowest mark is
 /// true.
-fn special_byte(text: &[u8], mut at: usize) -> usize {
+pub(super) fn special_byte(text: &[u8], mut at: usize) -> usize {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES << 7;
     while let Some(word) = text.get(at..at + 8) {

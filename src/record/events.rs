@@ -131,52 +131,54 @@ impl RequestRecord<'_> {
     pub fn write_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"type\":\"request\",\"time\":");
         json::string(out, self.time);
-        json::key(out, "request_id");
+        out.extend_from_slice(b",\"request_id\":");
         json::string(out, self.request_id);
         if let Some(id) = self.upstream_request_id {
-            json::key(out, "upstream_request_id");
+            out.extend_from_slice(b",\"upstream_request_id\":");
             json::string(out, id);
         }
-        json::key(out, "method");
+        out.extend_from_slice(b",\"method\":");
         json::string(out, self.method);
-        json::key(out, "path");
+        out.extend_from_slice(b",\"path\":");
         json::string(out, self.path);
-        json::key(out, "prompt");
+        out.extend_from_slice(b",\"prompt\":");
         json::opt_string(out, self.prompt);
-        json::key(out, "version");
+        out.extend_from_slice(b",\"version\":");
         json::opt_int(out, self.version.map(u64::from));
-        json::key(out, "hash");
+        out.extend_from_slice(b",\"hash\":");
         json::opt_string(out, self.hash);
-        json::key(out, "selection");
+        out.extend_from_slice(b",\"selection\":");
         json::opt_string(out, self.selection);
         if let Some(experiment) = self.experiment {
-            json::key(out, "experiment");
+            out.extend_from_slice(b",\"experiment\":");
             json::string(out, experiment);
         }
-        json::key(out, "model");
+        out.extend_from_slice(b",\"model\":");
         json::opt_string(out, self.model);
-        json::key(out, "status");
+        out.extend_from_slice(b",\"status\":");
         json::int(out, u64::from(self.status));
-        json::key(out, "outcome");
-        json::string(out, self.outcome.as_str());
-        json::key(out, "stream");
-        out.extend_from_slice(if self.stream { b"true" } else { b"false" });
-        json::key(out, "latency_ms");
+        out.extend_from_slice(b",\"outcome\":\"");
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
+        out.extend_from_slice(if self.stream {
+            b"\",\"stream\":true,\"latency_ms\":"
+        } else {
+            b"\",\"stream\":false,\"latency_ms\":"
+        });
         json::float(out, self.latency_ms);
-        json::key(out, "ttft_ms");
+        out.extend_from_slice(b",\"ttft_ms\":");
         json::opt_float(out, self.ttft_ms);
-        json::key(out, "overhead_ms");
+        out.extend_from_slice(b",\"overhead_ms\":");
         json::opt_float(out, self.overhead_ms);
-        json::key(out, "prompt_tokens");
+        out.extend_from_slice(b",\"prompt_tokens\":");
         json::opt_int(out, self.prompt_tokens);
-        json::key(out, "completion_tokens");
+        out.extend_from_slice(b",\"completion_tokens\":");
         json::opt_int(out, self.completion_tokens);
-        json::key(out, "cached_tokens");
+        out.extend_from_slice(b",\"cached_tokens\":");
         json::opt_int(out, self.cached_tokens);
-        json::key(out, "cost_usd");
+        out.extend_from_slice(b",\"cost_usd\":");
         json::opt_float(out, self.cost_usd);
         if let Some(content) = self.content {
-            json::key(out, "content");
+            out.extend_from_slice(b",\"content\":");
             // Writing into a Vec cannot fail, and a `Value` always serialises.
             let _ = serde_json::to_writer(&mut *out, content);
         }
@@ -188,18 +190,13 @@ impl RequestRecord<'_> {
 mod json {
     use serde_json::ser::{CompactFormatter, Formatter as _};
 
-    /// `,"name":`
-    pub fn key(out: &mut Vec<u8>, name: &str) {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-    }
-
     pub fn string(out: &mut Vec<u8>, text: &str) {
+        let bytes = text.as_bytes();
         // serde_json escapes quotes, backslashes and control characters, nothing else.
-        if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        if crate::record::answer::special_byte(bytes, 0) == bytes.len() {
+            out.reserve(bytes.len() + 2);
             out.push(b'"');
-            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(bytes);
             out.push(b'"');
         } else {
             let _ = serde_json::to_writer(&mut *out, text);

@@ -3,7 +3,6 @@
 //! Sixty one-minute buckets per prompt. Memory is bounded by the number of prompts served,
 //! not by traffic: only names of served prompts are recorded, and the table is capped.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,7 +20,7 @@ struct Bucket {
 /// Per-prompt rolling counts; cheap to update.
 #[derive(Default)]
 pub struct Recent {
-    prompts: Mutex<HashMap<String, [Bucket; BUCKETS]>>,
+    prompts: Mutex<hashbrown::HashMap<String, [Bucket; BUCKETS]>>,
 }
 
 fn minute_now() -> u64 {
