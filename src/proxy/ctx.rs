@@ -150,6 +150,7 @@ impl RequestCtx {
         cause: Option<&str>,
     ) {
         let now = Utc::now();
+        let civil = logline::Civil::of(now);
         let latency = self.started.elapsed();
         let overhead = self
             .upstream_started
@@ -179,11 +180,11 @@ impl RequestCtx {
                 cost,
                 cause,
             }
-            .log(now);
+            .log(&civil);
         }
         let mut time = [0u8; logline::EVENT_TIME_LEN];
         let chrono_time;
-        let time = match logline::event_time(&mut time, now) {
+        let time = match logline::event_time(&mut time, &civil) {
             Some(time) => time,
             None => {
                 chrono_time = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

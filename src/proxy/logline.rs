@@ -50,7 +50,7 @@ pub(super) struct RequestLine<'a> {
 
 impl RequestLine<'_> {
     /// Writes the line the way logs are configured; `now` is its timestamp.
-    pub fn log(&self, now: DateTime<Utc>) {
+    pub fn log(&self, now: &Civil) {
         match LOG_MODE.load(Ordering::Relaxed) {
             LOG_PLAIN => self.write_plain(now),
             LOG_TEXT => {
@@ -65,7 +65,7 @@ impl RequestLine<'_> {
     /// The line as `tracing-subscriber`'s text format lays it out without colours
     /// (`2026-01-31T12:00:00.123456Z  INFO promptgate::request: request request_id=…`), written
     /// to stderr in one call.
-    fn write_plain(&self, now: DateTime<Utc>) {
+    fn write_plain(&self, now: &Civil) {
         let mut buf = Vec::with_capacity(384);
         timestamp(&mut buf, now);
         buf.extend_from_slice(b"  INFO promptgate::request: ");
@@ -217,8 +217,8 @@ fn push_micros(buf: &mut Vec<u8>, d: Duration) {
     }
 }
 
-/// A moment's calendar fields, in UTC.
-struct Civil {
+/// A moment's calendar fields, in UTC: read once, for the log line and the event.
+pub(super) struct Civil {
     year: i32,
     month: u32,
     day: u32,
@@ -229,7 +229,7 @@ struct Civil {
 }
 
 impl Civil {
-    fn of(now: DateTime<Utc>) -> Self {
+    pub fn of(now: DateTime<Utc>) -> Self {
         // From the naive time: a `DateTime`'s own accessors add its (zero) offset each call.
         let t = now.naive_utc();
         Civil {
@@ -275,8 +275,7 @@ fn fraction(out: &mut [u8], mut n: u32) {
 }
 
 /// `2026-01-31T12:00:00.123456Z`, as `tracing-subscriber` writes its timestamps.
-pub(super) fn timestamp(buf: &mut Vec<u8>, now: DateTime<Utc>) {
-    let civil = Civil::of(now);
+pub(super) fn timestamp(buf: &mut Vec<u8>, civil: &Civil) {
     let mut out = [0u8; 27];
     civil.write_seconds(u32::try_from(civil.year).unwrap_or(0), &mut out);
     // A leap second's nanoseconds run past 10⁹; the subscriber shows them as 59.999999.
@@ -291,8 +290,7 @@ pub(super) const EVENT_TIME_LEN: usize = 24;
 /// `2026-01-31T12:00:00.123Z`, as chrono's RFC 3339 with milliseconds writes it, into `out`;
 /// `None` for what that layout does not hold (a year past 9999, a leap second), which is then
 /// left to chrono.
-pub(super) fn event_time(out: &mut [u8; EVENT_TIME_LEN], now: DateTime<Utc>) -> Option<&str> {
-    let civil = Civil::of(now);
+pub(super) fn event_time<'a>(out: &'a mut [u8; EVENT_TIME_LEN], civil: &Civil) -> Option<&'a str> {
     let year = u32::try_from(civil.year).ok().filter(|y| *y <= 9999)?;
     if civil.nanos >= 1_000_000_000 {
         return None;
@@ -327,7 +325,7 @@ mod tests {
         let t = chrono::DateTime::parse_from_rfc3339("2026-01-09T03:04:05.000678901Z")
             .unwrap()
             .with_timezone(&Utc);
-        timestamp(&mut buf, t);
+        timestamp(&mut buf, &Civil::of(t));
         assert_eq!(buf, b"2026-01-09T03:04:05.000678Z");
     }
 
@@ -345,7 +343,7 @@ mod tests {
                 .with_timezone(&Utc);
             let mut out = [0u8; EVENT_TIME_LEN];
             assert_eq!(
-                event_time(&mut out, t),
+                event_time(&mut out, &Civil::of(t)),
                 Some(&*t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             );
         }
@@ -353,7 +351,10 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc)
             + chrono::Duration::days(1);
-        assert_eq!(event_time(&mut [0u8; EVENT_TIME_LEN], far), None);
+        assert_eq!(
+            event_time(&mut [0u8; EVENT_TIME_LEN], &Civil::of(far)),
+            None
+        );
     }
 
     fn line<'a>(

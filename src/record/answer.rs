@@ -138,6 +138,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The next byte that is not whitespace, not consumed.
+    #[inline]
     fn peek(&mut self) -> Scan<u8> {
         self.skip_whitespace();
         self.text.get(self.at).copied().ok_or(Unsure)
@@ -443,6 +444,7 @@ impl<'a> Scanner<'a> {
     /// Moves past a string whose opening quote was consumed: its raw bytes, and whether it
     /// holds escapes. Raw control characters and bad escapes are refused, as serde refuses
     /// them.
+    #[inline]
     fn string(&mut self) -> Scan<(&'a [u8], bool)> {
         let start = self.at;
         let mut escaped = false;
