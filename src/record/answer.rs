@@ -138,7 +138,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The next byte that is not whitespace, not consumed.
-    #[inline]
+    #[inline(always)]
     fn peek(&mut self) -> Scan<u8> {
         self.skip_whitespace();
         self.text.get(self.at).copied().ok_or(Unsure)
@@ -444,7 +444,7 @@ impl<'a> Scanner<'a> {
     /// Moves past a string whose opening quote was consumed: its raw bytes, and whether it
     /// holds escapes. Raw control characters and bad escapes are refused, as serde refuses
     /// them.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Scan<(&'a [u8], bool)> {
         let start = self.at;
         let mut escaped = false;
@@ -483,6 +483,7 @@ impl<'a> Scanner<'a> {
 /// `(x - 1) & !x` when the byte was zero, so XOR-ing with the byte sought and subtracting
 /// marks its places; a borrow can only mark bytes after a true mark, so the lowest mark is
 /// true.
+#[inline(always)]
 pub(super) fn special_byte(text: &[u8], mut at: usize) -> usize {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES << 7;
