@@ -53,7 +53,8 @@ fn bench_record(c: &mut Criterion) {
     c.bench_function("record_request", |b| {
         b.iter(|| {
             i += 1;
-            recorder.record(black_box(event(i)));
+            let event = event(i);
+            recorder.record(black_box(&event.record()));
         })
     });
     runtime.block_on(recorder.flush());

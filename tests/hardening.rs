@@ -428,6 +428,27 @@ async fn history_is_rotated_and_a_restart_reads_only_the_tail() {
     );
     let (status, _) = feedback(&app.base, &id, json!({"quality_score": 0.5})).await;
     assert_eq!(status, 200, "the feedback index was restored");
+    app.stop();
+
+    // A checkpoint of the first format (request ids as SHA-256 hashes, no key) is still read:
+    // its ids are found.
+    let path = state.path().join("stats-checkpoint.json");
+    let mut saved: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(saved["format"], 2);
+    let sha = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        u64::from_le_bytes(digest[..8].try_into().unwrap())
+    };
+    saved["format"] = json!(1);
+    saved["index"]["entries"] = json!([[sha, 0]]);
+    saved["index"].as_object_mut().unwrap().remove("key");
+    std::fs::write(&path, serde_json::to_vec(&saved).unwrap()).unwrap();
+    let app = serve(dir.path(), state.path(), &args);
+    let (status, _) = feedback(&app.base, &id, json!({"quality_score": 0.25})).await;
+    assert_eq!(status, 200, "an id of a first-format checkpoint is found");
+    let (status, _) = feedback(&app.base, "not-an-id", json!({"quality_score": 0.25})).await;
+    assert_eq!(status, 404);
 }
 
 /// Runs the binary in its own mount namespace on a tiny tmpfs (`unshare`: the mount goes away

@@ -20,11 +20,11 @@ use crate::record::usage::UsageTap;
 
 /// Turns the upstream response into the client's response, with promptgate's headers.
 pub fn relay(upstream: UpstreamResponse, mut ctx: RequestCtx) -> Response {
-    let sse = upstream
+    let content_type = upstream
         .headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .and_then(|v| v.to_str().ok());
+    let sse = content_type.is_some_and(|v| v.starts_with("text/event-stream"));
     let status = upstream.status;
     // With a known length the server stops polling after the last byte, so "done" is
     // recognised by the count rather than by the end of the stream.
@@ -33,12 +33,14 @@ pub fn relay(upstream: UpstreamResponse, mut ctx: RequestCtx) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let content_type = upstream
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
     let strip = sse && ctx.strip_usage_chunk;
     let tap = UsageTap::new(content_type, strip);
+    // The answer's id and finish reasons go to traces only.
+    let tap = if ctx.trace.is_some() {
+        tap
+    } else {
+        tap.without_ending()
+    };
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     *response.headers_mut() = upstream.headers;

@@ -20,7 +20,9 @@ pub const FILE: &str = "stats-checkpoint.json";
 /// Events between two checkpoints: a restart replays at most about this many.
 pub const EVERY: u64 = 50_000;
 
-const FORMAT: u32 = 1;
+/// 2: the ids' hashes are keyed (the key is kept in `index.key`); 1: they were SHA-256, and
+/// are read as such.
+const FORMAT: u32 = 2;
 
 /// What the checkpoint holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,11 +36,15 @@ pub struct Checkpoint {
 }
 
 /// The feedback index, oldest entry first: the distinct versions served, and per request id
-/// its hash and which of those versions served it.
+/// its hash and which of those versions served it (the top bit set: the hash is one of the
+/// first format, still findable until it ages out).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IndexSnapshot {
     pub served: Vec<(String, u32, Option<String>)>,
     pub entries: Vec<(u64, u32)>,
+    /// The key of the ids' hashes; none in the first format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<[u64; 2]>,
 }
 
 impl Checkpoint {
@@ -84,23 +90,42 @@ pub fn load(state_dir: &Path, events: &Path) -> Option<Checkpoint> {
 
 /// Parses a checkpoint's bytes (the fuzzer's entry point too).
 pub fn parse(bytes: &[u8], events: &Path) -> Result<Option<Checkpoint>, String> {
-    let checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if checkpoint.format != FORMAT {
-        return Err(format!("unknown format {}", checkpoint.format));
-    }
+    let mut checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let legacy = match checkpoint.format {
+        1 => true,
+        FORMAT if checkpoint.index.key.is_none() => {
+            return Err("the feedback index has no key".to_owned());
+        }
+        FORMAT => false,
+        other => return Err(format!("unknown format {other}")),
+    };
     if checkpoint.events != events {
         return Ok(None);
     }
     let served = checkpoint.index.served.len();
+    let entry = |slot: u32| {
+        if legacy {
+            slot
+        } else {
+            super::index::served_of(slot)
+        }
+    };
     if let Some((_, slot)) = checkpoint
         .index
         .entries
         .iter()
-        .find(|(_, slot)| *slot as usize >= served)
+        .find(|(_, slot)| entry(*slot) as usize >= served)
     {
         return Err(format!(
-            "the feedback index refers to entry {slot} of {served}"
+            "the feedback index refers to entry {} of {served}",
+            entry(*slot)
         ));
+    }
+    if legacy {
+        // The first format's hashes were SHA-256 ones: marked so, they stay findable.
+        super::index::mark_legacy(&mut checkpoint.index.entries);
+        checkpoint.index.key = None;
+        checkpoint.format = FORMAT;
     }
     Ok(Some(checkpoint))
 }
@@ -141,4 +166,60 @@ pub fn plan(events: &Path, position: Option<&Position>) -> (u64, Vec<(PathBuf, u
         files.push((events.to_owned(), offset));
     }
     (live, files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(format: u32, index: &str) -> String {
+        format!(
+            r#"{{"format":{format},"events":"/state/events.jsonl","position":{{"segment":1,"offset":10,"inode":7}},"stats":{{"variants":[]}},"index":{index}}}"#
+        )
+    }
+
+    #[test]
+    fn a_first_format_checkpoint_is_read_with_its_hashes_marked() {
+        let events = Path::new("/state/events.jsonl");
+        let index = r#"{"served":[["support",1,null]],"entries":[[12345,0]]}"#;
+        let saved = parse(text(1, index).as_bytes(), events).unwrap().unwrap();
+        assert_eq!(saved.index.key, None);
+        assert_eq!(saved.index.entries.len(), 1);
+        assert_ne!(saved.index.entries[0].1, 0, "marked as a first-format hash");
+        assert_eq!(super::super::index::served_of(saved.index.entries[0].1), 0);
+        // Out of range stays refused, in either format.
+        let bad = r#"{"served":[["support",1,null]],"entries":[[12345,1]]}"#;
+        assert!(parse(text(1, bad).as_bytes(), events).is_err());
+        let bad = r#"{"served":[],"entries":[[12345,2147483648]],"key":[1,2]}"#;
+        assert!(parse(text(2, bad).as_bytes(), events).is_err());
+        // The second format needs its key.
+        assert!(parse(text(2, index).as_bytes(), events).is_err());
+        assert!(parse(text(3, index).as_bytes(), events).is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_reads_back_as_written() {
+        let events = Path::new("/state/events.jsonl");
+        let index = IndexSnapshot {
+            served: vec![("support".into(), 2, Some("e".into()))],
+            entries: vec![(1, 0), (u64::MAX, 0)],
+            key: Some([3, u64::MAX]),
+        };
+        let position = Position {
+            segment: 1,
+            offset: 10,
+            inode: 7,
+        };
+        let saved = Checkpoint::new(
+            events,
+            position,
+            super::super::stats::Stats::default().snapshot(),
+            index,
+        );
+        let text = serde_json::to_string(&saved).unwrap();
+        let read = parse(text.as_bytes(), events).unwrap().unwrap();
+        assert_eq!(read.index.entries, saved.index.entries);
+        assert_eq!(read.index.key, saved.index.key);
+        assert_eq!(read.position, position);
+    }
 }

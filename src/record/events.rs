@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Lines waiting for the writer before new ones are dropped (and counted).
 pub const CHANNEL_CAPACITY: usize = 65_536;
+/// Room reserved for one line: a request's line is about 450 bytes.
+pub const LINE_CAPACITY: usize = 640;
 /// After writing a batch the writer rests this long, so under load events are written in
 /// batches instead of each request waking the writer thread.
 const COALESCE: Duration = Duration::from_millis(5);
@@ -63,6 +65,179 @@ pub struct RequestEvent {
     pub content: Option<Value>,
 }
 
+/// A finished request as the request path records it: borrowed, so recording copies nothing
+/// but the one line it queues for the file. [`RequestEvent`] is the same read back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestRecord<'a> {
+    /// `2026-11-25T00:00:00.000Z`
+    pub time: &'a str,
+    pub request_id: &'a str,
+    pub upstream_request_id: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub prompt: Option<&'a str>,
+    pub version: Option<u32>,
+    pub hash: Option<&'a str>,
+    pub selection: Option<&'a str>,
+    pub experiment: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub status: u16,
+    pub outcome: super::Outcome,
+    pub stream: bool,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub overhead_ms: Option<f64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub cost_usd: Option<f64>,
+    pub content: Option<&'a Value>,
+}
+
+impl RequestEvent {
+    /// The event as the request path records it.
+    pub fn record(&self) -> RequestRecord<'_> {
+        RequestRecord {
+            time: &self.time,
+            request_id: &self.request_id,
+            upstream_request_id: self.upstream_request_id.as_deref(),
+            method: &self.method,
+            path: &self.path,
+            prompt: self.prompt.as_deref(),
+            version: self.version,
+            hash: self.hash.as_deref(),
+            selection: self.selection.as_deref(),
+            experiment: self.experiment.as_deref(),
+            model: self.model.as_deref(),
+            status: self.status,
+            outcome: self.outcome,
+            stream: self.stream,
+            latency_ms: self.latency_ms,
+            ttft_ms: self.ttft_ms,
+            overhead_ms: self.overhead_ms,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cached_tokens: self.cached_tokens,
+            cost_usd: self.cost_usd,
+            content: self.content.as_ref(),
+        }
+    }
+}
+
+impl RequestRecord<'_> {
+    /// The request's line in the events file, newline included: byte for byte what
+    /// serde_json writes for [`Event::Request`] (numbers and escapes through serde_json's own
+    /// formatter), without its machinery — this runs once per request.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"type\":\"request\",\"time\":");
+        json::string(out, self.time);
+        out.extend_from_slice(b",\"request_id\":");
+        json::string(out, self.request_id);
+        if let Some(id) = self.upstream_request_id {
+            out.extend_from_slice(b",\"upstream_request_id\":");
+            json::string(out, id);
+        }
+        out.extend_from_slice(b",\"method\":");
+        json::string(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json::string(out, self.path);
+        out.extend_from_slice(b",\"prompt\":");
+        json::opt_string(out, self.prompt);
+        out.extend_from_slice(b",\"version\":");
+        json::opt_int(out, self.version.map(u64::from));
+        out.extend_from_slice(b",\"hash\":");
+        json::opt_string(out, self.hash);
+        out.extend_from_slice(b",\"selection\":");
+        json::opt_string(out, self.selection);
+        if let Some(experiment) = self.experiment {
+            out.extend_from_slice(b",\"experiment\":");
+            json::string(out, experiment);
+        }
+        out.extend_from_slice(b",\"model\":");
+        json::opt_string(out, self.model);
+        out.extend_from_slice(b",\"status\":");
+        json::int(out, u64::from(self.status));
+        out.extend_from_slice(b",\"outcome\":\"");
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
+        out.extend_from_slice(if self.stream {
+            b"\",\"stream\":true,\"latency_ms\":"
+        } else {
+            b"\",\"stream\":false,\"latency_ms\":"
+        });
+        json::float(out, self.latency_ms);
+        out.extend_from_slice(b",\"ttft_ms\":");
+        json::opt_float(out, self.ttft_ms);
+        out.extend_from_slice(b",\"overhead_ms\":");
+        json::opt_float(out, self.overhead_ms);
+        out.extend_from_slice(b",\"prompt_tokens\":");
+        json::opt_int(out, self.prompt_tokens);
+        out.extend_from_slice(b",\"completion_tokens\":");
+        json::opt_int(out, self.completion_tokens);
+        out.extend_from_slice(b",\"cached_tokens\":");
+        json::opt_int(out, self.cached_tokens);
+        out.extend_from_slice(b",\"cost_usd\":");
+        json::opt_float(out, self.cost_usd);
+        if let Some(content) = self.content {
+            out.extend_from_slice(b",\"content\":");
+            // Writing into a Vec cannot fail, and a `Value` always serialises.
+            let _ = serde_json::to_writer(&mut *out, content);
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// The pieces of a JSON line, as serde_json's compact output writes them.
+mod json {
+    use serde_json::ser::{CompactFormatter, Formatter as _};
+
+    pub fn string(out: &mut Vec<u8>, text: &str) {
+        let bytes = text.as_bytes();
+        // serde_json escapes quotes, backslashes and control characters, nothing else.
+        if crate::record::answer::special_byte(bytes, 0) == bytes.len() {
+            out.reserve(bytes.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(bytes);
+            out.push(b'"');
+        } else {
+            let _ = serde_json::to_writer(&mut *out, text);
+        }
+    }
+
+    pub fn opt_string(out: &mut Vec<u8>, text: Option<&str>) {
+        match text {
+            Some(text) => string(out, text),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    pub fn int(out: &mut Vec<u8>, n: u64) {
+        let _ = CompactFormatter.write_u64(out, n);
+    }
+
+    pub fn opt_int(out: &mut Vec<u8>, n: Option<u64>) {
+        match n {
+            Some(n) => int(out, n),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    /// As serde_json: `null` for what is not finite.
+    pub fn float(out: &mut Vec<u8>, x: f64) {
+        if x.is_finite() {
+            let _ = CompactFormatter.write_f64(out, x);
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+
+    pub fn opt_float(out: &mut Vec<u8>, x: Option<f64>) {
+        match x {
+            Some(x) => float(out, x),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+}
+
 /// Feedback attached to a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeedbackEvent {
@@ -76,7 +251,8 @@ pub struct FeedbackEvent {
 }
 
 enum Message {
-    Line(Box<Event>),
+    /// One line of the file, newline included.
+    Line(Vec<u8>),
     /// Flush everything queued so far, then answer.
     Flush(oneshot::Sender<()>),
     /// Flush, then hand the position reached (every event queued before this one is in the
@@ -161,9 +337,22 @@ impl EventSink {
 
     /// Queues an event without waiting.
     pub fn send(&self, event: Event) -> Result<(), SendError> {
-        self.tx
-            .try_send(Message::Line(Box::new(event)))
-            .map_err(send_error)
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        match &event {
+            Event::Request(r) => r.record().write_line(&mut line),
+            Event::Feedback(_) => {
+                // An event always serialises, and writing into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut line, &event);
+                line.push(b'\n');
+            }
+        }
+        self.send_line(line)
+    }
+
+    /// Queues one line of the file (newline included), as [`RequestRecord::write_line`]
+    /// writes it, without waiting.
+    pub fn send_line(&self, line: Vec<u8>) -> Result<(), SendError> {
+        self.tx.try_send(Message::Line(line)).map_err(send_error)
     }
 
     /// Queues a checkpoint: `write` runs on the writer's thread with the position that
@@ -267,20 +456,20 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Message>) {
         let mut last_check = Instant::now();
-        let mut line = Vec::with_capacity(1024);
         while let Some(first) = rx.blocking_recv() {
             let mut flush_waiters = Vec::new();
             let mut next = Some(first);
             // Write everything queued, then flush once.
             while let Some(message) = next.take() {
                 match message {
-                    Message::Line(event) => {
-                        line.clear();
+                    Message::Line(line) => {
                         if self.torn {
-                            line.push(b'\n');
-                        }
-                        if serde_json::to_writer(&mut line, &event).is_ok() {
-                            line.push(b'\n');
+                            // After a torn write the next line starts on a fresh one.
+                            let mut fresh = Vec::with_capacity(line.len() + 1);
+                            fresh.push(b'\n');
+                            fresh.extend_from_slice(&line);
+                            self.write(&fresh);
+                        } else {
                             self.write(&line);
                         }
                     }
@@ -539,6 +728,78 @@ mod tests {
             vec!["before".to_owned(), "during".to_owned()],
             "nothing lost"
         );
+    }
+
+    #[test]
+    fn request_lines_are_written_byte_for_byte_as_serde_writes_them() {
+        let base = match request("r") {
+            Event::Request(r) => *r,
+            Event::Feedback(_) => unreachable!(),
+        };
+        let texts = [
+            "plain",
+            "",
+            "quote \" backslash \\ slash /",
+            "tab\tnewline\ncr\rnul\0bell\u{7}del\u{7f}",
+            "café ✓ 𝄞 \u{2028}",
+        ];
+        let floats = [
+            0.0,
+            -0.0,
+            0.1,
+            12.5,
+            1e-7,
+            261.830_649_000_000_05,
+            1e21,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+        ];
+        let mut events = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            for (j, x) in floats.iter().enumerate() {
+                let mut e = base.clone();
+                let some = (i + j) % 2 == 0;
+                e.time = (*text).to_owned();
+                e.request_id = format!("{text}-{j}");
+                e.upstream_request_id = some.then(|| (*text).to_owned());
+                e.method = (*text).to_owned();
+                e.path = (*text).to_owned();
+                e.prompt = some.then(|| (*text).to_owned());
+                e.version = some.then_some(u32::MAX - j as u32);
+                e.hash = (!some).then(|| (*text).to_owned());
+                e.selection = some.then(|| (*text).to_owned());
+                e.experiment = (!some).then(|| (*text).to_owned());
+                e.model = some.then(|| (*text).to_owned());
+                e.status = [200, 0, 599, u16::MAX][j % 4];
+                e.outcome = [
+                    crate::record::Outcome::Ok,
+                    crate::record::Outcome::ClientClosed,
+                ][j % 2];
+                e.stream = some;
+                e.latency_ms = *x;
+                e.ttft_ms = some.then_some(*x);
+                e.overhead_ms = (!some).then_some(-*x);
+                e.prompt_tokens = some.then_some(u64::MAX);
+                e.completion_tokens = some.then_some(0);
+                e.cached_tokens = (!some).then_some(7);
+                e.cost_usd = some.then_some(*x * 1e-6);
+                e.content = some.then(
+                    || serde_json::json!({"messages": [{"role": "user", "content": text}], "n": x}),
+                );
+                events.push(e);
+            }
+        }
+        for e in events {
+            let mut line = Vec::new();
+            e.record().write_line(&mut line);
+            let mut expected = serde_json::to_vec(&Event::Request(Box::new(e))).unwrap();
+            expected.push(b'\n');
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
     }
 
     #[test]

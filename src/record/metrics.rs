@@ -1,6 +1,5 @@
 //! Prometheus metrics, in the text format, through `prometheus-client`.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -88,7 +87,7 @@ pub struct VersionSeries {
 }
 
 /// Each prompt's versions and their series.
-type SeriesByVersion = HashMap<String, Vec<(Option<u32>, Arc<VersionSeries>)>>;
+type SeriesByVersion = hashbrown::HashMap<String, Vec<(Option<u32>, Arc<VersionSeries>)>>;
 
 /// The token kinds, in the order of [`RequestFigures::tokens`].
 const TOKEN_KINDS: [&str; 3] = ["prompt", "completion", "cached"];

@@ -5,9 +5,11 @@
 //! through a bounded channel to one writer task. At start the events file is replayed, so the
 //! statistics and the feedback index survive a restart.
 
+mod answer;
 pub mod checkpoint;
 pub mod events;
 pub mod fleet;
+mod index;
 pub mod metrics;
 pub mod outcome;
 pub mod pricing;
@@ -16,7 +18,7 @@ pub mod recent;
 pub mod stats;
 pub mod usage;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,183 +26,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use events::{Event, EventSink, FeedbackEvent, RequestEvent};
+pub use events::{Event, EventSink, FeedbackEvent, RequestEvent, RequestRecord};
+pub use index::ServedBy;
 pub use metrics::Metrics;
 pub use outcome::Outcome;
 pub use pricing::{Pricing, Usage};
 
 use crate::prompts::{Prompt, PromptSet};
+use index::FeedbackIndex;
 use metrics::{FeedbackLabels, ModelLabel};
 use stats::Stats;
-
-/// Which version served a request, as feedback needs to find it. Names are shared, not
-/// copied: the index holds many entries for few prompts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServedBy {
-    pub prompt: Arc<str>,
-    pub version: u32,
-    pub experiment: Option<Arc<str>>,
-}
-
-/// Request id → what served it, bounded: the oldest ids are forgotten first. Compact, since it
-/// holds `--feedback-window` entries in memory and in the checkpoint: an id is kept as a 64-bit
-/// hash (two ids of a window of 100,000 share one with odds of about 1 in 10^9), what served it
-/// as an index into the few distinct versions seen, both in a ring of the window's size, with a
-/// hash table of ring positions to find them — about 19 bytes an entry.
-struct FeedbackIndex {
-    hashes: Vec<u64>,
-    slots: Vec<u32>,
-    /// The oldest entry, once the ring is full.
-    head: usize,
-    /// Ring positions, by id hash.
-    table: hashbrown::HashTable<u32>,
-    served: Vec<ServedBy>,
-    by_served: HashMap<ServedKey, u32>,
-    capacity: usize,
-}
-
-/// Prompt, version and experiment: what the index's slots tell apart.
-type ServedKey = (Arc<str>, u32, Option<Arc<str>>);
-
-/// Distinct versions the index tells apart; past this, requests are not indexed.
-const MAX_SERVED: usize = 65_536;
-
-/// The index's hash of a request id: stable across builds, as the checkpoint keeps it.
-fn id_hash(id: &str) -> u64 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(id.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first)
-}
-
-impl FeedbackIndex {
-    fn new(capacity: usize) -> Self {
-        FeedbackIndex {
-            hashes: Vec::new(),
-            slots: Vec::new(),
-            head: 0,
-            table: hashbrown::HashTable::new(),
-            served: Vec::new(),
-            by_served: HashMap::new(),
-            capacity,
-        }
-    }
-
-    fn slot(&mut self, prompt: &str, version: u32, experiment: Option<&str>) -> Option<u32> {
-        let key = (Arc::from(prompt), version, experiment.map(Arc::from));
-        if let Some(slot) = self.by_served.get(&key) {
-            return Some(*slot);
-        }
-        if self.served.len() >= MAX_SERVED {
-            return None;
-        }
-        let slot = u32::try_from(self.served.len()).ok()?;
-        self.served.push(ServedBy {
-            prompt: key.0.clone(),
-            version,
-            experiment: key.2.clone(),
-        });
-        self.by_served.insert(key, slot);
-        Some(slot)
-    }
-
-    fn insert(&mut self, id: &str, prompt: &str, version: u32, experiment: Option<&str>) {
-        if self.capacity == 0 {
-            return;
-        }
-        let Some(slot) = self.slot(prompt, version, experiment) else {
-            return;
-        };
-        self.insert_hashed(id_hash(id), slot);
-    }
-
-    fn position(&self, hash: u64) -> Option<usize> {
-        let hashes = &self.hashes;
-        self.table
-            .find(hash, |&p| hashes[p as usize] == hash)
-            .map(|&p| p as usize)
-    }
-
-    fn insert_hashed(&mut self, hash: u64, slot: u32) {
-        if let Some(p) = self.position(hash) {
-            self.slots[p] = slot;
-            return;
-        }
-        let position = if self.hashes.len() < self.capacity {
-            self.hashes.push(hash);
-            self.slots.push(slot);
-            if self.hashes.len() == self.capacity {
-                // Full for good: no room to spare from the growth by doubling.
-                self.hashes.shrink_to_fit();
-                self.slots.shrink_to_fit();
-            }
-            self.hashes.len() - 1
-        } else {
-            // Forget the oldest, then reuse its place.
-            let oldest = self.head;
-            let old_hash = self.hashes[oldest];
-            if let Ok(entry) = self.table.find_entry(old_hash, |&p| p as usize == oldest) {
-                entry.remove();
-            }
-            self.hashes[oldest] = hash;
-            self.slots[oldest] = slot;
-            self.head = (oldest + 1) % self.capacity;
-            oldest
-        };
-        let hashes = &self.hashes;
-        self.table
-            .insert_unique(hash, position as u32, |&p| hashes[p as usize]);
-    }
-
-    /// Entries oldest first.
-    fn entries(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
-        let n = self.hashes.len();
-        (0..n).map(move |i| {
-            let p = (self.head + i) % n;
-            (self.hashes[p], self.slots[p])
-        })
-    }
-
-    fn get(&self, id: &str) -> Option<&ServedBy> {
-        let p = self.position(id_hash(id))?;
-        self.served.get(self.slots[p] as usize)
-    }
-
-    fn snapshot(&self) -> checkpoint::IndexSnapshot {
-        checkpoint::IndexSnapshot {
-            served: self
-                .served
-                .iter()
-                .map(|s| {
-                    (
-                        s.prompt.to_string(),
-                        s.version,
-                        s.experiment.as_deref().map(str::to_owned),
-                    )
-                })
-                .collect(),
-            entries: self.entries().collect(),
-        }
-    }
-
-    fn restore(&mut self, snapshot: checkpoint::IndexSnapshot) {
-        let slots: Vec<Option<u32>> = snapshot
-            .served
-            .iter()
-            .map(|(prompt, version, experiment)| self.slot(prompt, *version, experiment.as_deref()))
-            .collect();
-        let keep = snapshot.entries.len().min(self.capacity);
-        self.hashes.reserve_exact(keep);
-        self.slots.reserve_exact(keep);
-        self.table.reserve(keep, |_| 0);
-        for (hash, slot) in snapshot.entries {
-            if let Some(Some(slot)) = slots.get(slot as usize) {
-                self.insert_hashed(hash, *slot);
-            }
-        }
-    }
-}
 
 /// Why feedback was refused.
 #[derive(Debug, thiserror::Error)]
@@ -450,16 +285,6 @@ impl Recorder {
         })
     }
 
-    /// Applies an event to the statistics and queues it for the file under one lock, so the
-    /// file holds events in the order the statistics saw them and a replay adds the same
-    /// floating-point numbers in the same order: identical figures after a restart.
-    fn apply_and_write(&self, event: Event) {
-        let mut stats = lock(&self.inner.stats);
-        self.apply(&mut stats, &event);
-        self.write(event);
-        self.maybe_checkpoint(&stats);
-    }
-
     /// Queues a checkpoint every [`checkpoint::EVERY`] events. Called with the statistics
     /// locked, right after an event was queued: the checkpoint follows it in the queue.
     fn maybe_checkpoint(&self, stats: &Stats) {
@@ -510,29 +335,7 @@ impl Recorder {
     /// Statistics and index (not metrics, not the file) from one event.
     fn apply(&self, stats: &mut Stats, event: &Event) {
         match event {
-            Event::Request(r) => {
-                let (Some(prompt), Some(version)) = (&r.prompt, r.version) else {
-                    return;
-                };
-                let key = (
-                    prompt.clone(),
-                    r.experiment.clone().unwrap_or_default(),
-                    version,
-                );
-                let figures = stats::RequestFigures {
-                    ok: r.status < 400 && r.outcome == Outcome::Ok,
-                    latency_ms: r.latency_ms,
-                    cost_usd: r.cost_usd,
-                    tokens: [r.prompt_tokens, r.completion_tokens, r.cached_tokens],
-                };
-                stats.add_request(key, &figures);
-                let mut index = lock(&self.inner.index);
-                index.insert(&r.request_id, prompt, version, r.experiment.as_deref());
-                // Feedback may name the id the client saw as `x-request-id`: the upstream's.
-                if let Some(upstream) = &r.upstream_request_id {
-                    index.insert(upstream, prompt, version, r.experiment.as_deref());
-                }
-            }
+            Event::Request(r) => self.apply_request(stats, &r.record()),
             Event::Feedback(f) => {
                 let key = (
                     f.prompt.clone(),
@@ -544,28 +347,43 @@ impl Recorder {
         }
     }
 
+    fn apply_request(&self, stats: &mut Stats, r: &RequestRecord<'_>) {
+        let (Some(prompt), Some(version)) = (r.prompt, r.version) else {
+            return;
+        };
+        let figures = stats::RequestFigures {
+            ok: r.status < 400 && r.outcome == Outcome::Ok,
+            latency_ms: r.latency_ms,
+            cost_usd: r.cost_usd,
+            tokens: [r.prompt_tokens, r.completion_tokens, r.cached_tokens],
+        };
+        stats.add_request_of(prompt, r.experiment.unwrap_or_default(), version, &figures);
+        let mut index = lock(&self.inner.index);
+        index.insert(r.request_id, prompt, version, r.experiment);
+        // Feedback may name the id the client saw as `x-request-id`: the upstream's.
+        if let Some(upstream) = r.upstream_request_id {
+            index.insert(upstream, prompt, version, r.experiment);
+        }
+    }
+
     /// Records a finished request: metrics, statistics, index, events file.
-    pub fn record(&self, event: RequestEvent) {
+    pub fn record(&self, r: &RequestRecord<'_>) {
         let m = &self.inner.metrics;
-        let series = m.series(event.prompt.as_deref(), event.version);
+        let series = m.series(r.prompt, r.version);
         m.record(
             &series,
             &metrics::RequestFigures {
-                status: event.status,
-                latency_s: event.latency_ms / 1000.0,
-                ttft_s: event.ttft_ms.filter(|_| event.stream).map(|t| t / 1000.0),
-                overhead_s: event.overhead_ms.map(|o| o / 1000.0),
-                tokens: [
-                    event.prompt_tokens,
-                    event.completion_tokens,
-                    event.cached_tokens,
-                ],
-                cost_usd: event.cost_usd,
+                status: r.status,
+                latency_s: r.latency_ms / 1000.0,
+                ttft_s: r.ttft_ms.filter(|_| r.stream).map(|t| t / 1000.0),
+                overhead_s: r.overhead_ms.map(|o| o / 1000.0),
+                tokens: [r.prompt_tokens, r.completion_tokens, r.cached_tokens],
+                cost_usd: r.cost_usd,
             },
         );
         // Tokens were counted but the model has no price: say so, never guess. The label
         // takes only names from the pricing table, so a client cannot mint series.
-        if let (None, Some(model), Some(_)) = (event.cost_usd, &event.model, event.prompt_tokens) {
+        if let (None, Some(model), Some(_)) = (r.cost_usd, r.model, r.prompt_tokens) {
             self.note_unknown_model(model);
             m.unpriced
                 .get_or_create(&ModelLabel {
@@ -573,19 +391,36 @@ impl Recorder {
                 })
                 .inc();
         }
-        if let Some(prompt) = &event.prompt {
-            let ok = event.status < 400 && event.outcome == Outcome::Ok;
+        if let Some(prompt) = r.prompt {
+            let ok = r.status < 400 && r.outcome == Outcome::Ok;
             self.inner.recent.add(prompt, !ok);
         }
-        let event = Event::Request(Box::new(event));
-        self.apply_and_write(event);
+        // The line is written before the lock is taken, and queued under it with the
+        // statistics' update: the file holds events in the order the statistics saw them, so a
+        // replay adds the same floating-point numbers in the same order — identical figures
+        // after a restart.
+        let line = self.inner.events.as_ref().map(|_| {
+            let mut line = Vec::with_capacity(events::LINE_CAPACITY);
+            r.write_line(&mut line);
+            line
+        });
+        let mut stats = lock(&self.inner.stats);
+        self.apply_request(&mut stats, r);
+        if let (Some(sink), Some(line)) = (&self.inner.events, line) {
+            self.queued(sink.send_line(line));
+        }
+        self.maybe_checkpoint(&stats);
     }
 
     fn write(&self, event: Event) {
-        let Some(sink) = &self.inner.events else {
-            return;
-        };
-        if let Err(e) = sink.send(event) {
+        if let Some(sink) = &self.inner.events {
+            self.queued(sink.send(event));
+        }
+    }
+
+    /// Counts and logs (at most every ten seconds) an event the writer could not take.
+    fn queued(&self, sent: Result<(), events::SendError>) {
+        if let Err(e) = sent {
             self.inner.metrics.events_dropped.inc();
             let mut last = lock(&self.inner.last_drop_warning);
             if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -755,40 +590,4 @@ pub fn experiment_id(experiment: &crate::prompts::Experiment) -> String {
     let text = serde_json::to_string(experiment).unwrap_or_default();
     let digest = sha2::Sha256::digest(text.as_bytes());
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_feedback_index_forgets_the_oldest_ids() {
-        let mut index = FeedbackIndex::new(2);
-        index.insert("a", "support", 1, None);
-        index.insert("b", "support", 2, Some("exp1"));
-        index.insert("c", "support", 1, None);
-        assert!(index.get("a").is_none());
-        assert_eq!(index.get("b").unwrap().experiment.as_deref(), Some("exp1"));
-        assert_eq!(index.get("c").unwrap().version, 1);
-        assert_eq!(index.served.len(), 2, "versions are shared, not copied");
-        assert_eq!(index.hashes.len(), 2);
-        for i in 0..1000 {
-            index.insert(&format!("x{i}"), "support", 1, None);
-        }
-        assert!(index.get("x998").is_some() && index.get("x999").is_some());
-        assert!(index.get("x997").is_none() && index.get("c").is_none());
-        assert_eq!(index.table.len(), 2);
-        index.insert("b", "support", 2, Some("exp1"));
-        index.insert("c", "support", 1, None);
-
-        let mut restored = FeedbackIndex::new(2);
-        restored.restore(index.snapshot());
-        assert_eq!(restored.get("b"), index.get("b"));
-        assert_eq!(restored.get("c"), index.get("c"));
-        assert!(restored.get("a").is_none());
-        // A smaller window after a restart keeps the newest.
-        let mut smaller = FeedbackIndex::new(1);
-        smaller.restore(index.snapshot());
-        assert!(smaller.get("b").is_none() && smaller.get("c").is_some());
-    }
 }

@@ -3,7 +3,6 @@
 //! Sixty one-minute buckets per prompt. Memory is bounded by the number of prompts served,
 //! not by traffic: only names of served prompts are recorded, and the table is capped.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,7 +20,7 @@ struct Bucket {
 /// Per-prompt rolling counts; cheap to update.
 #[derive(Default)]
 pub struct Recent {
-    prompts: Mutex<HashMap<String, [Bucket; BUCKETS]>>,
+    prompts: Mutex<hashbrown::HashMap<String, [Bucket; BUCKETS]>>,
 }
 
 fn minute_now() -> u64 {
@@ -38,21 +37,25 @@ impl Recent {
 
     fn add_at(&self, prompt: &str, error: bool, minute: u64) {
         let mut prompts = self.prompts.lock().unwrap_or_else(|e| e.into_inner());
-        if !prompts.contains_key(prompt) {
-            if prompts.len() >= MAX_PROMPTS {
-                // Forget prompts with nothing in the window before refusing a new one.
-                prompts.retain(|_, b| {
-                    b.iter()
-                        .any(|b| b.requests > 0 && minute.saturating_sub(b.minute) < BUCKETS as u64)
-                });
+        // One lookup in the common case: a prompt already counted.
+        let buckets = match prompts.get_mut(prompt) {
+            Some(buckets) => buckets,
+            None => {
                 if prompts.len() >= MAX_PROMPTS {
-                    return;
+                    // Forget prompts with nothing in the window before refusing a new one.
+                    prompts.retain(|_, b| {
+                        b.iter().any(|b| {
+                            b.requests > 0 && minute.saturating_sub(b.minute) < BUCKETS as u64
+                        })
+                    });
+                    if prompts.len() >= MAX_PROMPTS {
+                        return;
+                    }
                 }
+                prompts
+                    .entry(prompt.to_owned())
+                    .or_insert([Bucket::default(); BUCKETS])
             }
-            prompts.insert(prompt.to_owned(), [Bucket::default(); BUCKETS]);
-        }
-        let Some(buckets) = prompts.get_mut(prompt) else {
-            return;
         };
         let slot = &mut buckets[(minute % BUCKETS as u64) as usize];
         if slot.minute != minute {

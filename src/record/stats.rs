@@ -453,10 +453,21 @@ pub fn chi_square(observed: &[u64], shares: &[f64]) -> Option<(f64, f64)> {
 /// experiment) and version.
 pub type Key = (String, String, u32);
 
+/// A [`Key`] borrowed, to look one up without copying its names; it hashes as the key does
+/// (a tuple hashes its fields in order, a `String` as its `str`).
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str, u32);
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.2 == key.2 && self.0 == key.0 && self.1 == key.1
+    }
+}
+
 /// Every variant's numbers.
 #[derive(Debug, Default)]
 pub struct Stats {
-    variants: HashMap<Key, VariantStats>,
+    variants: hashbrown::HashMap<Key, VariantStats>,
     /// Per prompt, the feedback metric names (other than `quality_score`) it has accepted:
     /// what `--feedback-metrics-max` counts.
     metric_names: HashMap<String, BTreeSet<String>>,
@@ -532,6 +543,24 @@ impl Stats {
 
     pub fn add_request(&mut self, key: Key, request: &RequestFigures) {
         self.variants.entry(key).or_default().add_request(request);
+    }
+
+    /// [`Stats::add_request`] by borrowed names: the key is copied only for a new variant.
+    pub fn add_request_of(
+        &mut self,
+        prompt: &str,
+        experiment: &str,
+        version: u32,
+        request: &RequestFigures,
+    ) {
+        let variant = match self.variants.get_mut(&KeyRef(prompt, experiment, version)) {
+            Some(variant) => variant,
+            None => self
+                .variants
+                .entry((prompt.to_owned(), experiment.to_owned(), version))
+                .or_default(),
+        };
+        variant.add_request(request);
     }
 
     pub fn add_feedback(&mut self, key: Key, metrics: &BTreeMap<String, f64>) {
@@ -708,6 +737,26 @@ fn compare(stats: &[(u32, Moments)]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_added_by_borrowed_names_land_in_the_same_variant() {
+        let figures = RequestFigures {
+            ok: true,
+            latency_ms: 10.0,
+            cost_usd: None,
+            tokens: [Some(1), None, None],
+        };
+        let mut stats = Stats::default();
+        stats.add_request(("support".into(), "".into(), 2), &figures);
+        stats.add_request_of("support", "", 2, &figures);
+        stats.add_request_of("support", "e1", 2, &figures);
+        stats.add_request_of("support", "", 3, &figures);
+        let key = |e: &str, v| ("support".to_owned(), e.to_owned(), v);
+        assert_eq!(stats.variant(&key("", 2)).unwrap().requests, 2);
+        assert_eq!(stats.variant(&key("e1", 2)).unwrap().requests, 1);
+        assert_eq!(stats.variant(&key("", 3)).unwrap().requests, 1);
+        assert_eq!(stats.sums().count(), 3);
+    }
 
     fn sums(xs: &[f64]) -> ScoreSums {
         let mut s = ScoreSums::default();

@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
 
+use super::answer::{Answer, Details, UsageFields};
 use super::pricing::Usage;
 
 /// The largest JSON body kept aside to read its usage; larger answers go unread.
@@ -23,45 +23,6 @@ pub struct Observed {
     /// Why the answer ended, per choice (`stop`, `length`, `tool_calls`; on the Responses API
     /// its final `status`), for traces.
     pub finish_reasons: Vec<String>,
-}
-
-/// The parts of an answer (a JSON body, or one event's data) the tap reads; everything else is
-/// skipped without being built.
-#[derive(Debug, Default, Deserialize)]
-struct Answer<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    usage: Option<UsageFields>,
-    /// Whether it is empty (a usage-only chunk), and each choice's finish reason.
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
-    /// Responses API events carry the response, usage included, in `response`.
-    #[serde(borrow, default)]
-    response: Option<Inner<'a>>,
-    /// A Responses API answer's status (`completed`, `incomplete`).
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Inner<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    usage: Option<UsageFields>,
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Choice<'a> {
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
 }
 
 impl Answer<'_> {
@@ -82,22 +43,6 @@ impl Answer<'_> {
             observed.finish_reasons = vec![status.to_owned()];
         }
     }
-}
-
-/// An OpenAI `usage` object, chat (`prompt_tokens`) or responses (`input_tokens`).
-#[derive(Debug, Default, Deserialize)]
-struct UsageFields {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    prompt_tokens_details: Option<Details>,
-    input_tokens_details: Option<Details>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Details {
-    cached_tokens: Option<u64>,
 }
 
 impl UsageFields {
@@ -124,6 +69,11 @@ impl UsageFields {
 /// Reads usage and model from a JSON answer or one event's data: the public entry point for
 /// what upstream sends (fuzzing too). `None` when the text is not such an object.
 pub fn read_answer(data: &[u8]) -> Option<Observed> {
+    read(data, true)
+}
+
+/// [`read_answer`]; the id and finish reasons (for traces) only with `ending`.
+fn read(data: &[u8], ending: bool) -> Option<Observed> {
     let answer = parse_answer(data)?;
     let (model, usage) = match &answer.response {
         Some(inner) => (inner.model.as_deref(), inner.usage.as_ref()),
@@ -134,6 +84,9 @@ pub fn read_answer(data: &[u8]) -> Option<Observed> {
         model: model.map(str::to_owned),
         ..Observed::default()
     };
+    if !ending {
+        return Some(observed);
+    }
     answer.observe_ending(&mut observed);
     if let Some(status) = &answer.status
         && matches!(
@@ -149,12 +102,17 @@ pub fn read_answer(data: &[u8]) -> Option<Observed> {
 fn parse_answer(data: &[u8]) -> Option<Answer<'_>> {
     // `usage` of another type than an object (or null) makes the typed read fail; such an
     // answer simply has no usage.
-    serde_json::from_slice::<Answer<'_>>(data).ok()
+    super::answer::parse(data)
 }
 
 enum Mode {
-    /// A JSON body: a copy is kept (up to [`MAX_JSON`]) and read at the end.
-    Json { copy: BytesMut, overflow: bool },
+    /// A JSON body: kept (up to [`MAX_JSON`]) and read at the end — the chunk itself when it
+    /// came whole, else a copy of the chunks.
+    Json {
+        whole: Option<Bytes>,
+        copy: BytesMut,
+        overflow: bool,
+    },
     /// Server-sent events, read event by event.
     Sse {
         pending: BytesMut,
@@ -168,6 +126,8 @@ enum Mode {
 pub struct UsageTap {
     mode: Mode,
     observed: Observed,
+    /// Whether the answer's id and finish reasons are wanted (they are for traces only).
+    ending: bool,
 }
 
 impl UsageTap {
@@ -182,6 +142,7 @@ impl UsageTap {
             }
         } else if ct.starts_with("application/json") {
             Mode::Json {
+                whole: None,
                 copy: BytesMut::new(),
                 overflow: false,
             }
@@ -191,7 +152,15 @@ impl UsageTap {
         UsageTap {
             mode,
             observed: Observed::default(),
+            ending: true,
         }
+    }
+
+    /// Leaves out the answer's id and finish reasons, which only traces use: the tap then
+    /// copies nothing but the model.
+    pub fn without_ending(mut self) -> Self {
+        self.ending = false;
+        self
     }
 
     /// Takes a chunk from upstream and returns what goes to the client. Unless a usage chunk
@@ -199,14 +168,27 @@ impl UsageTap {
     pub fn pass(&mut self, chunk: Bytes) -> Bytes {
         match &mut self.mode {
             Mode::Other => chunk,
-            Mode::Json { copy, overflow } => {
-                if !*overflow {
-                    if copy.len() + chunk.len() > MAX_JSON {
-                        *overflow = true;
-                        *copy = BytesMut::new();
-                    } else {
-                        copy.extend_from_slice(&chunk);
+            Mode::Json {
+                whole,
+                copy,
+                overflow,
+            } => {
+                if *overflow {
+                    return chunk;
+                }
+                let kept = whole.as_ref().map_or(copy.len(), Bytes::len);
+                if kept + chunk.len() > MAX_JSON {
+                    *overflow = true;
+                    *whole = None;
+                    *copy = BytesMut::new();
+                } else if kept == 0 {
+                    // Most bodies come in one chunk: keep it, shared, rather than copy it.
+                    *whole = Some(chunk.clone());
+                } else {
+                    if let Some(first) = whole.take() {
+                        copy.extend_from_slice(&first);
                     }
+                    copy.extend_from_slice(&chunk);
                 }
                 chunk
             }
@@ -251,11 +233,16 @@ impl UsageTap {
 
     /// The usage and model seen.
     pub fn finish(mut self) -> Observed {
-        if let Mode::Json { copy, overflow } = &self.mode
-            && !*overflow
-            && let Some(observed) = read_answer(copy)
+        if let Mode::Json {
+            whole,
+            copy,
+            overflow: false,
+        } = &self.mode
         {
-            self.observed = observed;
+            let body = whole.as_deref().unwrap_or(copy);
+            if let Some(observed) = read(body, self.ending) {
+                self.observed = observed;
+            }
         }
         self.observed
     }
@@ -429,6 +416,24 @@ mod tests {
             })
         );
         assert_eq!(observed.model.as_deref(), Some("gpt-4.1"));
+    }
+
+    #[test]
+    fn a_body_in_one_chunk_is_read_without_a_copy_and_the_ending_only_when_wanted() {
+        let body = r#"{"id":"chatcmpl-1","model":"gpt-4o-mini","choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#;
+        let mut tap = UsageTap::new(Some("application/json"), false);
+        assert_eq!(run(&mut tap, &["", body]), body);
+        let observed = tap.finish();
+        assert_eq!(observed.usage.unwrap().completion_tokens, 3);
+        assert_eq!(observed.id.as_deref(), Some("chatcmpl-1"));
+        assert_eq!(observed.finish_reasons, ["stop"]);
+
+        let mut tap = UsageTap::new(Some("application/json"), false).without_ending();
+        run(&mut tap, &[body]);
+        let observed = tap.finish();
+        assert_eq!(observed.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(observed.usage.unwrap().prompt_tokens, 7);
+        assert_eq!((observed.id, observed.finish_reasons.len()), (None, 0));
     }
 
     #[test]
