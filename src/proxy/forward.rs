@@ -15,9 +15,9 @@ use futures_util::{Stream, StreamExt};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::echo;
+use super::pool::{self, Pool, PooledBody};
 use crate::config::{Config, Upstream};
 
 /// A failure while the response body was streaming.
@@ -81,9 +81,11 @@ const NOT_FORWARDED: [&str; 5] = [
     "x-prompt-variables",
 ];
 
-/// `headers` without hop-by-hop headers (and those the `Connection` header names).
+/// `headers` without hop-by-hop headers (and those the `Connection` header names), with room
+/// for promptgate's own response headers.
 pub fn end_to_end_headers(mut headers: HeaderMap) -> HeaderMap {
     strip_headers(&mut headers, &[]);
+    headers.reserve(6);
     headers
 }
 
@@ -121,12 +123,8 @@ enum Kind {
     None,
 }
 
-/// The request body hyper sends: one buffer (injecting endpoints) or the client's stream.
-type SendBody = Either<Full<Bytes>, axum::body::Body>;
-
 struct Direct {
-    client:
-        hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, SendBody>,
+    pool: Arc<Pool>,
     scheme: Scheme,
     authority: Authority,
     /// The upstream's path without its trailing `/` (`""` for none, `/v1` for `…/v1/`).
@@ -196,21 +194,13 @@ async fn send_direct(
     }
     // Azure OpenAI's `/openai/…` paths go from the upstream's origin.
     path.push_str(path_and_query);
-    let mut parts = axum::http::uri::Parts::default();
-    parts.scheme = Some(direct.scheme.clone());
-    parts.authority = Some(direct.authority.clone());
     let url_text = || format!("{}://{}{}", direct.scheme, direct.authority, path_and_query);
-    parts.path_and_query =
-        Some(
-            PathAndQuery::try_from(path).map_err(|e| UpstreamError::Unreachable {
-                url: url_text(),
-                reason: format!("not a valid upstream path: {e}"),
-            })?,
-        );
-    let uri = Uri::from_parts(parts).map_err(|e| UpstreamError::Unreachable {
+    let path = PathAndQuery::try_from(path).map_err(|e| UpstreamError::Unreachable {
         url: url_text(),
-        reason: format!("not a valid upstream URL: {e}"),
+        reason: format!("not a valid upstream path: {e}"),
     })?;
+    // The URL errors name: the upstream's, path and all.
+    let url = || format!("{}://{}{}", direct.scheme, direct.authority, path);
     let mut out = upstream_headers(headers, config)?;
     // As reqwest sent it.
     out.entry(header::ACCEPT)
@@ -227,7 +217,6 @@ async fn send_direct(
     };
     let mut request = axum::http::Request::new(body);
     *request.method_mut() = method;
-    *request.uri_mut() = uri.clone();
     *request.headers_mut() = out;
     // One deadline for the answer and its whole body, as `--upstream-timeout` says: one
     // timer, first raced against the answer, then handed to the body.
@@ -235,13 +224,13 @@ async fn send_direct(
     let mut deadline = Box::pin(tokio::time::sleep(timeout));
     let response = tokio::select! {
         biased;
-        answer = direct.client.request(request) => match answer {
+        answer = direct.pool.send(request, path.clone()) => match answer {
             Ok(response) => response,
-            Err(e) => return Err(classify_direct(&e, &uri, config)),
+            Err(e) => return Err(classify_direct(&e, url(), config)),
         },
         () = deadline.as_mut() => {
             return Err(UpstreamError::Timeout {
-                url: uri.to_string(),
+                url: url(),
                 seconds: timeout.as_secs_f64(),
             });
         }
@@ -262,7 +251,7 @@ async fn send_direct(
 
 /// The upstream's body as it arrives, ended with a timeout error at the request's deadline.
 struct TimedBody {
-    body: hyper::body::Incoming,
+    body: PooledBody,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
 }
@@ -299,11 +288,7 @@ impl Stream for TimedBody {
 }
 
 /// 502 for anything short of an answer: a refused connection, a connect timeout, a reset.
-fn classify_direct(
-    err: &hyper_util::client::legacy::Error,
-    uri: &Uri,
-    config: &Config,
-) -> UpstreamError {
+fn classify_direct(err: &pool::Error, url: String, config: &Config) -> UpstreamError {
     let timed_out = {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
         let mut found = false;
@@ -325,10 +310,7 @@ fn classify_direct(
     } else {
         error_chain(err)
     };
-    UpstreamError::Unreachable {
-        url: uri.to_string(),
-        reason,
-    }
+    UpstreamError::Unreachable { url, reason }
 }
 
 async fn send_reqwest(
@@ -431,7 +413,7 @@ fn classify(err: &reqwest::Error, base: &reqwest::Url, config: &Config) -> Upstr
 }
 
 /// The error and its causes, for a message that says what actually went wrong.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -493,13 +475,8 @@ pub fn client(config: &Config) -> anyhow::Result<Client> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .build(connector);
     Ok(Client(Kind::Direct(Arc::new(Direct {
-        client,
+        pool: Pool::new(connector, scheme.clone(), authority.clone()),
         scheme,
         authority,
         base_path: uri.path().trim_end_matches('/').to_owned(),

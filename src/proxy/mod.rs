@@ -16,6 +16,7 @@ pub mod inject;
 pub mod json;
 mod logline;
 pub mod parse;
+pub mod pool;
 pub mod relay;
 pub mod request;
 pub mod system;
