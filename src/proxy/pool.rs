@@ -295,6 +295,23 @@ pub struct PooledBody {
     back: Option<(http1::SendRequest<SendBody>, Arc<Pool>)>,
 }
 
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some((sender, pool)) = self.back.take() {
+            pool.put(sender);
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Read to its end but not polled once more: the connection is free all the same.
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
 impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -305,10 +322,10 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None))
-            && let Some((sender, pool)) = this.back.take()
-        {
-            pool.put(sender);
+        // A body of known length ends with its last byte: readers stop there, without the
+        // poll that would answer `None`.
+        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.give_back();
         }
         polled
     }
@@ -534,6 +551,25 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_length_gives_its_connection_back() {
+        let (port, accepted) = upstream(None).await;
+        let pool = pool(port);
+        for _ in 0..3 {
+            let request = Request::new(SendBody::Left(http_body_util::Full::new(Bytes::new())));
+            let response = pool
+                .send(request, PathAndQuery::from_static("/v1/x"))
+                .await
+                .unwrap();
+            // The one frame, and no poll after it, as a relay that knows the length reads.
+            let mut body = response.into_body();
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "hello");
+            drop(body);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
