@@ -222,9 +222,12 @@ async fn send_direct(
     // timer, first raced against the answer, then handed to the body.
     let timeout = config.upstream_timeout;
     let mut deadline = Box::pin(tokio::time::sleep(timeout));
+    // Boxed: the pool's future holds the request and a connection's handshake, and would
+    // otherwise be moved whole with every future that awaits it.
+    let answer = Box::pin(direct.pool.send(request, path.clone()));
     let response = tokio::select! {
         biased;
-        answer = direct.pool.send(request, path.clone()) => match answer {
+        answer = answer => match answer {
             Ok(response) => response,
             Err(e) => return Err(classify_direct(&e, url(), config)),
         },
