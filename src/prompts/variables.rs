@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use minijinja::Value;
 use minijinja::value::Serde;
@@ -58,25 +58,41 @@ impl Entry {
 }
 
 /// One variable's value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum Var {
     /// Read as a MiniJinja value (holds no object).
     Value(Value),
-    /// An object, or a list holding one, as the client wrote it.
-    Json(serde_json::Value),
+    /// An object, or a list holding one, as the client wrote it; and its MiniJinja value once
+    /// a template has read it (converted once per request, however often it is read).
+    Json(serde_json::Value, OnceLock<Value>),
+}
+
+impl PartialEq for Var {
+    /// The values, whether or not a template has read them yet.
+    fn eq(&self, other: &Var) -> bool {
+        match (self, other) {
+            (Var::Value(a), Var::Value(b)) => a == b,
+            (Var::Json(a, _), Var::Json(b, _)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Var {
+    fn json(json: serde_json::Value) -> Var {
+        Var::Json(json, OnceLock::new())
+    }
+
     fn to_value(&self) -> Value {
         match self {
             Var::Value(v) => v.clone(),
-            Var::Json(json) => Value::from(Serde(json)),
+            Var::Json(json, value) => value.get_or_init(|| Value::from(Serde(json))).clone(),
         }
     }
 
     fn to_json(&self) -> serde_json::Value {
         match self {
-            Var::Json(json) => json.clone(),
+            Var::Json(json, _) => json.clone(),
             // Strings, numbers, booleans, none and lists of them map back one to one.
             Var::Value(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
         }
@@ -84,7 +100,7 @@ impl Var {
 
     fn into_json(self) -> serde_json::Value {
         match self {
-            Var::Json(json) => json,
+            Var::Json(json, _) => json,
             value => value.to_json(),
         }
     }
@@ -92,7 +108,7 @@ impl Var {
     /// What a JSON value is read as.
     fn from_json(json: serde_json::Value) -> Var {
         if holds_object(&json) {
-            Var::Json(json)
+            Var::json(json)
         } else {
             Var::Value(Value::from(Serde(&json)))
         }
@@ -391,7 +407,7 @@ impl<'de> Deserialize<'de> for Var {
                     match (&mut json, item) {
                         (None, Var::Value(value)) => values.push(value),
                         (Some(items), item) => items.push(item.into_json()),
-                        (None, Var::Json(item)) => {
+                        (None, Var::Json(item, _)) => {
                             let mut items: Vec<serde_json::Value> = values
                                 .drain(..)
                                 .map(|v| Var::Value(v).into_json())
@@ -403,13 +419,13 @@ impl<'de> Deserialize<'de> for Var {
                 }
                 Ok(match json {
                     None => Var::Value(Value::from_object(values)),
-                    Some(items) => Var::Json(serde_json::Value::Array(items)),
+                    Some(items) => Var::json(serde_json::Value::Array(items)),
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Var, A::Error> {
                 let json =
                     serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(Var::Json(json))
+                Ok(Var::json(json))
             }
         }
         deserializer.deserialize_any(VarVisitor)
@@ -419,6 +435,14 @@ impl<'de> Deserialize<'de> for Var {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_is_converted_once_however_often_it_is_read() {
+        let var = Var::json(serde_json::json!({"a": [1, {"k": "v"}]}));
+        let first = var.to_value();
+        assert!(matches!(&var, Var::Json(_, cell) if cell.get().is_some()));
+        assert_eq!(var.to_value(), first);
+    }
     use serde_json::json;
 
     fn read(text: &str) -> Variables {

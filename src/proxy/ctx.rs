@@ -3,7 +3,6 @@
 //! line, metrics, statistics, the feedback index, the events file, the trace).
 
 use std::cell::RefCell;
-use std::io::Read as _;
 use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -299,27 +298,23 @@ impl RequestCtx {
 /// Random bytes read from the kernel in blocks, per thread: a request id costs a copy, not a
 /// system call.
 struct RandomPool {
-    urandom: Option<std::fs::File>,
     bytes: [u8; 1024],
     used: usize,
 }
 
 thread_local! {
     static RANDOM: RefCell<RandomPool> = const {
-        RefCell::new(RandomPool { urandom: None, bytes: [0; 1024], used: 1024 })
+        RefCell::new(RandomPool { bytes: [0; 1024], used: 1024 })
     };
 }
 
-/// 16 random bytes, from the operating system's generator (as `uuid`'s own v4 takes them).
+/// 16 random bytes, from the operating system's generator (`getrandom`, as `uuid`'s own v4
+/// takes them), drawn 1 KiB at a time.
 fn random_16() -> [u8; 16] {
     let pooled = RANDOM.with(|pool| {
         let pool = &mut *pool.borrow_mut();
         if pool.used + 16 > pool.bytes.len() {
-            if pool.urandom.is_none() {
-                pool.urandom = std::fs::File::open("/dev/urandom").ok();
-            }
-            let file = pool.urandom.as_mut()?;
-            file.read_exact(&mut pool.bytes).ok()?;
+            getrandom::fill(&mut pool.bytes).ok()?;
             pool.used = 0;
         }
         let mut out = [0u8; 16];

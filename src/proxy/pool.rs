@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderValue, Request, Response, Uri, header};
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -132,7 +133,7 @@ impl Pool {
     ) -> Result<Response<PooledBody>, Error> {
         let mut retried = false;
         loop {
-            let (sender, reused) = self.checkout().await?;
+            let (sender, reused) = self.checkout(retried).await?;
             match sender {
                 Sender::H2(mut sender) => {
                     let mut parts = axum::http::uri::Parts::default();
@@ -148,7 +149,6 @@ impl Pool {
                         Err(mut e) => match e.take_message() {
                             // The shared connection was going away: once more, on a new one.
                             Some(unsent) if reused && !retried => {
-                                self.h2.lock().expect("the pool's lock").take();
                                 request = unsent;
                                 retried = true;
                             }
@@ -163,13 +163,8 @@ impl Pool {
                         .insert(header::HOST, self.host.clone());
                     match sender.try_send_request(request).await {
                         Ok(response) => {
-                            let mut back = Some((sender, Arc::clone(self)));
-                            if response.body().is_end_stream() {
-                                // Nothing to read: the connection is free now.
-                                if let Some((sender, pool)) = back.take() {
-                                    pool.put(sender);
-                                }
-                            }
+                            // An empty body goes back when it is dropped.
+                            let back = Some((sender, Arc::clone(self)));
                             return Ok(response.map(|body| PooledBody { body, back }));
                         }
                         Err(mut e) => match e.take_message() {
@@ -187,8 +182,12 @@ impl Pool {
         }
     }
 
-    /// A connection ready for a request, and whether it was reused.
-    async fn checkout(&self) -> Result<(Sender, bool), Error> {
+    /// A connection ready for a request, and whether it was reused; with `fresh`, a new one
+    /// (a retry: the reused one refused the request).
+    async fn checkout(self: &Arc<Self>, fresh: bool) -> Result<(Sender, bool), Error> {
+        if fresh {
+            return Ok((self.connect().await?, false));
+        }
         let shared = self
             .h2
             .lock()
@@ -208,8 +207,12 @@ impl Pool {
             if since.elapsed() > IDLE_TIMEOUT || sender.is_closed() {
                 continue;
             }
-            if sender.ready().await.is_ok() {
-                return Ok((Sender::H1(sender), true));
+            match sender.ready().now_or_never() {
+                Some(Ok(())) => return Ok((Sender::H1(sender), true)),
+                Some(Err(_)) => continue,
+                // Still busy (its request body still going out, or its end not yet seen):
+                // never waited on here; it comes back when it is free.
+                None => self.put_when_ready(sender),
             }
         }
         Ok((self.connect().await?, false))
@@ -246,7 +249,26 @@ impl Pool {
         }
     }
 
-    /// An HTTP/1.1 connection whose answer has been read: kept for the next request.
+    /// An HTTP/1.1 connection whose answer has been read: kept for the next request once it is
+    /// free, which is at once unless its request body is still going out.
+    fn give_back(self: Arc<Self>, mut sender: http1::SendRequest<SendBody>) {
+        match sender.ready().now_or_never() {
+            Some(Ok(())) => self.put(sender),
+            Some(Err(_)) => {}
+            None => self.put_when_ready(sender),
+        }
+    }
+
+    /// Waits, off the request, for a busy connection to be free, then keeps it.
+    fn put_when_ready(self: &Arc<Self>, mut sender: http1::SendRequest<SendBody>) {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.put(sender);
+            }
+        });
+    }
+
     fn put(&self, sender: http1::SendRequest<SendBody>) {
         if sender.is_closed() {
             return;
@@ -298,7 +320,7 @@ pub struct PooledBody {
 impl PooledBody {
     fn give_back(&mut self) {
         if let Some((sender, pool)) = self.back.take() {
-            pool.put(sender);
+            pool.give_back(sender);
         }
     }
 }

@@ -155,6 +155,10 @@ impl FeedbackIndex {
 
     /// Adds an entry; `slot` carries the [`LEGACY`] bit for a hash of the first format.
     fn insert_hashed(&mut self, hash: u64, slot: u32) {
+        if self.capacity == 0 {
+            // `--feedback-window 0`: nothing is kept, and a checkpoint restores nothing.
+            return;
+        }
         let legacy = slot & LEGACY != 0;
         if let Some(p) = self.position(hash, legacy) {
             self.slots[p] = slot;
@@ -249,7 +253,8 @@ impl FeedbackIndex {
         let keep = snapshot.entries.len().min(self.capacity);
         self.hashes.reserve_exact(keep);
         self.slots.reserve_exact(keep);
-        self.table.reserve(keep, |_| 0);
+        let (table, hashes) = (&mut self.table, &self.hashes);
+        table.reserve(keep, |&p| hashes[p as usize]);
         for (hash, slot) in snapshot.entries {
             let legacy = slot & LEGACY;
             if legacy == 0 && !keyed {
@@ -277,6 +282,38 @@ pub(super) fn served_of(slot: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_restores_into_a_window_of_zero_without_keeping_anything() {
+        let mut index = FeedbackIndex::new(4);
+        index.insert("a", "support", 1, None);
+        index.insert("b", "support", 2, None);
+        let mut none = FeedbackIndex::new(0);
+        none.restore(index.snapshot());
+        assert!(none.get("a").is_none());
+        none.insert("c", "support", 1, None);
+        assert!(none.get("c").is_none());
+    }
+
+    #[test]
+    fn a_checkpoint_restored_beside_entries_keeps_them_findable() {
+        let mut saved = FeedbackIndex::new(64);
+        for i in 0..40 {
+            saved.insert(&format!("old-{i}"), "support", 1, None);
+        }
+        let mut index = FeedbackIndex::new(64);
+        for i in 0..5 {
+            index.insert(&format!("new-{i}"), "support", 2, None);
+        }
+        index.restore(saved.snapshot());
+        for i in 0..5 {
+            assert_eq!(
+                index.get(&format!("new-{i}")).unwrap().version,
+                2,
+                "new-{i}"
+            );
+        }
+    }
 
     #[test]
     fn the_feedback_index_forgets_the_oldest_ids() {
