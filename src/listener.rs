@@ -65,7 +65,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), routes.clone())
+            .serve_connection(TokioIo::new(stream), routes.clone())
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

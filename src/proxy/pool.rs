@@ -11,6 +11,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -46,6 +47,10 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connection, when the upstream speaks it: one, shared by every request.
     h2: Mutex<Option<http2::SendRequest<SendBody>>>,
+    /// The upstream chose HTTP/2 before: requests that find no live connection wait for one
+    /// of them to make it, instead of each making its own.
+    speaks_h2: AtomicBool,
+    connecting: tokio::sync::Mutex<()>,
 }
 
 struct Idle {
@@ -117,6 +122,8 @@ impl Pool {
             host: HeaderValue::from_str(&host).expect("an authority is a valid header value"),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            speaks_h2: AtomicBool::new(false),
+            connecting: tokio::sync::Mutex::new(()),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(reap(Arc::downgrade(&pool)));
@@ -188,15 +195,15 @@ impl Pool {
         if fresh {
             return Ok((self.connect().await?, false));
         }
-        let shared = self
-            .h2
-            .lock()
-            .expect("the pool's lock")
-            .as_ref()
-            .filter(|sender| !sender.is_closed())
-            .cloned();
-        if let Some(sender) = shared {
+        if let Some(sender) = self.shared_h2() {
             return Ok((Sender::H2(sender), true));
+        }
+        if self.speaks_h2.load(Ordering::Relaxed) {
+            let _one_at_a_time = self.connecting.lock().await;
+            if let Some(sender) = self.shared_h2() {
+                return Ok((Sender::H2(sender), true));
+            }
+            return Ok((self.connect().await?, false));
         }
         loop {
             // The most recently used first: it is the least likely to have been closed.
@@ -218,6 +225,16 @@ impl Pool {
         Ok((self.connect().await?, false))
     }
 
+    /// The live shared HTTP/2 connection, if there is one.
+    fn shared_h2(&self) -> Option<http2::SendRequest<SendBody>> {
+        self.h2
+            .lock()
+            .expect("the pool's lock")
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .cloned()
+    }
+
     async fn connect(&self) -> Result<Sender, Error> {
         let io = self
             .connector
@@ -236,6 +253,7 @@ impl Pool {
                 let _ = connection.await;
             });
             *self.h2.lock().expect("the pool's lock") = Some(sender.clone());
+            self.speaks_h2.store(true, Ordering::Relaxed);
             Ok(Sender::H2(sender))
         } else {
             let (sender, connection) = http1::Builder::new()
