@@ -107,8 +107,8 @@ fn strip_headers(headers: &mut HeaderMap, skip: &[&str]) {
     }
 }
 
-/// The one pooled upstream client: hyper's own pooled client, with the upstream's origin and
-/// path parsed once at start; or reqwest when a proxy from the environment (`HTTPS_PROXY`,
+/// The one pooled upstream client: promptgate's [`Pool`] of connections to the upstream's
+/// origin, with the origin and path parsed once at start; or reqwest when a proxy from the environment (`HTTPS_PROXY`,
 /// `HTTP_PROXY`, `ALL_PROXY`, minus `NO_PROXY`) applies to the upstream, as it always has, or
 /// when the upstream URL carries credentials.
 #[derive(Clone)]
