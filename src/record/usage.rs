@@ -25,6 +25,10 @@ pub struct Observed {
     pub finish_reasons: Vec<String>,
 }
 
+/// Finish reasons kept per answer at most: one per choice in any real answer; an upstream that
+/// sends a finish reason in every chunk of a long stream does not grow the list without end.
+const MAX_FINISH_REASONS: usize = 128;
+
 impl Answer<'_> {
     /// Notes the answer's id (the first seen) and finish reasons (chat choices, or a final
     /// Responses API status).
@@ -34,7 +38,9 @@ impl Answer<'_> {
             observed.id = id.as_deref().map(str::to_owned);
         }
         for choice in self.choices.iter().flatten() {
-            if let Some(reason) = &choice.finish_reason {
+            if let Some(reason) = &choice.finish_reason
+                && observed.finish_reasons.len() < MAX_FINISH_REASONS
+            {
                 observed.finish_reasons.push(reason.clone().into_owned());
             }
         }
@@ -434,6 +440,17 @@ mod tests {
         assert_eq!(observed.model.as_deref(), Some("gpt-4o-mini"));
         assert_eq!(observed.usage.unwrap().prompt_tokens, 7);
         assert_eq!((observed.id, observed.finish_reasons.len()), (None, 0));
+    }
+
+    #[test]
+    fn finish_reasons_in_every_chunk_of_a_stream_are_kept_to_a_bound() {
+        let chunk =
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"finish_reason\":\"stop\"}]}\n\n";
+        let chunks = vec![chunk; 1000];
+        let mut tap = UsageTap::new(Some("text/event-stream"), false);
+        run(&mut tap, &chunks);
+        let observed = tap.finish();
+        assert_eq!(observed.finish_reasons.len(), MAX_FINISH_REASONS);
     }
 
     #[test]
