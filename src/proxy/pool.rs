@@ -256,6 +256,9 @@ impl Pool {
             self.speaks_h2.store(true, Ordering::Relaxed);
             Ok(Sender::H2(sender))
         } else {
+            // An upstream that chose HTTP/2 before and HTTP/1.1 now (another server behind
+            // the same name): its idle list is used again.
+            self.speaks_h2.store(false, Ordering::Relaxed);
             let (sender, connection) = http1::Builder::new()
                 .handshake(io)
                 .await
