@@ -13,7 +13,7 @@
 # promptgate is built on), PROMPTGATE_ARGS (more `serve` flags,
 # e.g. `--otlp-endpoint http://127.0.0.1:4318` with `bench/otlp_sink.py 4318` to count tracing),
 # PROMPTGATE_BIN (a promptgate binary to measure, e.g. a copy of an earlier build: nothing is
-# built then, and the mock is the one already built).
+# built then, and the mock and the floor proxy are the ones already built).
 set -euo pipefail
 
 REQUESTS=${REQUESTS:-400}

@@ -449,6 +449,11 @@ mod tests {
         roots
             .add(CertificateDer::from_pem_slice(CA.as_bytes()).unwrap())
             .unwrap();
+        pool_trusting(roots, scheme, port)
+    }
+
+    /// A pool for `scheme://127.0.0.1:port` that trusts `roots` only.
+    fn pool_trusting(roots: rustls::RootCertStore, scheme: Scheme, port: u16) -> Arc<Pool> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -549,25 +554,7 @@ mod tests {
     #[tokio::test]
     async fn an_untrusted_certificate_is_a_connect_error() {
         let (port, _) = h2_upstream().await;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                rustls::ClientConfig::builder_with_provider(provider())
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let pool = Pool::new(
-            connector,
-            Scheme::HTTPS,
-            format!("127.0.0.1:{port}").parse().unwrap(),
-        );
+        let pool = pool_trusting(rustls::RootCertStore::empty(), Scheme::HTTPS, port);
         let err = get(&pool).await.unwrap_err();
         assert!(err.is_connect(), "{err:?}");
         assert!(

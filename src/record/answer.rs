@@ -484,7 +484,7 @@ impl<'a> Scanner<'a> {
 /// marks its places; a borrow can only mark bytes after a true mark, so the lowest mark is
 /// true.
 #[inline(always)]
-pub(super) fn special_byte(text: &[u8], mut at: usize) -> usize {
+fn special_byte(text: &[u8], mut at: usize) -> usize {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES << 7;
     while let Some(word) = text.get(at..at + 8) {
