@@ -269,21 +269,16 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Routes {
         if let Some(state) = &self.direct
             && req.method() == axum::http::Method::POST
         {
-            let state = State(state.clone());
-            match req.uri().path() {
-                "/v1/chat/completions" => {
-                    let req = req.map(axum::body::Body::new);
-                    return Either::Left(Box::pin(async move {
-                        Ok(proxy::chat_completions(state, req).await)
-                    }));
-                }
-                "/v1/responses" => {
-                    let req = req.map(axum::body::Body::new);
-                    return Either::Left(Box::pin(async move {
-                        Ok(proxy::responses(state, req).await)
-                    }));
-                }
-                _ => {}
+            let state = state.clone();
+            let endpoint = match req.uri().path() {
+                "/v1/chat/completions" => Some(proxy::request::Endpoint::ChatCompletions),
+                "/v1/responses" => Some(proxy::request::Endpoint::Responses),
+                _ => None,
+            };
+            if let Some(endpoint) = endpoint {
+                return Either::Left(Box::pin(async move {
+                    Ok(proxy::inject(state, endpoint, req).await)
+                }));
             }
         }
         Either::Right(self.router.clone().call(req))

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::forward::{OutBody, UpstreamError, UpstreamResponse};
+use super::forward::{OutBody, UpstreamBody, UpstreamError, UpstreamResponse};
 
 /// Characters of assistant text per streamed chunk.
 const CHUNK_CHARS: usize = 48;
@@ -63,7 +63,7 @@ fn json_response(status: StatusCode, value: &Value) -> UpstreamResponse {
     UpstreamResponse {
         status,
         headers,
-        body: futures_util::stream::once(async move { Ok(body) }).boxed(),
+        body: UpstreamBody::Other(futures_util::stream::once(async move { Ok(body) }).boxed()),
     }
 }
 
@@ -77,7 +77,9 @@ fn sse_response(events: Vec<String>) -> UpstreamResponse {
     UpstreamResponse {
         status: StatusCode::OK,
         headers,
-        body: futures_util::stream::iter(events.into_iter().map(|e| Ok(Bytes::from(e)))).boxed(),
+        body: UpstreamBody::Other(
+            futures_util::stream::iter(events.into_iter().map(|e| Ok(Bytes::from(e)))).boxed(),
+        ),
     }
 }
 

@@ -32,7 +32,26 @@ pub struct BodyError {
 pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub body: BoxStream<'static, Result<Bytes, BodyError>>,
+    pub body: UpstreamBody,
+}
+
+/// The upstream's answer body, chunk by chunk.
+pub enum UpstreamBody {
+    /// From promptgate's pool, under the request's deadline: held inline, not boxed.
+    Pooled(TimedBody),
+    /// From reqwest (through a proxy) or the built-in echo.
+    Other(BoxStream<'static, Result<Bytes, BodyError>>),
+}
+
+impl Stream for UpstreamBody {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(body) => Pin::new(body).poll_next(cx),
+            UpstreamBody::Other(body) => body.as_mut().poll_next(cx),
+        }
+    }
 }
 
 /// The body to send: already read (injecting endpoints) or streamed through (everything else).
@@ -52,6 +71,24 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
 ];
+
+/// One of [`HOP_BY_HOP`]: a `match` compares the length first, so most names are turned
+/// away by one comparison rather than eight.
+fn is_hop_by_hop(name: &str) -> bool {
+    let found = matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    );
+    debug_assert_eq!(found, HOP_BY_HOP.contains(&name));
+    found
+}
 
 /// Why a request did not get an answer from upstream.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -100,8 +137,7 @@ fn strip_headers(headers: &mut HeaderMap, skip: &[&str]) {
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
         .collect();
-    let dropped =
-        |n: &str| HOP_BY_HOP.contains(&n) || skip.contains(&n) || named.iter().any(|c| c == n);
+    let dropped = |n: &str| is_hop_by_hop(n) || skip.contains(&n) || named.iter().any(|c| c == n);
     while let Some(name) = headers.keys().find(|name| dropped(name.as_str())).cloned() {
         headers.remove(&name);
     }
@@ -127,8 +163,44 @@ struct Direct {
     pool: Arc<Pool>,
     scheme: Scheme,
     authority: Authority,
+    paths: UpstreamPaths,
+}
+
+/// Upstream paths from the upstream URL's own path.
+struct UpstreamPaths {
     /// The upstream's path without its trailing `/` (`""` for none, `/v1` for `…/v1/`).
-    base_path: String,
+    base: String,
+    /// The injecting endpoints' paths, parsed once: (the path after `/v1/`, its upstream path).
+    known: [(&'static str, PathAndQuery); 2],
+}
+
+impl UpstreamPaths {
+    fn new(base: &str) -> Self {
+        let base = base.trim_end_matches('/').to_owned();
+        let known = ["chat/completions", "responses"].map(|path| {
+            let parsed = PathAndQuery::from_maybe_shared(Bytes::from(format!("{base}/{path}")))
+                .expect("a URL's path and a fixed suffix make a valid path");
+            // Cloned once here so that each request's clone only counts a reference.
+            (path, parsed.clone())
+        });
+        UpstreamPaths { base, known }
+    }
+
+    /// The upstream path and query for `path_and_query` (the part after `/v1/`, or an Azure
+    /// path from the origin).
+    fn get(&self, path_and_query: &str) -> Result<PathAndQuery, axum::http::uri::InvalidUri> {
+        if let Some((_, known)) = self.known.iter().find(|(p, _)| *p == path_and_query) {
+            return Ok(known.clone());
+        }
+        let mut path = String::with_capacity(self.base.len() + path_and_query.len() + 1);
+        if !path_and_query.starts_with('/') {
+            path.push_str(&self.base);
+            path.push('/');
+        }
+        // Azure OpenAI's `/openai/…` paths go from the upstream's origin.
+        path.push_str(path_and_query);
+        PathAndQuery::try_from(path)
+    }
 }
 
 /// Sends `method path_and_query` (the part after `/v1/`) upstream.
@@ -187,18 +259,13 @@ async fn send_direct(
     body: OutBody,
 ) -> Result<UpstreamResponse, UpstreamError> {
     // The URI from the parts parsed at start; only the path is checked per request.
-    let mut path = String::with_capacity(direct.base_path.len() + path_and_query.len() + 1);
-    if !path_and_query.starts_with('/') {
-        path.push_str(&direct.base_path);
-        path.push('/');
-    }
-    // Azure OpenAI's `/openai/…` paths go from the upstream's origin.
-    path.push_str(path_and_query);
-    let url_text = || format!("{}://{}{}", direct.scheme, direct.authority, path_and_query);
-    let path = PathAndQuery::try_from(path).map_err(|e| UpstreamError::Unreachable {
-        url: url_text(),
-        reason: format!("not a valid upstream path: {e}"),
-    })?;
+    let path = direct
+        .paths
+        .get(path_and_query)
+        .map_err(|e| UpstreamError::Unreachable {
+            url: format!("{}://{}{}", direct.scheme, direct.authority, path_and_query),
+            reason: format!("not a valid upstream path: {e}"),
+        })?;
     // The URL errors name: the upstream's, path and all.
     let url = || format!("{}://{}{}", direct.scheme, direct.authority, path);
     let mut out = upstream_headers(headers, config)?;
@@ -244,7 +311,7 @@ async fn send_direct(
         // The upstream's `x-request-id` (OpenAI's `req_…`) passes through untouched: the SDKs
         // show it as `_request_id`, and it is the id the provider's support asks for (SPEC §2).
         headers: end_to_end_headers(parts.headers),
-        body: Box::pin(TimedBody {
+        body: UpstreamBody::Pooled(TimedBody {
             body,
             deadline,
             timeout,
@@ -253,7 +320,7 @@ async fn send_direct(
 }
 
 /// The upstream's body as it arrives, ended with a timeout error at the request's deadline.
-struct TimedBody {
+pub struct TimedBody {
     body: PooledBody,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
@@ -382,7 +449,7 @@ async fn send_reqwest(
     Ok(UpstreamResponse {
         status,
         headers,
-        body,
+        body: UpstreamBody::Other(body),
     })
 }
 
@@ -482,7 +549,7 @@ pub fn client(config: &Config) -> anyhow::Result<Client> {
         pool: Pool::new(connector, scheme.clone(), authority.clone()),
         scheme,
         authority,
-        base_path: uri.path().trim_end_matches('/').to_owned(),
+        paths: UpstreamPaths::new(uri.path()),
     }))))
 }
 
@@ -520,5 +587,27 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert!(out.get("x-secret").is_none());
         assert_eq!(out.get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn upstream_paths_join_the_base_path() {
+        for (base, prefix) in [("", ""), ("/", ""), ("/v1", "/v1"), ("/v1/", "/v1")] {
+            let paths = UpstreamPaths::new(base);
+            for path in [
+                "chat/completions",
+                "responses",
+                "embeddings",
+                "chat/completions?x=1",
+            ] {
+                assert_eq!(
+                    paths.get(path).unwrap(),
+                    format!("{prefix}/{path}").as_str()
+                );
+            }
+            // Azure's paths go from the origin.
+            let azure = "/openai/deployments/d/chat/completions?api-version=1";
+            assert_eq!(paths.get(azure).unwrap(), azure);
+            assert!(paths.get("chat/completions with space").is_err());
+        }
     }
 }

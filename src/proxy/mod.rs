@@ -23,13 +23,12 @@ pub mod system;
 
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -74,7 +73,13 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
     }
 }
 
-async fn inject(state: AppState, endpoint: Endpoint, req: Request) -> Response {
+/// An injecting endpoint, whatever body type the request came with: the proxy listener hands
+/// hyper's own body straight here (no boxing into axum's), the router axum's.
+pub async fn inject<B>(state: AppState, endpoint: Endpoint, req: axum::http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut ctx = RequestCtx::start(&state, req.method(), req.uri().path(), req.headers());
     match run(&state, endpoint, req, &mut ctx).await {
         Ok(upstream) => relay::relay(upstream, ctx),
@@ -83,12 +88,16 @@ async fn inject(state: AppState, endpoint: Endpoint, req: Request) -> Response {
 }
 
 /// The pipeline of an injecting request, up to the upstream's answer.
-async fn run(
+async fn run<B>(
     state: &AppState,
     endpoint: Endpoint,
-    req: Request,
+    req: axum::http::Request<B>,
     ctx: &mut RequestCtx,
-) -> Result<UpstreamResponse, ApiError> {
+) -> Result<UpstreamResponse, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let (mut parts, body) = req.into_parts();
     let bytes = read_body(body, &parts.headers, state.config.max_body_bytes).await?;
     // One snapshot per request: a reload mid-request does not mix two prompt sets.
@@ -132,7 +141,7 @@ async fn run(
 /// same for a base URL without `/v1` (`/chat/completions`). Azure OpenAI's paths
 /// (`/openai/deployments/{d}/chat/completions?api-version=…`, `/openai/v1/…`) keep their whole
 /// path from the upstream's origin: `/openai/…`, leading slash and all.
-fn upstream_path(uri: &axum::http::Uri) -> String {
+fn upstream_path(uri: &axum::http::Uri) -> std::borrow::Cow<'_, str> {
     let full = uri.path();
     let path = if full.starts_with("/openai/") {
         full
@@ -142,8 +151,8 @@ fn upstream_path(uri: &axum::http::Uri) -> String {
             .unwrap_or(full)
     };
     match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
+        Some(q) => format!("{path}?{q}").into(),
+        None => path.into(),
     }
 }
 
@@ -191,8 +200,13 @@ pub enum ReadError {
     Failed(String),
 }
 
-/// Reads the whole body, refusing more than `limit` bytes.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ReadError> {
+/// Reads the whole body, refusing more than `limit` bytes. A body that comes in one piece (the
+/// usual case) is kept as it came, without a copy.
+async fn read_body<B>(mut body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -200,13 +214,37 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ReadError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ReadError::TooLarge { limit })
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
+        // Trailers are not part of the body.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(ReadError::TooLarge { limit });
         }
-        Err(e) => Err(ReadError::Failed(e.to_string())),
+        match (&mut first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(
+                    declared.map_or(total, |n| (n as usize).max(total)),
+                );
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
     }
+    Ok(match (first, more) {
+        (_, Some(joined)) => joined.freeze(),
+        (Some(one), None) => one,
+        (None, None) => Bytes::new(),
+    })
 }
 
 /// `GET /v1/feedback` and the like: promptgate's own routes answer other methods with
@@ -217,4 +255,95 @@ pub async fn method_not_allowed(req: Request) -> Response {
         path: req.uri().path().to_owned(),
     }
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    type Frames = StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
+    >;
+
+    fn frames(parts: &[&'static str]) -> Frames {
+        let frames: Vec<_> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    fn headers(length: Option<usize>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(n) = length {
+            headers.insert(axum::http::header::CONTENT_LENGTH, n.into());
+        }
+        headers
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_piece_is_kept_without_a_copy() {
+        let text: &'static str = r#"{"model": "m"}"#;
+        let read = read_body(frames(&[text]), &headers(None), 100)
+            .await
+            .unwrap();
+        assert_eq!(read, text);
+        assert_eq!(read.as_ptr(), text.as_ptr(), "the frame itself, not a copy");
+    }
+
+    #[tokio::test]
+    async fn pieces_are_joined_in_order_and_trailers_left_out() {
+        let mut parts: Vec<Result<Frame<Bytes>, std::io::Error>> = ["{\"a\"", ": 1", "}"]
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        parts.insert(2, Ok(Frame::trailers(HeaderMap::new())));
+        let body = StreamBody::new(futures_util::stream::iter(parts));
+        let read = read_body(body, &headers(Some(8)), 100).await.unwrap();
+        assert_eq!(read, "{\"a\": 1}");
+        let empty = read_body(frames(&[]), &headers(None), 100).await.unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[tokio::test]
+    async fn more_than_the_limit_is_refused_declared_or_not() {
+        let declared = read_body(frames(&["x"]), &headers(Some(11)), 10).await;
+        assert!(matches!(declared, Err(ReadError::TooLarge { limit: 10 })));
+        // Chunked (no length): refused at the piece that crosses the limit.
+        let chunked = read_body(frames(&["12345", "67890", "1"]), &headers(None), 10).await;
+        assert!(matches!(chunked, Err(ReadError::TooLarge { limit: 10 })));
+        let exact = read_body(frames(&["12345", "67890"]), &headers(None), 10).await;
+        assert_eq!(exact.unwrap(), "1234567890");
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_says_why() {
+        let parts: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"{"))),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(parts));
+        match read_body(body, &headers(None), 100).await {
+            Err(ReadError::Failed(why)) => assert_eq!(why, "connection reset"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn upstream_paths_borrow_unless_there_is_a_query() {
+        let uri: axum::http::Uri = "/v1/chat/completions".parse().unwrap();
+        assert!(matches!(
+            upstream_path(&uri),
+            std::borrow::Cow::Borrowed("chat/completions")
+        ));
+        let uri: axum::http::Uri = "/v1/chat/completions?x=1".parse().unwrap();
+        assert_eq!(upstream_path(&uri), "chat/completions?x=1");
+        let uri: axum::http::Uri = "/openai/deployments/d/chat/completions".parse().unwrap();
+        assert_eq!(
+            upstream_path(&uri),
+            "/openai/deployments/d/chat/completions"
+        );
+    }
 }

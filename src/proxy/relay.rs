@@ -10,11 +10,10 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
-use futures_util::stream::BoxStream;
 use serde_json::json;
 
 use super::RequestCtx;
-use super::forward::{BodyError, UpstreamResponse};
+use super::forward::{BodyError, UpstreamBody, UpstreamResponse};
 use crate::record::Outcome;
 use crate::record::usage::UsageTap;
 
@@ -72,7 +71,7 @@ pub fn relay(upstream: UpstreamResponse, mut ctx: RequestCtx) -> Response {
 /// The relayed body. Records the request when the stream ends, fails or is dropped (the
 /// client went away), exactly once.
 struct Relayed {
-    inner: BoxStream<'static, Result<Bytes, BodyError>>,
+    inner: UpstreamBody,
     sse: bool,
     finished: bool,
     first_byte: Option<Instant>,
@@ -106,7 +105,7 @@ impl Stream for Relayed {
             return Poll::Ready(None);
         }
         loop {
-            return match self.inner.as_mut().poll_next(cx) {
+            return match Pin::new(&mut self.inner).poll_next(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     if self.first_byte.is_none() && !chunk.is_empty() {
