@@ -232,7 +232,8 @@ pub fn app(state: AppState) -> Router {
 #[derive(Clone)]
 pub struct Routes {
     router: Router,
-    direct: Option<AppState>,
+    /// Shared, so that a request counts one reference rather than cloning every field.
+    direct: Option<Arc<AppState>>,
 }
 
 impl Routes {
@@ -248,7 +249,7 @@ impl Routes {
     pub fn proxy(state: AppState) -> Self {
         Routes {
             router: app(state.clone()),
-            direct: Some(state),
+            direct: Some(Arc::new(state)),
         }
     }
 }
@@ -277,7 +278,7 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Routes {
             };
             if let Some(endpoint) = endpoint {
                 return Either::Left(Box::pin(async move {
-                    Ok(proxy::inject(state, endpoint, req).await)
+                    Ok(proxy::inject(&state, endpoint, req).await)
                 }));
             }
         }

@@ -39,12 +39,12 @@ use request::Endpoint;
 
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(State(state): State<AppState>, req: Request) -> Response {
-    inject(state, Endpoint::ChatCompletions, req).await
+    inject(&state, Endpoint::ChatCompletions, req).await
 }
 
 /// `POST /v1/responses`
 pub async fn responses(State(state): State<AppState>, req: Request) -> Response {
-    inject(state, Endpoint::Responses, req).await
+    inject(&state, Endpoint::Responses, req).await
 }
 
 /// Every other method and path under `/v1/`: forwarded unchanged, body streamed through
@@ -75,13 +75,19 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
 
 /// An injecting endpoint, whatever body type the request came with: the proxy listener hands
 /// hyper's own body straight here (no boxing into axum's), the router axum's.
-pub async fn inject<B>(state: AppState, endpoint: Endpoint, req: axum::http::Request<B>) -> Response
+pub async fn inject<B>(
+    state: &AppState,
+    endpoint: Endpoint,
+    req: axum::http::Request<B>,
+) -> Response
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
-    let mut ctx = RequestCtx::start(&state, req.method(), req.uri().path(), req.headers());
-    match run(&state, endpoint, req, &mut ctx).await {
+    let mut ctx = RequestCtx::start(state, req.method(), req.uri().path(), req.headers());
+    // Boxed: the pipeline's future is large, and held inline it would be copied whole into
+    // every future that awaits it (this one, and the listener's).
+    match Box::pin(run(state, endpoint, req, &mut ctx)).await {
         Ok(upstream) => relay::relay(upstream, ctx),
         Err(err) => ctx.fail(err),
     }
