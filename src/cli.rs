@@ -205,6 +205,11 @@ struct ServeArgs {
     /// Client connections served at once per listener; further ones wait to be accepted.
     #[arg(long, env = "PROMPTGATE_MAX_CONNECTIONS", default_value = "1024", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+    /// Threads that serve requests: 0 (the default) for one per CPU the process may use; 1 for
+    /// a single-threaded server, the least CPU per request (no work handed between threads),
+    /// for a sidecar limited to one CPU or less.
+    #[arg(long, env = "PROMPTGATE_THREADS", default_value = "0", value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1024))]
+    threads: u64,
     /// Largest request head (request line and headers) in bytes; larger ones get 431.
     #[arg(long, env = "PROMPTGATE_MAX_HEADER_BYTES", default_value = "65536", value_name = "BYTES", value_parser = clap::value_parser!(u64).range(8192..=16_777_216))]
     max_header_bytes: u64,
@@ -516,7 +521,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         git_audit: args.git.git_audit,
         console_only: args.git.console_only,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime(args.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -785,5 +790,21 @@ mod tests {
         assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
         assert!(seconds("0").is_err());
         assert!(seconds("abc").is_err());
+    }
+}
+
+/// The server's runtime: `threads` workers (0: one per CPU the process may use), or with 1
+/// Tokio's single-threaded scheduler, which hands no work between threads. Blocking work
+/// (reading prompt files, the embedding model) runs on the blocking pool either way.
+fn runtime(threads: u64) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        0 => tokio::runtime::Runtime::new(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::try_from(n).unwrap_or(usize::MAX))
+            .enable_all()
+            .build(),
     }
 }

@@ -202,6 +202,64 @@ async fn serve_takes_every_flag_from_the_environment() {
     assert_eq!(resp.status(), 413, "limit from PROMPTGATE_MAX_BODY_BYTES");
 }
 
+/// `--threads 1`: the single-threaded server injects, relays streams, and serves requests
+/// side by side.
+#[tokio::test]
+async fn a_single_threaded_server_serves_concurrent_requests() {
+    let dir = prompts();
+    let chunks: Vec<String> = (0..4)
+        .map(|i| format!("data: {{\"n\": {i}}}\n\n"))
+        .collect();
+    let (upstream, _) = streaming_upstream(chunks.clone(), Duration::from_millis(100), None).await;
+    let (running, _state) = serve_from_env(
+        dir.path(),
+        &[
+            ("PROMPTGATE_THREADS", "1"),
+            ("PROMPTGATE_UPSTREAM", &upstream.to_string()),
+        ],
+    );
+    let client = http();
+    let url = format!("{}/v1/chat/completions", running.base);
+    // Eight streams at once: each takes ≈ 300 ms, so one at a time would take ≈ 2.4 s.
+    let started = Instant::now();
+    let streams = (0..8).map(|_| {
+        let request = client
+            .post(&url)
+            .json(&json!({"stream": true, "messages": [], "prompt": {"id": "support", "version": 1, "variables": {"company": "Acme"}}}));
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["x-prompt-name"], "support");
+            resp.text().await.unwrap()
+        }
+    });
+    for text in futures_util::future::join_all(streams).await {
+        assert_eq!(text, chunks.concat());
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "the streams were served side by side: {:?}",
+        started.elapsed()
+    );
+    let bad = client
+        .post(&url)
+        .json(&json!({"prompt": {"id": "no_such_prompt"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 404);
+}
+
+#[test]
+fn threads_must_be_a_count() {
+    let out = promptgate()
+        .args(["serve", "--threads", "many", "--upstream", "echo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+}
+
 #[tokio::test]
 async fn sigterm_lets_in_flight_streams_finish() {
     let dir = prompts();
