@@ -765,6 +765,22 @@ fn report(args: &ReportArgs) -> ExitCode {
     }
 }
 
+/// The server's runtime: `threads` workers (0: one per CPU the process may use), or with 1
+/// Tokio's single-threaded scheduler, which hands no work between threads. Blocking work
+/// (reading prompt files, the embedding model) runs on the blocking pool either way.
+fn runtime(threads: u64) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        0 => tokio::runtime::Runtime::new(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::try_from(n).unwrap_or(usize::MAX))
+            .enable_all()
+            .build(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,21 +806,5 @@ mod tests {
         assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
         assert!(seconds("0").is_err());
         assert!(seconds("abc").is_err());
-    }
-}
-
-/// The server's runtime: `threads` workers (0: one per CPU the process may use), or with 1
-/// Tokio's single-threaded scheduler, which hands no work between threads. Blocking work
-/// (reading prompt files, the embedding model) runs on the blocking pool either way.
-fn runtime(threads: u64) -> std::io::Result<tokio::runtime::Runtime> {
-    match threads {
-        0 => tokio::runtime::Runtime::new(),
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(usize::try_from(n).unwrap_or(usize::MAX))
-            .enable_all()
-            .build(),
     }
 }
