@@ -63,8 +63,9 @@ enum Var {
     /// Read as a MiniJinja value (holds no object).
     Value(Value),
     /// An object, or a list holding one, as the client wrote it; and its MiniJinja value once
-    /// a template has read it (converted once per request, however often it is read).
-    Json(serde_json::Value, OnceLock<Value>),
+    /// a template has read it (converted once per request, however often it is read). Boxed:
+    /// the rare case should not make every variable four times its size.
+    Json(Box<(serde_json::Value, OnceLock<Value>)>),
 }
 
 impl PartialEq for Var {
@@ -72,7 +73,7 @@ impl PartialEq for Var {
     fn eq(&self, other: &Var) -> bool {
         match (self, other) {
             (Var::Value(a), Var::Value(b)) => a == b,
-            (Var::Json(a, _), Var::Json(b, _)) => a == b,
+            (Var::Json(a), Var::Json(b)) => a.0 == b.0,
             _ => false,
         }
     }
@@ -80,19 +81,19 @@ impl PartialEq for Var {
 
 impl Var {
     fn json(json: serde_json::Value) -> Var {
-        Var::Json(json, OnceLock::new())
+        Var::Json(Box::new((json, OnceLock::new())))
     }
 
     fn to_value(&self) -> Value {
         match self {
             Var::Value(v) => v.clone(),
-            Var::Json(json, value) => value.get_or_init(|| Value::from(Serde(json))).clone(),
+            Var::Json(json) => json.1.get_or_init(|| Value::from(Serde(&json.0))).clone(),
         }
     }
 
     fn to_json(&self) -> serde_json::Value {
         match self {
-            Var::Json(json, _) => json.clone(),
+            Var::Json(json) => json.0.clone(),
             // Strings, numbers, booleans, none and lists of them map back one to one.
             Var::Value(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
         }
@@ -100,7 +101,7 @@ impl Var {
 
     fn into_json(self) -> serde_json::Value {
         match self {
-            Var::Json(json, _) => json,
+            Var::Json(json) => json.0,
             value => value.to_json(),
         }
     }
@@ -407,12 +408,12 @@ impl<'de> Deserialize<'de> for Var {
                     match (&mut json, item) {
                         (None, Var::Value(value)) => values.push(value),
                         (Some(items), item) => items.push(item.into_json()),
-                        (None, Var::Json(item, _)) => {
+                        (None, Var::Json(item)) => {
                             let mut items: Vec<serde_json::Value> = values
                                 .drain(..)
                                 .map(|v| Var::Value(v).into_json())
                                 .collect();
-                            items.push(item);
+                            items.push(item.0);
                             json = Some(items);
                         }
                     }
@@ -440,7 +441,7 @@ mod tests {
     fn an_object_is_converted_once_however_often_it_is_read() {
         let var = Var::json(serde_json::json!({"a": [1, {"k": "v"}]}));
         let first = var.to_value();
-        assert!(matches!(&var, Var::Json(_, cell) if cell.get().is_some()));
+        assert!(matches!(&var, Var::Json(json) if json.1.get().is_some()));
         assert_eq!(var.to_value(), first);
     }
     use serde_json::json;
