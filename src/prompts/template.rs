@@ -313,7 +313,8 @@ fn date_text(at: &DateTime<Utc>) -> Value {
 /// `now`: `2026-11-25T10:00:00Z`.
 fn time_text(at: &DateTime<Utc>) -> Value {
     let mut out = *b"0000-00-00T00:00:00Z";
-    let time = at.time();
+    // UTC's local time is its UTC time: read it once, without applying a zero offset.
+    let time = at.naive_utc().time();
     // chrono writes a leap second as second 60, and a year past 9999 with a sign.
     match write_date(&mut out, at).filter(|()| time.nanosecond() < 1_000_000_000) {
         Some(()) => {
@@ -328,6 +329,9 @@ fn time_text(at: &DateTime<Utc>) -> Value {
 
 /// Writes `YYYY-MM-DD` at the start of `out`; `None` for a year that is not four digits.
 fn write_date(out: &mut [u8], at: &DateTime<Utc>) -> Option<()> {
+    // (The date read once: each of `at.year()`, `.month()`, `.day()` would apply the zero
+    // offset again.)
+    let at = at.naive_utc().date();
     let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
     out[..4].copy_from_slice(&[
         b'0' + (year / 1000) as u8,

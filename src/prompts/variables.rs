@@ -51,9 +51,9 @@ impl Entries {
 
 impl Entry {
     /// True when this entry's name, in `names`, is `name` (lengths first: the cheap test).
-    fn is(&self, names: &str, name: &str) -> bool {
+    fn is(&self, names: &[u8], name: &[u8]) -> bool {
         (self.end - self.start) as usize == name.len()
-            && names.as_bytes()[self.start as usize..self.end as usize] == *name.as_bytes()
+            && names[self.start as usize..self.end as usize] == *name
     }
 }
 
@@ -170,9 +170,13 @@ fn dedupe(entries: &mut Entries) {
     let Entries { names, list, .. } = entries;
     let name = |e: &Entry| &names[e.start as usize..e.end as usize];
     if list.len() <= SCAN_MAX {
+        let bytes = names.as_bytes();
         let mut i = 1;
         while i < list.len() {
-            match (0..i).find(|&j| list[j].is(names, name(&list[i]))) {
+            // (Names compared as bytes, lengths first: no slicing of text on the way.)
+            let (start, end) = (list[i].start as usize, list[i].end as usize);
+            let wanted = &bytes[start..end];
+            match (0..i).find(|&j| list[j].is(bytes, wanted)) {
                 Some(j) => {
                     let later = list.remove(i);
                     list[j].value = later.value;
@@ -212,7 +216,7 @@ impl Variables {
             return entries
                 .list
                 .iter()
-                .find(|e| e.is(&entries.names, name))
+                .find(|e| e.is(entries.names.as_bytes(), name.as_bytes()))
                 .map(|e| &e.value);
         }
         entries
