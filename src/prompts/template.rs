@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use minijinja::value::{Enumerator, Object};
-use minijinja::{AutoEscape, Environment, ErrorKind, Template, UndefinedBehavior, Value};
+use minijinja::{
+    AutoEscape, Environment, Error, ErrorKind, Output, State, Template, UndefinedBehavior, Value,
+};
 use serde_json::Map;
 
 use super::variables::Variables;
@@ -30,7 +32,20 @@ pub fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // Prompts are plain text: nothing is HTML-escaped, whatever the file is called.
     env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_formatter(format_value);
     env
+}
+
+/// Writes a value a template prints: text as it is, straight into the output, when nothing is
+/// escaped; everything else (numbers, none, sequences, maps, text under `{% autoescape %}`) as
+/// MiniJinja's default formatter writes it. The same bytes as the default formatter, without
+/// going through `Display` for every string a prompt prints. (An undefined value never gets
+/// here under strict undefined: the engine refuses it first.)
+fn format_value(out: &mut Output, state: &mut State, value: &Value) -> Result<(), Error> {
+    if let (AutoEscape::None, Some(text)) = (state.auto_escape(), value.as_str()) {
+        return out.write_str(text).map_err(Error::from);
+    }
+    minijinja::escape_formatter(out, state, value)
 }
 
 /// What compiling a template learnt about it.
@@ -298,7 +313,8 @@ fn date_text(at: &DateTime<Utc>) -> Value {
 /// `now`: `2026-11-25T10:00:00Z`.
 fn time_text(at: &DateTime<Utc>) -> Value {
     let mut out = *b"0000-00-00T00:00:00Z";
-    let time = at.time();
+    // UTC's local time is its UTC time: read it once, without applying a zero offset.
+    let time = at.naive_utc().time();
     // chrono writes a leap second as second 60, and a year past 9999 with a sign.
     match write_date(&mut out, at).filter(|()| time.nanosecond() < 1_000_000_000) {
         Some(()) => {
@@ -313,6 +329,9 @@ fn time_text(at: &DateTime<Utc>) -> Value {
 
 /// Writes `YYYY-MM-DD` at the start of `out`; `None` for a year that is not four digits.
 fn write_date(out: &mut [u8], at: &DateTime<Utc>) -> Option<()> {
+    // (The date read once: each of `at.year()`, `.month()`, `.day()` would apply the zero
+    // offset again.)
+    let at = at.naive_utc().date();
     let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
     out[..4].copy_from_slice(&[
         b'0' + (year / 1000) as u8,
@@ -442,6 +461,99 @@ mod tests {
         let out = render_str(template, None, vars.clone()).unwrap();
         assert_eq!(out, render_whole(template, &vars).unwrap());
         assert!(out.starts_with("Acme Corp enterprise!\n- API\n"), "{out}");
+    }
+
+    #[test]
+    fn the_formatter_writes_what_the_default_one_writes() {
+        // The same environment with MiniJinja's own formatter.
+        let mut default = Environment::new();
+        default.set_undefined_behavior(UndefinedBehavior::Strict);
+        default.set_auto_escape_callback(|_| AutoEscape::None);
+        let ours = environment();
+        let mut ctx = std::collections::BTreeMap::<&str, Value>::new();
+        ctx.insert("s", Value::from("plain"));
+        ctx.insert(
+            "html",
+            Value::from("<b>&\"'/ a string longer than the inline one"),
+        );
+        ctx.insert("safe", Value::from_safe_string("<i>safe</i>".to_owned()));
+        ctx.insert("empty", Value::from(""));
+        ctx.insert("bytes", Value::from_bytes(b"by<tes".to_vec()));
+        ctx.insert("bad_bytes", Value::from_bytes(vec![b'a', 0xff, b'b']));
+        ctx.insert("u", Value::from(42u64));
+        ctx.insert("i", Value::from(-7i64));
+        ctx.insert("f", Value::from(1.0f64));
+        ctx.insert("g", Value::from(2.5e-8f64));
+        ctx.insert("nan", Value::from(f64::NAN));
+        ctx.insert("big", Value::from(u128::MAX));
+        ctx.insert("b", Value::from(true));
+        ctx.insert("none", Value::from(()));
+        ctx.insert(
+            "seq",
+            Value::from(vec![Value::from("a<"), Value::from(1), Value::from(())]),
+        );
+        ctx.insert(
+            "map",
+            Value::from(minijinja::value::Serde(
+                &json!({"k": "v<", "n": [1, 2.5], "z": null}),
+            )),
+        );
+        let ctx = Value::from(ctx);
+        let names = [
+            "s",
+            "html",
+            "safe",
+            "empty",
+            "bytes",
+            "bad_bytes",
+            "u",
+            "i",
+            "f",
+            "g",
+            "nan",
+            "big",
+            "b",
+            "none",
+            "seq",
+            "map",
+        ];
+        let mut templates: Vec<String> = Vec::new();
+        for name in names {
+            templates.push(format!("[{{{{ {name} }}}}]"));
+            templates.push(format!("{{{{ {name} | safe }}}}|{{{{ {name} | string }}}}"));
+            for mode in ["true", "false", "\"html\"", "\"json\"", "\"none\""] {
+                templates.push(format!(
+                    "{{% autoescape {mode} %}}({{{{ {name} }}}}){{% endautoescape %}}"
+                ));
+            }
+        }
+        templates.extend(
+            [
+                "{{ seq | join(s) }} {{ [s, html, u, none] | join(\", \") }}",
+                "{% set c %}{{ html }}{{ u }}{% endset %}{{ c }}",
+                "{% autoescape true %}{% set c %}{{ html }}{% endset %}{{ c }}{% endautoescape %}",
+                "{% for x in seq %}{{ x }};{{ loop.index }}{% endfor %}",
+                "{{ \"%s-%s\" | format(html, u) }} {{ undefined_name | default(\"d\") }}",
+                "{{ none if b }}{{ s if not b }}.",
+                "ok {{ missing }}",
+                "{% autoescape true %}{{ missing }}{% endautoescape %}",
+            ]
+            .map(str::to_owned),
+        );
+        for body in &templates {
+            let render = |env: &Environment<'_>| {
+                env.render_str(body, ctx.clone())
+                    .map_err(|e| (e.kind(), e.line(), e.detail().map(str::to_owned)))
+            };
+            let expected = render(&default);
+            assert_eq!(render(&ours), expected, "{body}");
+        }
+        // Every kind of outcome was compared, errors included.
+        assert!(templates.iter().any(|t| render_ok(&ours, t, &ctx).is_err()));
+    }
+
+    fn render_ok(env: &Environment<'_>, body: &str, ctx: &Value) -> Result<String, Error> {
+        env.render_str(body, ctx.clone())
     }
 
     #[test]

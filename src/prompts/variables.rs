@@ -51,9 +51,9 @@ impl Entries {
 
 impl Entry {
     /// True when this entry's name, in `names`, is `name` (lengths first: the cheap test).
-    fn is(&self, names: &str, name: &str) -> bool {
+    fn is(&self, names: &[u8], name: &[u8]) -> bool {
         (self.end - self.start) as usize == name.len()
-            && names.as_bytes()[self.start as usize..self.end as usize] == *name.as_bytes()
+            && names[self.start as usize..self.end as usize] == *name
     }
 }
 
@@ -63,8 +63,9 @@ enum Var {
     /// Read as a MiniJinja value (holds no object).
     Value(Value),
     /// An object, or a list holding one, as the client wrote it; and its MiniJinja value once
-    /// a template has read it (converted once per request, however often it is read).
-    Json(serde_json::Value, OnceLock<Value>),
+    /// a template has read it (converted once per request, however often it is read). Boxed:
+    /// the rare case should not make every variable four times its size.
+    Json(Box<(serde_json::Value, OnceLock<Value>)>),
 }
 
 impl PartialEq for Var {
@@ -72,7 +73,7 @@ impl PartialEq for Var {
     fn eq(&self, other: &Var) -> bool {
         match (self, other) {
             (Var::Value(a), Var::Value(b)) => a == b,
-            (Var::Json(a, _), Var::Json(b, _)) => a == b,
+            (Var::Json(a), Var::Json(b)) => a.0 == b.0,
             _ => false,
         }
     }
@@ -80,19 +81,19 @@ impl PartialEq for Var {
 
 impl Var {
     fn json(json: serde_json::Value) -> Var {
-        Var::Json(json, OnceLock::new())
+        Var::Json(Box::new((json, OnceLock::new())))
     }
 
     fn to_value(&self) -> Value {
         match self {
             Var::Value(v) => v.clone(),
-            Var::Json(json, value) => value.get_or_init(|| Value::from(Serde(json))).clone(),
+            Var::Json(json) => json.1.get_or_init(|| Value::from(Serde(&json.0))).clone(),
         }
     }
 
     fn to_json(&self) -> serde_json::Value {
         match self {
-            Var::Json(json, _) => json.clone(),
+            Var::Json(json) => json.0.clone(),
             // Strings, numbers, booleans, none and lists of them map back one to one.
             Var::Value(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
         }
@@ -100,7 +101,7 @@ impl Var {
 
     fn into_json(self) -> serde_json::Value {
         match self {
-            Var::Json(json, _) => json,
+            Var::Json(json) => json.0,
             value => value.to_json(),
         }
     }
@@ -169,9 +170,13 @@ fn dedupe(entries: &mut Entries) {
     let Entries { names, list, .. } = entries;
     let name = |e: &Entry| &names[e.start as usize..e.end as usize];
     if list.len() <= SCAN_MAX {
+        let bytes = names.as_bytes();
         let mut i = 1;
         while i < list.len() {
-            match (0..i).find(|&j| list[j].is(names, name(&list[i]))) {
+            // (Names compared as bytes, lengths first: no slicing of text on the way.)
+            let (start, end) = (list[i].start as usize, list[i].end as usize);
+            let wanted = &bytes[start..end];
+            match (0..i).find(|&j| list[j].is(bytes, wanted)) {
                 Some(j) => {
                     let later = list.remove(i);
                     list[j].value = later.value;
@@ -211,7 +216,7 @@ impl Variables {
             return entries
                 .list
                 .iter()
-                .find(|e| e.is(&entries.names, name))
+                .find(|e| e.is(entries.names.as_bytes(), name.as_bytes()))
                 .map(|e| &e.value);
         }
         entries
@@ -407,12 +412,12 @@ impl<'de> Deserialize<'de> for Var {
                     match (&mut json, item) {
                         (None, Var::Value(value)) => values.push(value),
                         (Some(items), item) => items.push(item.into_json()),
-                        (None, Var::Json(item, _)) => {
+                        (None, Var::Json(item)) => {
                             let mut items: Vec<serde_json::Value> = values
                                 .drain(..)
                                 .map(|v| Var::Value(v).into_json())
                                 .collect();
-                            items.push(item);
+                            items.push(item.0);
                             json = Some(items);
                         }
                     }
@@ -440,7 +445,7 @@ mod tests {
     fn an_object_is_converted_once_however_often_it_is_read() {
         let var = Var::json(serde_json::json!({"a": [1, {"k": "v"}]}));
         let first = var.to_value();
-        assert!(matches!(&var, Var::Json(_, cell) if cell.get().is_some()));
+        assert!(matches!(&var, Var::Json(json) if json.1.get().is_some()));
         assert_eq!(var.to_value(), first);
     }
     use serde_json::json;

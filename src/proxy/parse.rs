@@ -12,8 +12,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::LazyLock;
 
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use memchr::memmem::Finder;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -217,19 +219,24 @@ pub struct HeaderPrompt {
 
 impl HeaderPrompt {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ParseError> {
-        // Names made once: looking one up by text would parse it on every request.
-        static NAME: HeaderName = HeaderName::from_static("x-prompt-name");
-        static VERSION: HeaderName = HeaderName::from_static("x-prompt-version");
-        static VARIABLES: HeaderName = HeaderName::from_static("x-prompt-variables");
-        if headers.is_empty() {
-            return Ok(HeaderPrompt::default());
+        // One pass over the headers, each header's first value (what `HeaderMap::get` gives):
+        // cheaper than three lookups, each of which hashes the name.
+        let (mut name, mut version, mut variables) = (None, None, None);
+        for (key, value) in headers {
+            let slot = match key.as_str() {
+                "x-prompt-name" => &mut name,
+                "x-prompt-version" => &mut version,
+                "x-prompt-variables" => &mut variables,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
         }
-        let text = |name: &HeaderName| {
-            headers
-                .get(name)
-                .map(|v| header_text(v.as_bytes()).trim().to_owned())
+        let text = |value: Option<&HeaderValue>| {
+            value.map(|v| header_text(v.as_bytes()).trim().to_owned())
         };
-        let variables = match text(&VARIABLES) {
+        let variables = match text(variables) {
             None => None,
             Some(raw) => match serde_json::from_str::<variables::Field>(&raw) {
                 Ok(variables::Field::Object(variables)) => Some(variables),
@@ -248,8 +255,8 @@ impl HeaderPrompt {
             },
         };
         Ok(HeaderPrompt {
-            name: text(&NAME).filter(|s| !s.is_empty()),
-            version: text(&VERSION).filter(|s| !s.is_empty()),
+            name: text(name).filter(|s| !s.is_empty()),
+            version: text(version).filter(|s| !s.is_empty()),
             variables,
         })
     }
@@ -278,10 +285,10 @@ pub fn parse<'a>(bytes: &'a [u8], headers: &HeaderMap) -> Result<Parsed<'a>, Par
     let header = HeaderPrompt::from_headers(headers)?;
     // A body that cannot hold a `prompt` key — not even written with escapes — and no header
     // naming a prompt: not ours to read.
-    if !header.names_prompt()
-        && memchr::memmem::find(bytes, b"prompt").is_none()
-        && memchr::memmem::find(bytes, b"\\u").is_none()
-    {
+    // (Searchers built once: building one costs more than searching a small body.)
+    static PROMPT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"prompt"));
+    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    if !header.names_prompt() && PROMPT.find(bytes).is_none() && ESCAPE.find(bytes).is_none() {
         return Ok(Parsed::Untouched);
     }
     // One pass over a well-formed body (nearly every body): the top level kept raw, the
@@ -735,6 +742,37 @@ mod tests {
         assert!(matches!(
             parse_str(&deep(126)),
             Err(ParseError::PromptJson { .. })
+        ));
+    }
+
+    #[test]
+    fn headers_are_read_as_their_first_values() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.append("x-prompt-name", " greeter ".parse().unwrap());
+        headers.append("x-prompt-version", "".parse().unwrap());
+        headers.append("x-prompt-name", "other".parse().unwrap());
+        headers.append("x-prompt-version", "2".parse().unwrap());
+        headers.insert("x-prompt-variables", r#"{"a": 1}"#.parse().unwrap());
+        headers.append("x-prompt-variables", "not json".parse().unwrap());
+        headers.insert("x-prompt-other", "x".parse().unwrap());
+        let header = HeaderPrompt::from_headers(&headers).unwrap();
+        // What a lookup of each name gives: its first value.
+        assert_eq!(header.name.as_deref(), Some("greeter"));
+        assert_eq!(header.version, None);
+        let variables = header.variables.unwrap();
+        assert_eq!(variables.names().collect::<Vec<_>>(), ["a"]);
+        let none = HeaderPrompt::from_headers(&HeaderMap::new()).unwrap();
+        assert!(none.name.is_none() && none.version.is_none() && none.variables.is_none());
+        headers.remove("x-prompt-variables");
+        headers.insert("x-prompt-variables", "[1]".parse().unwrap());
+        let err = HeaderPrompt::from_headers(&headers).unwrap_err();
+        assert!(matches!(
+            err,
+            ParseError::Header {
+                header: "X-Prompt-Variables",
+                ..
+            }
         ));
     }
 
