@@ -852,7 +852,10 @@ mod tests {
             r#"{"messages": [{"role": "system", "content": "a", "content": "b"}, {"role": "developer", "content": "c"}, {"role": "user", "content": "early"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "q"}]}"#,
         );
         let messages = Messages::of(Endpoint::ChatCompletions, &b);
-        assert_eq!(user_message_in(Endpoint::ChatCompletions, &b, &messages), "q");
+        assert_eq!(
+            user_message_in(Endpoint::ChatCompletions, &b, &messages),
+            "q"
+        );
         // The first one's `content` given twice: no typed read, yet a role.
         assert_eq!(messages.leading(), 2);
         let items = messages.items.as_deref().unwrap();
