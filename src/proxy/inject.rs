@@ -342,9 +342,11 @@ pub fn inject(
                 .chain(&rendered.after)
                 .map(|m| m.len() + 1)
                 .sum();
-            let mut out = Vec::with_capacity(
-                system.map_or(0, str::len) + extra + 32 + client.map_or(0, |r| r.get().len()),
-            );
+            // Room for the system message's escapes too (a newline a line, say): the body is
+            // not copied again as it grows.
+            let system_len = system.map_or(0, |s| s.len() + s.len() / 8 + 64);
+            let mut out =
+                Vec::with_capacity(system_len + extra + 32 + client.map_or(0, |r| r.get().len()));
             out.push(b'[');
             if let Some(system) = &head_system {
                 out.extend_from_slice(br#"{"role":"system","content":"#);

@@ -35,11 +35,11 @@ fn is_plain(block: &[u8; BLOCK]) -> bool {
         .fold(false, |found, &b| found | ((b ^ 2) <= 0x20) | (b == b'\\'))
 }
 
-/// Which bytes of `block` need escaping: bit 7 of byte `k` (bit `8k + 7`) set for each, exactly
-/// (no carry crosses from one byte into the next). Eight bytes at a time in plain integers
-/// (SWAR): only a block that holds an escape gets here.
+/// Which bytes of `block` need escaping, per half: bit 7 of byte `k` (bit `8k + 7`) of each
+/// word set for each, exactly (no carry crosses from one byte into the next). Eight bytes at a
+/// time in plain integers (SWAR): only a block that holds an escape gets here.
 #[inline]
-fn escapes(block: &[u8; BLOCK]) -> u128 {
+fn escapes(block: &[u8; BLOCK]) -> [u64; 2] {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -56,33 +56,36 @@ fn escapes(block: &[u8; BLOCK]) -> u128 {
     let (lo, hi) = block.split_at(8);
     let lo = u64::from_le_bytes(lo.try_into().expect("eight bytes"));
     let hi = u64::from_le_bytes(hi.try_into().expect("eight bytes"));
-    u128::from(word(lo)) | u128::from(word(hi)) << 64
+    [word(lo), word(hi)]
 }
 
-/// Writes the escapes `mask` (as [`escapes`] marks them) of the block at `base`: the text since
-/// `start` before each in one copy, then the escape.
+/// Writes the escapes `masks` (as [`escapes`] marks them) of the block at `base`: the text
+/// since `start` before each in one copy, then the escape.
 #[inline]
-fn write_escapes(out: &mut Vec<u8>, bytes: &[u8], start: &mut usize, base: usize, mut mask: u128) {
-    while mask != 0 {
-        let i = base + (mask.trailing_zeros() / 8) as usize;
-        out.extend_from_slice(&bytes[*start..i]);
-        let b = bytes[i];
-        let escape = ESCAPE[usize::from(b)];
-        if escape == b'u' {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]);
-        } else {
-            out.extend_from_slice(&[b'\\', escape]);
+fn write_escapes(out: &mut Vec<u8>, bytes: &[u8], start: &mut usize, base: usize, masks: [u64; 2]) {
+    for (half, mut mask) in [(base, masks[0]), (base + 8, masks[1])] {
+        while mask != 0 {
+            let i = half + (mask.trailing_zeros() / 8) as usize;
+            out.extend_from_slice(&bytes[*start..i]);
+            let b = bytes[i];
+            // Below 0x80: the masks mark nothing else.
+            let escape = ESCAPE[usize::from(b & 0x7f)];
+            if escape == b'u' {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]);
+            } else {
+                out.extend_from_slice(&[b'\\', escape]);
+            }
+            *start = i + 1;
+            mask &= mask - 1;
         }
-        *start = i + 1;
-        mask &= mask - 1;
     }
 }
 
@@ -104,23 +107,25 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
         write_escapes(out, bytes, &mut start, 0, escapes(&block));
     } else {
         let mut at = 0;
-        loop {
-            at += BLOCK
-                * bytes[at..]
-                    .chunks_exact(BLOCK)
-                    .take_while(|&block| is_plain(block.try_into().expect("a block")))
-                    .count();
-            if at + BLOCK > bytes.len() {
-                break;
+        let mut blocks = bytes.chunks_exact(BLOCK);
+        for block in blocks.by_ref() {
+            let block: &[u8; BLOCK] = block.try_into().expect("a block");
+            if !is_plain(block) {
+                write_escapes(out, bytes, &mut start, at, escapes(block));
             }
-            write_escapes(out, bytes, &mut start, at, escapes(block_at(bytes, at)));
             at += BLOCK;
         }
-        if at < bytes.len() {
+        if !blocks.remainder().is_empty() {
             // The tail: the last sixteen bytes, less those already looked at.
             let from = bytes.len() - BLOCK;
-            let mask = escapes(block_at(bytes, from)) & (u128::MAX << ((at - from) * 8));
-            write_escapes(out, bytes, &mut start, from, mask);
+            let [lo, hi] = escapes(block_at(bytes, from));
+            let seen = (at - from) * 8;
+            let masks = if seen < 64 {
+                [lo & (u64::MAX << seen), hi]
+            } else {
+                [0, hi & (u64::MAX << (seen - 64))]
+            };
+            write_escapes(out, bytes, &mut start, from, masks);
         }
     }
     out.extend_from_slice(&bytes[start..]);
@@ -183,7 +188,8 @@ mod tests {
                 for b in 0..=u8::MAX {
                     let mut block = [filler; BLOCK];
                     block[at] = b;
-                    let mask = escapes(&block);
+                    let [lo, hi] = escapes(&block);
+                    let mask = u128::from(lo) | u128::from(hi) << 64;
                     for (k, &byte) in block.iter().enumerate() {
                         assert_eq!(
                             mask >> (8 * k) & 0xff,
