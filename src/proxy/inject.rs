@@ -5,10 +5,12 @@
 //! every other value — the client's messages included — is copied as the client wrote it.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::ser::{CompactFormatter, Formatter as _};
 use serde_json::value::RawValue;
 
 use super::parse::{Body, PromptRef};
@@ -65,7 +67,62 @@ pub struct Messages<'b> {
     /// The field as the client wrote it.
     raw: Option<&'b RawValue>,
     /// Its items; `None` when it is not an array.
-    items: Option<Vec<&'b RawValue>>,
+    items: Option<Vec<Item<'b>>>,
+}
+
+impl Messages<'_> {
+    /// How many of the client's messages lead with a `system` or `developer` role.
+    fn leading(&self) -> usize {
+        self.items.as_deref().map_or(0, |items| {
+            items
+                .iter()
+                .take_while(|item| matches!(item.role().as_deref(), Some("system" | "developer")))
+                .count()
+        })
+    }
+}
+
+/// One message (or input item) as the client wrote it, and its `role` and `content`, read
+/// once for every phase that asks (the last user message, then the system message's plan).
+#[derive(Debug)]
+pub struct Item<'b> {
+    raw: &'b RawValue,
+    read: OnceCell<Option<MessageFields<'b>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageFields<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for Item<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Item {
+            raw: <&RawValue>::deserialize(d)?,
+            read: OnceCell::new(),
+        })
+    }
+}
+
+impl<'b> Item<'b> {
+    /// Its `role` and `content`; `None` when it is not such an object.
+    fn fields(&self) -> Option<&MessageFields<'b>> {
+        self.read
+            .get_or_init(|| serde_json::from_str(self.raw.get()).ok())
+            .as_ref()
+    }
+
+    /// Its `role`, as [`super::system`] reads it: an item whose `content` the typed read
+    /// refuses (given twice, say) still has a role.
+    fn role(&self) -> Option<Cow<'b, str>> {
+        match self.fields() {
+            Some(fields) => fields.role.clone(),
+            None => super::system::role(self.raw),
+        }
+    }
 }
 
 impl<'b> Messages<'b> {
@@ -252,7 +309,7 @@ pub fn inject(
                 Some(raw) if raw.get().starts_with('[') => Some(raw),
                 Some(_) => return Err(InjectError::MessagesNotArray),
             };
-            let items: &[&RawValue] = match client {
+            let items: &[Item<'_>] = match client {
                 Some(_) => messages
                     .items
                     .as_deref()
@@ -263,14 +320,19 @@ pub fn inject(
             // the client's system messages it keeps, the template's messages before the
             // conversation, the example pairs, the conversation, the template's messages
             // after it.
+            let leading = messages.leading();
             let (head_system, kept, rest) = match system {
                 Some(system) => {
-                    let head = super::system::plan(items, system, version.client_system);
+                    let head = super::system::plan(
+                        items[..leading].iter().map(|item| item.raw),
+                        system,
+                        version.client_system,
+                    );
                     (Some(head.system), head.kept, head.rest)
                 }
                 None => {
                     let (kept, rest) =
-                        super::system::plan_without_prompt(items, version.client_system);
+                        super::system::plan_without_prompt(leading, version.client_system);
                     (None, kept, rest)
                 }
             };
@@ -280,9 +342,11 @@ pub fn inject(
                 .chain(&rendered.after)
                 .map(|m| m.len() + 1)
                 .sum();
-            let mut out = Vec::with_capacity(
-                system.map_or(0, str::len) + extra + 32 + client.map_or(0, |r| r.get().len()),
-            );
+            // Room for the system message's escapes too (a newline a line, say): the body is
+            // not copied again as it grows.
+            let system_len = system.map_or(0, |s| s.len() + s.len() / 8 + 64);
+            let mut out =
+                Vec::with_capacity(system_len + extra + 32 + client.map_or(0, |r| r.get().len()));
             out.push(b'[');
             if let Some(system) = &head_system {
                 out.extend_from_slice(br#"{"role":"system","content":"#);
@@ -290,7 +354,7 @@ pub fn inject(
                 out.push(b'}');
             }
             for item in &items[kept] {
-                item_into(&mut out, item.get().as_bytes());
+                item_into(&mut out, item.raw.get().as_bytes());
             }
             for message in &rendered.before {
                 item_into(&mut out, message);
@@ -300,7 +364,7 @@ pub fn inject(
                 json_into(&mut out, message);
             }
             for item in &items[rest..] {
-                item_into(&mut out, item.get().as_bytes());
+                item_into(&mut out, item.raw.get().as_bytes());
             }
             for message in &rendered.after {
                 item_into(&mut out, message);
@@ -387,7 +451,14 @@ pub fn inject(
         set.put("model", json(model));
     }
     if let Some(t) = version.temperature {
-        set.put("temperature", json(&Value::from(t)));
+        // As `Value::from(t)` writes it: a number, or `null` when not finite.
+        let mut out = Vec::with_capacity(24);
+        if t.is_finite() {
+            let _ = CompactFormatter.write_f64(&mut out, t);
+        } else {
+            out.extend_from_slice(b"null");
+        }
+        set.put("temperature", out);
     }
     if let Some(max) = version.max_tokens {
         let field = match endpoint {
@@ -428,7 +499,10 @@ pub fn inject(
     }
     let model = match set.get("model") {
         Some(v) => serde_json::from_slice::<String>(v).ok(),
-        None => body.read::<String>("model"),
+        None => body.get("model").and_then(|raw| match unescaped(raw) {
+            Some(text) => Some(text.to_owned()),
+            None => serde_json::from_str::<String>(raw.get()).ok(),
+        }),
     };
     Ok(Injected {
         body: write(body, &set.0),
@@ -526,13 +600,22 @@ pub fn write(body: &Body<'_>, overrides: &[(Cow<'_, str>, Vec<u8>)]) -> Vec<u8> 
             .map(|(k, v)| k.len() + v.len() + 4)
             .sum::<usize>();
     let mut out = Vec::with_capacity(size + 2);
-    let mut written = vec![false; overrides.len()];
+    // Which overrides are written; on the stack for the usual few.
+    let mut few = [false; 16];
+    let mut many = Vec::new();
+    let written = match few.get_mut(..overrides.len()) {
+        Some(few) => few,
+        None => {
+            many.resize(overrides.len(), false);
+            &mut many[..]
+        }
+    };
     out.push(b'{');
     let field = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
         if out.len() > 1 {
             out.push(b',');
         }
-        json_into(out, key);
+        super::json::write_str(out, key);
         out.push(b':');
         out.extend_from_slice(value);
     };
@@ -551,7 +634,7 @@ pub fn write(body: &Body<'_>, overrides: &[(Cow<'_, str>, Vec<u8>)]) -> Vec<u8> 
             None => field(&mut out, key, raw.get().as_bytes()),
         }
     }
-    for ((key, value), done) in overrides.iter().zip(&written) {
+    for ((key, value), done) in overrides.iter().zip(written.iter()) {
         if !done && !value.is_empty() {
             field(&mut out, key, value);
         }
@@ -580,7 +663,7 @@ fn array_items(raw: &str) -> Option<&str> {
 }
 
 fn json(value: &(impl serde::Serialize + ?Sized)) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(32);
     json_into(&mut out, value);
     out
 }
@@ -609,8 +692,7 @@ fn user_message_in<'b>(
         Endpoint::Responses => match body.get("input") {
             Some(raw) if raw.get().starts_with('"') => return lossy(raw).unwrap_or_default(),
             other => {
-                input =
-                    other.and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok());
+                input = other.and_then(|raw| serde_json::from_str::<Vec<Item<'b>>>(raw.get()).ok());
                 input.as_deref()
             }
         },
@@ -618,17 +700,10 @@ fn user_message_in<'b>(
     let Some(items) = items else {
         return Cow::Borrowed("");
     };
-    #[derive(Deserialize)]
-    struct Message<'a> {
-        #[serde(borrow)]
-        role: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        content: Option<&'a RawValue>,
-    }
     items
         .iter()
         .rev()
-        .filter_map(|item| serde_json::from_str::<Message<'b>>(item.get()).ok())
+        .filter_map(Item::fields)
         .find(|m| m.role.as_deref() == Some("user"))
         .and_then(|m| m.content)
         .map(content_text)
@@ -665,8 +740,20 @@ fn content_text(content: &RawValue) -> Cow<'_, str> {
     Cow::Owned(joined)
 }
 
+/// A JSON string's text when it holds no escapes: the bytes between its quotes, as they are (a
+/// JSON string holds no raw control characters, and a `RawValue` is well-formed JSON).
+fn unescaped(raw: &RawValue) -> Option<&str> {
+    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    memchr::memchr(b'\\', inner.as_bytes())
+        .is_none()
+        .then_some(inner)
+}
+
 /// A JSON string's text, lone surrogates replaced by U+FFFD; borrowed when it holds no escapes.
 fn lossy(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if let Some(text) = unescaped(raw) {
+        return Some(Cow::Borrowed(text));
+    }
     struct Exact<'a>(Cow<'a, str>);
     impl<'de> Deserialize<'de> for Exact<'de> {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -759,6 +846,35 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"a":[1,  2],"m":"\ud800","a2":3,"new":true}"#
         );
+    }
+
+    #[test]
+    fn each_message_is_read_once_and_its_role_as_the_system_plan_reads_it() {
+        let b = body(
+            r#"{"messages": [{"role": "system", "content": "a", "content": "b"}, {"role": "developer", "content": "c"}, {"role": "user", "content": "early"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "q"}]}"#,
+        );
+        let messages = Messages::of(Endpoint::ChatCompletions, &b);
+        assert_eq!(
+            user_message_in(Endpoint::ChatCompletions, &b, &messages),
+            "q"
+        );
+        // The first one's `content` given twice: no typed read, yet a role.
+        assert_eq!(messages.leading(), 2);
+        let items = messages.items.as_deref().unwrap();
+        assert!(items[0].read.get().unwrap().is_none());
+        assert_eq!(items[2].fields().unwrap().role.as_deref(), Some("user"));
+        assert!(items[3].read.get().is_none(), "read only as far as needed");
+    }
+
+    #[test]
+    fn unescaped_text_is_borrowed_and_escaped_text_is_left_to_serde() {
+        let raw = |json: &str| -> Box<RawValue> { serde_json::from_str(json).unwrap() };
+        assert_eq!(unescaped(&raw(r#""gpt-4o""#)), Some("gpt-4o"));
+        assert_eq!(unescaped(&raw(r#""""#)), Some(""));
+        assert_eq!(unescaped(&raw(r#""a\nb""#)), None);
+        assert_eq!(unescaped(&raw(r#""\"""#)), None);
+        assert_eq!(unescaped(&raw("12")), None);
+        assert_eq!(lossy(&raw(r#""a\u00e9""#)).as_deref(), Some("aé"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
+use serde_json::ser::{CompactFormatter, Formatter as _};
 
 use super::request::Served;
 use crate::record::{Outcome, Usage};
@@ -174,32 +175,26 @@ impl fmt::Display for Millis {
     }
 }
 
-/// `n` in decimal.
+/// `n` in decimal (two digits a step, through serde_json's integer writer).
 fn push_int(buf: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[at..]);
+    let _ = CompactFormatter.write_u64(buf, n);
 }
 
 /// `1234.567`: milliseconds with three decimals.
 fn push_millis(buf: &mut Vec<u8>, d: Duration) {
-    let us = d.as_micros();
-    match u64::try_from(us / 1000) {
-        Ok(ms) => push_int(buf, ms),
-        Err(_) => {
-            let _ = write!(buf, "{}", us / 1000);
+    // In 64 bits: whole milliseconds are the seconds' and the sub-second micros'.
+    let micros = d.subsec_micros();
+    let whole = d
+        .as_secs()
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(u64::from(micros / 1000)));
+    match whole {
+        Some(ms) => push_int(buf, ms),
+        None => {
+            let _ = write!(buf, "{}", d.as_micros() / 1000);
         }
     }
-    let frac = (us % 1000) as u32;
+    let frac = micros % 1000;
     buf.extend_from_slice(&[
         b'.',
         b'0' + (frac / 100) as u8,
@@ -304,10 +299,18 @@ pub(super) fn event_time<'a>(out: &'a mut [u8; EVENT_TIME_LEN], civil: &Civil) -
 /// Writes `text` as it is when it is plainly a token (the common case: a uuid, a model name),
 /// else quoted and escaped, so a value from outside cannot forge fields in the log line.
 fn quoted(buf: &mut Vec<u8>, text: &str) {
-    let plain = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'));
+    /// The bytes of a plain token: ASCII letters and digits, `-`, `_`, `.`, `:`, `/`.
+    const TOKEN: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/');
+            b += 1;
+        }
+        table
+    };
+    let plain = !text.is_empty() && text.bytes().all(|b| TOKEN[usize::from(b)]);
     if plain {
         buf.extend_from_slice(text.as_bytes());
     } else {
@@ -465,6 +468,41 @@ mod tests {
             ][i % 4];
             l.cause = (i % 2 == 0).then_some("bad \"thing\"\t");
             assert_eq!(l.to_string(), by_format(&l));
+        }
+    }
+
+    #[test]
+    fn millis_and_quoting_are_written_as_before() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(999),
+            Duration::from_micros(1_234_567),
+            Duration::from_nanos(5_999_999_999),
+            Duration::from_secs(u64::MAX / 1000),
+            Duration::from_secs(u64::MAX / 1000 + 1),
+            Duration::MAX,
+        ] {
+            let mut buf = Vec::new();
+            push_millis(&mut buf, d);
+            let us = d.as_micros();
+            let expected = format!("{}.{:03}", us / 1000, us % 1000);
+            assert_eq!(String::from_utf8(buf).unwrap(), expected, "{d:?}");
+        }
+        for n in [0, 7, 10, 99, 100, 12_345, u64::MAX] {
+            let mut buf = Vec::new();
+            push_int(&mut buf, n);
+            assert_eq!(String::from_utf8(buf).unwrap(), n.to_string());
+        }
+        for (text, expected) in [
+            ("0b8e-4f:x/y.z_A", "0b8e-4f:x/y.z_A"),
+            ("", r#""""#),
+            ("a b", r#""a b""#),
+            ("a=\"b\"", r#""a=\"b\"""#),
+            ("é", r#""é""#),
+        ] {
+            let mut buf = Vec::new();
+            quoted(&mut buf, text);
+            assert_eq!(String::from_utf8(buf).unwrap(), expected);
         }
     }
 }

@@ -27,17 +27,28 @@ pub struct Head<'p> {
     pub rest: usize,
 }
 
-/// Plans the head of a conversation whose messages are `items` (as the client wrote them).
+/// How many of `items` (as the client wrote them) lead with a `system` or `developer` role.
+#[cfg(test)]
+fn leading(items: &[&RawValue]) -> usize {
+    items
+        .iter()
+        .take_while(|m| matches!(role(m).as_deref(), Some("system" | "developer")))
+        .count()
+}
+
+/// Plans the head of a conversation whose leading system and developer messages (as the
+/// client wrote them) are `leading_items`.
 ///
 /// The client's leading `system` / `developer` messages (those before its first other message)
 /// are the ones that meet the prompt: merged into one system message (prompt, blank line, the
 /// client's text), kept after the prompt's, or dropped. A leading message whose content is not
 /// plain text (an image part, say) cannot be merged without loss, so then they are all kept.
-pub fn plan<'p>(items: &[&RawValue], rendered: &'p str, mode: ClientSystem) -> Head<'p> {
-    let leading = items
-        .iter()
-        .take_while(|m| matches!(role(m).as_deref(), Some("system" | "developer")))
-        .count();
+pub fn plan<'p, 'r>(
+    leading_items: impl ExactSizeIterator<Item = &'r RawValue>,
+    rendered: &'p str,
+    mode: ClientSystem,
+) -> Head<'p> {
+    let leading = leading_items.len();
     let keep = |system| Head {
         system,
         kept: 0..leading,
@@ -52,8 +63,7 @@ pub fn plan<'p>(items: &[&RawValue], rendered: &'p str, mode: ClientSystem) -> H
         },
         ClientSystem::Merge if leading == 0 => keep(Cow::Borrowed(rendered)),
         ClientSystem::Merge => {
-            let texts: Option<Vec<String>> =
-                items[..leading].iter().map(|m| content_text(m)).collect();
+            let texts: Option<Vec<String>> = leading_items.map(content_text).collect();
             let Some(texts) = texts else {
                 return keep(Cow::Borrowed(rendered));
             };
@@ -74,12 +84,9 @@ pub fn plan<'p>(items: &[&RawValue], rendered: &'p str, mode: ClientSystem) -> H
 /// Plans the head of a conversation for a chat template that has no leading system message of
 /// its own: the client's leading system/developer messages stay first, as written, unless the
 /// version says `replace`.
-/// The client's messages `kept` first, and where the rest begins.
-pub fn plan_without_prompt(items: &[&RawValue], mode: ClientSystem) -> (Range<usize>, usize) {
-    let leading = items
-        .iter()
-        .take_while(|m| matches!(role(m).as_deref(), Some("system" | "developer")))
-        .count();
+/// The client's messages `kept` first, and where the rest begins, given how many `leading`
+/// system/developer messages it has.
+pub fn plan_without_prompt(leading: usize, mode: ClientSystem) -> (Range<usize>, usize) {
     let kept = match mode {
         ClientSystem::Replace => 0..0,
         ClientSystem::Merge | ClientSystem::Separate => 0..leading,
@@ -123,7 +130,8 @@ struct Content<'a> {
     content: Option<&'a RawValue>,
 }
 
-fn role<'a>(message: &'a RawValue) -> Option<Cow<'a, str>> {
+/// A message's `role`, when it is an object with a string (or null) `role`.
+pub fn role<'a>(message: &'a RawValue) -> Option<Cow<'a, str>> {
     serde_json::from_str::<Message<'a>>(message.get())
         .ok()
         .and_then(|m| m.role)
@@ -159,12 +167,16 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    fn plan_of<'p>(items: &[&RawValue], rendered: &'p str, mode: ClientSystem) -> Head<'p> {
+        plan(items[..leading(items)].iter().copied(), rendered, mode)
+    }
+
     const CONVERSATION: &str = r#"[{"role":"system","content":"Answer in French."},{"role":"user","content":"Hi"},{"role":"assistant","content":"Salut"}]"#;
 
     #[test]
     fn merge_makes_one_leading_system_message() {
         let m = items(CONVERSATION);
-        let head = plan(&m, "PROMPT", ClientSystem::Merge);
+        let head = plan_of(&m, "PROMPT", ClientSystem::Merge);
         assert_eq!(head.system, "PROMPT\n\nAnswer in French.");
         assert_eq!((head.kept, head.rest), (0..0, 1));
     }
@@ -174,7 +186,7 @@ mod tests {
         let m = items(
             r#"[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"system","content":"c"},{"role":"user","content":"Hi"}]"#,
         );
-        let head = plan(&m, "P", ClientSystem::Merge);
+        let head = plan_of(&m, "P", ClientSystem::Merge);
         assert_eq!(head.system, "P\n\na\nb\n\nc");
         assert_eq!((head.kept, head.rest), (0..0, 2));
     }
@@ -182,7 +194,7 @@ mod tests {
     #[test]
     fn merge_without_a_client_system_message_is_the_prompt() {
         let m = items(r#"[{"role":"user","content":"Hi"}]"#);
-        let head = plan(&m, "P", ClientSystem::Merge);
+        let head = plan_of(&m, "P", ClientSystem::Merge);
         assert_eq!(head.system, "P");
         assert_eq!((head.kept, head.rest), (0..0, 0));
     }
@@ -193,7 +205,7 @@ mod tests {
         let broken = r#"[{"role":"system","content":"half an emoji \ud83d"},{"role":"user","content":"Hi"}]"#;
         for json in [image, broken] {
             let m = items(json);
-            let head = plan(&m, "P", ClientSystem::Merge);
+            let head = plan_of(&m, "P", ClientSystem::Merge);
             assert_eq!(head.system, "P");
             assert_eq!((head.kept, head.rest), (0..1, 1), "{json}");
         }
@@ -202,7 +214,7 @@ mod tests {
     #[test]
     fn separate_keeps_both() {
         let m = items(CONVERSATION);
-        let head = plan(&m, "P", ClientSystem::Separate);
+        let head = plan_of(&m, "P", ClientSystem::Separate);
         assert_eq!(head.system, "P");
         assert_eq!((head.kept, head.rest), (0..1, 1));
     }
@@ -210,14 +222,14 @@ mod tests {
     #[test]
     fn replace_drops_the_client_system_message() {
         let m = items(CONVERSATION);
-        let head = plan(&m, "P", ClientSystem::Replace);
+        let head = plan_of(&m, "P", ClientSystem::Replace);
         assert_eq!((head.kept, head.rest), (0..0, 1));
     }
 
     #[test]
     fn a_later_system_message_is_left_alone() {
         let m = items(r#"[{"role":"user","content":"Hi"},{"role":"system","content":"late"}]"#);
-        let head = plan(&m, "P", ClientSystem::Merge);
+        let head = plan_of(&m, "P", ClientSystem::Merge);
         assert_eq!((head.kept, head.rest), (0..0, 0));
     }
 
