@@ -31,10 +31,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         // hyper's minimum; the read buffer bounds the request head (431 past it).
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        // One buffer per write: a small answer's head and body are copied together and sent
-        // with `write`, cheaper than queueing them for `writev`.
-        .writev(false);
+        .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())

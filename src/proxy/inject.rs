@@ -118,6 +118,11 @@ impl<'b> Item<'b> {
     /// Its `role`, as [`super::system`] reads it: an item whose `content` the typed read
     /// refuses (given twice, say) still has a role.
     fn role(&self) -> Option<Cow<'b, str>> {
+        // Only an object: serde also reads a struct from an array (`["system", "x"]`), which
+        // the role's own read refuses.
+        if !self.raw.get().starts_with('{') {
+            return super::system::role(self.raw);
+        }
         match self.fields() {
             Some(fields) => fields.role.clone(),
             None => super::system::role(self.raw),
@@ -864,6 +869,23 @@ mod tests {
         assert!(items[0].read.get().unwrap().is_none());
         assert_eq!(items[2].fields().unwrap().role.as_deref(), Some("user"));
         assert!(items[3].read.get().is_none(), "read only as far as needed");
+    }
+
+    #[test]
+    fn a_message_written_as_an_array_has_no_role() {
+        // serde reads a two-field struct from a two-element array; the role's own read (the
+        // system plan's) does not, and an array is no system message.
+        let b = body(r#"{"messages": [["system", "x"], {"role": "user", "content": "q"}]}"#);
+        let messages = Messages::of(Endpoint::ChatCompletions, &b);
+        assert_eq!(messages.leading(), 0);
+        let items = messages.items.as_deref().unwrap();
+        assert_eq!(items[0].role(), None);
+        assert_eq!(items[0].role(), super::super::system::role(items[0].raw));
+        // The user message is read as before (a two-field struct, arrays included).
+        assert_eq!(
+            user_message_in(Endpoint::ChatCompletions, &b, &messages),
+            "q"
+        );
     }
 
     #[test]

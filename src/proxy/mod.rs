@@ -236,9 +236,11 @@ where
         match (&mut first, &mut more) {
             (None, _) => first = Some(data),
             (Some(head), None) => {
-                let mut joined = bytes::BytesMut::with_capacity(
-                    declared.map_or(total, |n| (n as usize).max(total)),
-                );
+                // Room for twice what came so far, at most the declared length: memory grows
+                // with what arrives, not with what a client announces.
+                let room = total.saturating_mul(2);
+                let room = declared.map_or(room, |n| room.min(usize::try_from(n).unwrap_or(room)));
+                let mut joined = bytes::BytesMut::with_capacity(room.max(total));
                 joined.extend_from_slice(head);
                 joined.extend_from_slice(&data);
                 more = Some(joined);

@@ -260,8 +260,6 @@ impl Pool {
             // the same name): its idle list is used again.
             self.speaks_h2.store(false, Ordering::Relaxed);
             let (sender, connection) = http1::Builder::new()
-                // As the listener: head and body in one buffer, one `write`.
-                .writev(false)
                 .handshake(io)
                 .await
                 .map_err(Error::Request)?;
