@@ -206,9 +206,8 @@ struct ServeArgs {
     #[arg(long, env = "PROMPTGATE_MAX_CONNECTIONS", default_value = "1024", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
     /// Threads that serve requests: 0 (the default) for one per CPU the process may use, N for
-    /// that many; 1 for
-    /// a single-threaded server, the least CPU per request (no work handed between threads),
-    /// for a sidecar limited to one CPU or less.
+    /// that many; 1 for a single-threaded server, the least CPU per request (no work handed
+    /// between threads), for a sidecar limited to one CPU or less.
     #[arg(long, env = "PROMPTGATE_THREADS", default_value = "0", value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1024))]
     threads: u64,
     /// Largest request head (request line and headers) in bytes; larger ones get 431.
