@@ -342,7 +342,7 @@ impl<'de> Deserialize<'de> for Field {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
                 let mut variables = Builder::with_capacity(map.size_hint().unwrap_or(8).min(64));
-                while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+                while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
                     let value = map.next_value::<Var>()?;
                     variables.push(&name, value);
                 }
@@ -353,27 +353,10 @@ impl<'de> Deserialize<'de> for Field {
     }
 }
 
-/// A variable's name, borrowed from the text unless it holds escapes.
-struct Name<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(v.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(NameVisitor)
-    }
-}
+/// JSON text (a string or a key), borrowed from the input unless it holds escapes: serde's
+/// own borrowing read of a `Cow`.
+#[derive(serde::Deserialize)]
+pub(crate) struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Var {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -449,6 +432,43 @@ mod tests {
         assert_eq!(var.to_value(), first);
     }
     use serde_json::json;
+
+    #[test]
+    fn text_is_borrowed_unless_it_holds_escapes() {
+        let Text(plain) = serde_json::from_str::<Text<'_>>(r#""tier""#).unwrap();
+        assert!(matches!(plain, Cow::Borrowed("tier")));
+        let Text(escaped) = serde_json::from_str::<Text<'_>>(r#""a\nb""#).unwrap();
+        assert!(matches!(escaped, Cow::Owned(ref t) if t == "a\nb"));
+        // As a map's keys too.
+        struct Keys<'a>(Vec<Cow<'a, str>>);
+        impl<'de> Deserialize<'de> for Keys<'de> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Keys<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Keys<'de>, A::Error> {
+                        let mut keys = Vec::new();
+                        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                            map.next_value::<de::IgnoredAny>()?;
+                            keys.push(key);
+                        }
+                        Ok(Keys(keys))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        let Keys(keys) = serde_json::from_str(r#"{"plain": 1, "esc\u0061ped": 2}"#).unwrap();
+        assert!(matches!(keys[0], Cow::Borrowed("plain")));
+        assert!(matches!(keys[1], Cow::Owned(ref k) if k == "escaped"));
+        assert!(serde_json::from_str::<Text<'_>>("1").is_err());
+    }
 
     fn read(text: &str) -> Variables {
         match serde_json::from_str::<Field>(text).unwrap() {

@@ -17,6 +17,7 @@ use super::parse::{Body, PromptRef};
 use super::request::Endpoint;
 use crate::fewshot::{self, ModelSlot, PickError, Plan};
 use crate::prompts::template::{self, Clock, Context};
+use crate::prompts::variables::Text;
 use crate::prompts::{ExamplesFormat, Prompt, PromptSet, RenderError, Variables, Version};
 use crate::select::{self, SelectError, Selection};
 
@@ -759,25 +760,6 @@ fn lossy(raw: &RawValue) -> Option<Cow<'_, str>> {
     if let Some(text) = unescaped(raw) {
         return Some(Cow::Borrowed(text));
     }
-    struct Exact<'a>(Cow<'a, str>);
-    impl<'de> Deserialize<'de> for Exact<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Exact<'de>;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a string")
-                }
-                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Exact<'de>, E> {
-                    Ok(Exact(Cow::Borrowed(v)))
-                }
-                fn visit_str<E>(self, v: &str) -> Result<Exact<'de>, E> {
-                    Ok(Exact(Cow::Owned(v.to_owned())))
-                }
-            }
-            d.deserialize_str(V)
-        }
-    }
     struct Lossy(String);
     impl<'de> Deserialize<'de> for Lossy {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -800,7 +782,7 @@ fn lossy(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
     // Valid text (nearly always) is read as it is; only text with a lone surrogate is read
     // again as bytes.
-    if let Ok(Exact(text)) = serde_json::from_str::<Exact<'_>>(raw.get()) {
+    if let Ok(Text(text)) = serde_json::from_str::<Text<'_>>(raw.get()) {
         return Some(text);
     }
     serde_json::from_str::<Lossy>(raw.get())

@@ -233,25 +233,25 @@ where
         if total > limit {
             return Err(ReadError::TooLarge { limit });
         }
-        match (&mut first, &mut more) {
-            (None, _) => first = Some(data),
+        match (first.take(), &mut more) {
+            (_, Some(joined)) => joined.extend_from_slice(&data),
+            (None, None) => first = Some(data),
             (Some(head), None) => {
                 // Room for twice what came so far, at most the declared length: memory grows
                 // with what arrives, not with what a client announces.
                 let room = total.saturating_mul(2);
                 let room = declared.map_or(room, |n| room.min(usize::try_from(n).unwrap_or(room)));
                 let mut joined = bytes::BytesMut::with_capacity(room.max(total));
-                joined.extend_from_slice(head);
+                joined.extend_from_slice(&head);
                 joined.extend_from_slice(&data);
+                // The first piece is let go: it is in `joined` now.
                 more = Some(joined);
             }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
         }
     }
     Ok(match (first, more) {
         (_, Some(joined)) => joined.freeze(),
-        (Some(one), None) => one,
-        (None, None) => Bytes::new(),
+        (one, None) => one.unwrap_or_default(),
     })
 }
 

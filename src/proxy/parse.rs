@@ -21,7 +21,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::fewshot;
-use crate::prompts::variables::{self, Variables};
+use crate::prompts::variables::{self, Text as Key, Variables};
 use crate::select::VersionRef;
 
 /// Why a request's prompt reference or body could not be read. Each names where.
@@ -133,28 +133,6 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Body<'a> {
             }
         }
         deserializer.deserialize_map(Fields(std::marker::PhantomData))
-    }
-}
-
-/// A key, borrowed from the body unless it holds escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Key<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for KeyVisitor<'a> {
-            type Value = Key<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'a>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'a>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor(std::marker::PhantomData))
     }
 }
 

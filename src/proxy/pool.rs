@@ -389,13 +389,18 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A listener on 127.0.0.1, its port, and a count for the connections accepted on it.
+    async fn counted_listener() -> (tokio::net::TcpListener, u16, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (listener, port, Arc::new(AtomicUsize::new(0)))
+    }
+
     /// An upstream that answers every request on a connection with `hello`, and counts the
     /// connections it accepted; with `close_after`, it closes each connection after that many
     /// answers without saying so.
     async fn upstream(close_after: Option<usize>) -> (u16, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
+        let (listener, port, accepted) = counted_listener().await;
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
@@ -495,9 +500,7 @@ mod tests {
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
+        let (listener, port, accepted) = counted_listener().await;
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
